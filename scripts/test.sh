@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests (the API on SQLite and on PostgreSQL), the
+# OpenAPI fuzzing with schemathesis, and the browser end-to-end tests in headless Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+# PostgreSQL for the API tests: use the one on 127.0.0.1:5432 if it answers, else start it.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  else
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  fi
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+export MCU_TEST_PG_URL="${MCU_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+export CARGO_TERM_COLOR=never
+cargo build --workspace --all-targets
+cargo test --workspace --no-fail-fast
+
+bash tests/schemathesis.sh
+(cd tests/e2e && node --test --test-concurrency=1 --test-reporter=spec)

@@ -1,0 +1,109 @@
+//! Unauthenticated operational endpoints: `GET /healthz` and `GET /metrics` (Prometheus text).
+
+use crate::AppState;
+use crate::metrics::METRICS;
+use actix_web::{HttpResponse, http::header, web};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use utoipa::ToSchema;
+
+/// Content type of the Prometheus text exposition format.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Routes of this module (at the root, outside `/api/v1`).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// Health of the process and its database.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// `ok`, or why the database cannot be used.
+    #[schema(example = "ok")]
+    pub database: String,
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(
+    get, path = "/healthz", tag = "health",
+    responses(
+        (status = 200, description = "Healthy", body = Health,
+         example = json!({"status": "ok", "database": "ok"})),
+        (status = 503, description = "The database cannot be used", body = Health,
+         example = json!({"status": "degraded", "database": "database unavailable: pool timed out"})),
+    )
+)]
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    match state.store.ping().await {
+        Ok(()) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(Health {
+                status: "ok".into(),
+                database: "ok".into(),
+            }),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unavailable");
+            HttpResponse::ServiceUnavailable()
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .json(Health {
+                    status: "degraded".into(),
+                    database: e.to_string(),
+                })
+        }
+    }
+}
+
+/// Renders the process gauges (rooms, participants, uptime) followed by the media counters.
+pub fn render_metrics(state: &AppState, out: &mut String) {
+    let (rooms, participants) = state.rooms.counts();
+    let uptime = state.started.elapsed().as_secs_f64();
+    let gauges = [
+        (
+            "mcu_rooms",
+            "Rooms with at least one connected participant.",
+            rooms as f64,
+        ),
+        (
+            "mcu_participants",
+            "Connected participants, all rooms.",
+            participants as f64,
+        ),
+        (
+            "mcu_uptime_seconds",
+            "Seconds since the process started.",
+            uptime,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mcu_build_info Build of the running server.\n# TYPE mcu_build_info gauge\n\
+         mcu_build_info{{version=\"{}\",database=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        state.store.backend()
+    );
+    METRICS.render(out);
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String,
+         content_type = "text/plain"),
+    )
+)]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut out = String::with_capacity(4096);
+    render_metrics(&state, &mut out);
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(out)
+}

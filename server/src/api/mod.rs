@@ -1,0 +1,42 @@
+//! HTTP and WebSocket: routes, auth, error mapping.
+
+pub mod body;
+pub mod health;
+pub mod openapi;
+pub mod rest;
+pub mod web;
+pub mod ws;
+
+use crate::AppState;
+use actix_web::{App, HttpServer};
+use actix_web::web as aw;
+
+/// Builds the actix server on an already bound listener.
+pub fn http_server(
+    state: aw::Data<AppState>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        let dir = state.config.web_dir.clone();
+        App::new()
+            .app_data(state.clone())
+            .configure(configure)
+            .configure(|cfg| web::configure_static(cfg, &dir))
+    })
+    .workers(2)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// All routes (also used by tests with `actix_web::test`).
+pub fn configure(cfg: &mut aw::ServiceConfig) {
+    health::configure(cfg);
+    cfg.service(
+        aw::scope("/api/v1")
+            .configure(rest::configure)
+            .configure(openapi::configure)
+            .configure(ws::configure)
+            .route("/dev/token", actix_web::web::get().to(web::dev_token)),
+    );
+}

@@ -1,0 +1,140 @@
+//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations and served
+//! at `GET /api/v1/openapi.json`. Limits that come from the configuration (the largest
+//! `max_participants`) are written into the document at request time, so it describes the running
+//! server exactly.
+
+use crate::AppState;
+use crate::api::{health, rest};
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::model::{Layout, Participant};
+use actix_web::{HttpResponse, web};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// Routes of this module (inside the `/api/v1` scope).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/openapi.json", web::get().to(openapi_json));
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin API key: `Authorization: Bearer <key>`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The REST API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mcu-server",
+        description = "WebRTC MCU: rooms, join tokens, participants. Every non-2xx response has \
+                       the body `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        rest::create_room,
+        rest::list_rooms,
+        rest::get_room,
+        rest::update_room,
+        rest::delete_room,
+        rest::create_token,
+        rest::list_participants,
+        rest::kick_participant,
+        rest::mute_participant,
+        health::healthz,
+        health::metrics,
+        openapi_json,
+    ),
+    components(schemas(
+        rest::Room,
+        rest::RoomList,
+        rest::CreateRoomRequest,
+        rest::UpdateRoomRequest,
+        rest::CreateTokenRequest,
+        rest::TokenResponse,
+        rest::ParticipantList,
+        rest::MuteRequest,
+        health::Health,
+        Participant,
+        Layout,
+        ErrorBody,
+        ErrorDetail,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "rooms", description = "Rooms"),
+        (name = "tokens", description = "Join tokens for the signaling WebSocket"),
+        (name = "participants", description = "Participants connected to a room"),
+        (name = "health", description = "Operations (no authentication)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document for a server whose largest accepted `max_participants` is
+/// `max_participants_limit`.
+pub fn document(max_participants_limit: u32) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot serialize the OpenAPI document");
+        serde_json::Value::Null
+    });
+    for schema in ["CreateRoomRequest", "UpdateRoomRequest"] {
+        if let Some(prop) = doc
+            .pointer_mut(&format!(
+                "/components/schemas/{schema}/properties/max_participants"
+            ))
+            .and_then(|p| p.as_object_mut())
+        {
+            prop.insert("maximum".into(), max_participants_limit.into());
+        }
+    }
+    doc
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "OpenAPI 3 document", body = Object))
+)]
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(document(state.config.rooms.max_participants_limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_lists_routes_and_limit() {
+        let doc = document(77);
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/api/v1/rooms",
+            "/api/v1/rooms/{name}",
+            "/api/v1/rooms/{name}/tokens",
+            "/api/v1/rooms/{name}/participants",
+            "/api/v1/rooms/{name}/participants/{id}",
+            "/api/v1/rooms/{name}/participants/{id}/mute",
+            "/healthz",
+            "/metrics",
+            "/api/v1/openapi.json",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing");
+        }
+        assert_eq!(
+            doc.pointer("/components/schemas/CreateRoomRequest/properties/max_participants/maximum"),
+            Some(&serde_json::json!(77))
+        );
+        assert!(doc.pointer("/components/securitySchemes/bearer").is_some());
+    }
+}

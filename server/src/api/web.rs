@@ -1,0 +1,61 @@
+//! The browser client: static files from `web/`, and in `--dev` a token endpoint so that the
+//! join page works without a backend of one's own.
+
+use crate::AppState;
+use crate::auth::JoinClaims;
+use crate::error::ApiError;
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+
+/// Query of `GET /api/v1/dev/token`.
+#[derive(Deserialize)]
+pub struct DevTokenQuery {
+    room: String,
+    name: Option<String>,
+}
+
+/// `GET /api/v1/dev/token?room=&name=`: only with `--dev`; mints a join token for anybody.
+pub async fn dev_token(
+    state: web::Data<AppState>,
+    q: web::Query<DevTokenQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if !state.config.dev {
+        return Err(ApiError::Forbidden(
+            "token minting without the API key is only available with --dev".into(),
+        ));
+    }
+    let q = q.into_inner();
+    let valid = |s: &str| {
+        (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !valid(&q.room) {
+        return Err(ApiError::InvalidRequest(
+            "room: must match [A-Za-z0-9_-]{1,64}".into(),
+        ));
+    }
+    let name = q.name.unwrap_or_else(|| "Guest".into());
+    if name.chars().count() > 128 {
+        return Err(ApiError::InvalidRequest("name: at most 128 characters".into()));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let claims = JoinClaims {
+        room: q.room,
+        sub: format!("dev-{}", uuid::Uuid::new_v4().simple()),
+        name: Some(name),
+        iat: now,
+        exp: now + state.config.rooms.token_ttl_s as i64,
+        can_publish: true,
+        can_subscribe: true,
+        is_admin: false,
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": state.tokens.mint(&claims) })))
+}
+
+/// Static files of the web client (registered last: it matches every remaining path).
+pub fn configure_static(cfg: &mut web::ServiceConfig, dir: &std::path::Path) {
+    if !dir.join("index.html").exists() {
+        tracing::warn!(dir = %dir.display(), "web client not found; set MCU_WEB_DIR");
+    }
+    cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
+}

@@ -1,0 +1,471 @@
+//! The signaling WebSocket (`GET /api/v1/ws?token=…`), as in API.md.
+//!
+//! Two halves per connection: a pump on the actix worker that owns the socket (frame limits,
+//! flood control, writing), and the session core on the WebRTC runtime that owns the peer and
+//! the room membership. They talk through bounded channels; when either side ends, the other
+//! follows, and dropping the [`ParticipantHandle`] removes the participant from the room.
+
+use crate::AppState;
+use crate::auth::{JoinClaims, TokenError};
+use crate::model::CloseReason;
+use crate::room::manager::JoinError;
+use crate::room::media::{Command, OUTPUT_QUEUE};
+use crate::room::peer::{OfferError, PEER_EVENT_QUEUE, Peer, PeerContext, PeerEvent, summarize_offer};
+use crate::room::{ParticipantHandle, SessionEvent};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{CloseCode, CloseReason as WsClose, Message};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Largest accepted frame (API.md): larger ones close the connection with 1009.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Client frames per [`FLOOD_WINDOW`] before the client is disconnected (1008).
+pub const FLOOD_LIMIT: u32 = 200;
+/// Window of the flood limit.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+/// Client messages queued from the pump to the session core.
+const CLIENT_QUEUE: usize = 64;
+/// Longest chat message, in characters.
+const MAX_CHAT: usize = 4000;
+
+/// Query of the WebSocket URL.
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// What the core asks the pump to do.
+enum Out {
+    Text(String),
+    Close(CloseCode, String),
+}
+
+/// Registers the route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(handler));
+}
+
+fn msg_error(code: &str, message: impl Into<String>) -> String {
+    json!({"type": "error", "code": code, "message": message.into()}).to_string()
+}
+
+async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    query: web::Query<WsQuery>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (resp, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(MAX_FRAME)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_FRAME);
+    let token = query.into_inner().token;
+    actix_web::rt::spawn(pump(state, token, session, stream));
+    Ok(resp)
+}
+
+async fn refuse(mut session: actix_ws::Session, code: &str, message: String, close: u16) {
+    tracing::info!(code, %message, "signaling connection refused");
+    let _ = session.text(msg_error(code, message)).await;
+    let _ = session
+        .close(Some(WsClose {
+            code: CloseCode::Other(close),
+            description: Some(code.to_string()),
+        }))
+        .await;
+}
+
+async fn pump(
+    state: web::Data<AppState>,
+    token: Option<String>,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    // Authenticate and join before anything else; the first message is `welcome` or `error`.
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return refuse(session, "unauthorized", "missing ?token=".into(), 4001).await;
+    };
+    let claims = match state.tokens.verify(&token) {
+        Ok(c) => c,
+        Err(TokenError::Expired) => {
+            return refuse(session, "token_expired", "the join token has expired".into(), 4001)
+                .await;
+        }
+        Err(TokenError::Invalid(e)) => {
+            return refuse(session, "unauthorized", format!("invalid join token: {e}"), 4001).await;
+        }
+    };
+    let room = match state.store.ensure_room(&claims.room, &state.config.rooms).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, room = claims.room, "cannot load room for join");
+            return refuse(session, "unavailable", "the room store is unavailable".into(), 4503)
+                .await;
+        }
+    };
+    let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
+    let display = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
+    let joined = state.rooms.join(
+        &room.name,
+        room.max_participants,
+        room.layout,
+        &claims.sub,
+        &display,
+        ev_tx,
+    );
+    let (handle, me, others) = match joined {
+        Ok(j) => j,
+        Err(JoinError::RoomFull) => {
+            return refuse(session, "room_full", format!("room '{}' is full", room.name), 4009)
+                .await;
+        }
+        Err(e @ JoinError::Media(_)) => {
+            return refuse(session, "unavailable", e.to_string(), 4503).await;
+        }
+    };
+    let welcome = json!({
+        "type": "welcome",
+        "participant_id": me.id,
+        "participant": me,
+        "room": room.name,
+        "layout": room.layout,
+        "ice_servers": state.config.rtc.ice_servers,
+        "participants": others,
+    });
+    if session.text(welcome.to_string()).await.is_err() {
+        return; // gone already; dropping the handle leaves the room
+    }
+
+    let (client_tx, client_rx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
+    let core = Core {
+        state: state.clone(),
+        claims,
+        handle,
+        out: out_tx,
+        peer: None,
+    };
+    crate::rtc_runtime().spawn(core.run(client_rx, ev_rx));
+
+    let mut window = (Instant::now(), 0u32);
+    loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let msg = match frame {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Oversized frame or a protocol violation: close, never crash.
+                        tracing::info!(error = %e, "signaling protocol error; closing");
+                        let code = if matches!(e, actix_ws::ProtocolError::Overflow) { CloseCode::Size } else { CloseCode::Protocol };
+                        let _ = session.close(Some(WsClose { code, description: Some(e.to_string()) })).await;
+                        break;
+                    }
+                    None => break,
+                };
+                if window.0.elapsed() > FLOOD_WINDOW {
+                    window = (Instant::now(), 0);
+                }
+                window.1 += 1;
+                if window.1 > FLOOD_LIMIT {
+                    tracing::warn!("signaling flood; disconnecting client");
+                    let _ = session.close(Some(WsClose { code: CloseCode::Policy, description: Some("flood".into()) })).await;
+                    break;
+                }
+                match msg {
+                    actix_ws::AggregatedMessage::Text(t) => {
+                        if client_tx.try_send(t.to_string()).is_err() {
+                            let _ = session.close(Some(WsClose { code: CloseCode::Policy, description: Some("flood".into()) })).await;
+                            break;
+                        }
+                    }
+                    actix_ws::AggregatedMessage::Binary(_) => {
+                        let _ = session.text(msg_error("invalid_message", "binary frames are not supported; send JSON text")).await;
+                    }
+                    actix_ws::AggregatedMessage::Ping(p) => { let _ = session.pong(&p).await; }
+                    actix_ws::AggregatedMessage::Pong(_) => {}
+                    actix_ws::AggregatedMessage::Close(_) => break,
+                }
+            }
+            out = out_rx.recv() => match out {
+                Some(Out::Text(t)) => {
+                    if session.text(t).await.is_err() { break; }
+                }
+                Some(Out::Close(code, why)) => {
+                    let _ = session.close(Some(WsClose { code, description: Some(why) })).await;
+                    break;
+                }
+                None => {
+                    let _ = session.close(None).await;
+                    break;
+                }
+            },
+        }
+    }
+    // Dropping client_tx ends the core, which closes the peer and leaves the room.
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMsg {
+    Offer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: Option<CandidateJson>,
+    },
+    Mute {
+        audio: Option<bool>,
+        video: Option<bool>,
+    },
+    Chat {
+        text: String,
+    },
+    Leave,
+}
+
+#[derive(Deserialize)]
+struct CandidateJson {
+    candidate: String,
+    #[serde(rename = "sdpMid")]
+    sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex")]
+    sdp_mline_index: Option<u16>,
+    #[serde(rename = "usernameFragment")]
+    username_fragment: Option<String>,
+}
+
+const KNOWN_TYPES: [&str; 5] = ["offer", "candidate", "mute", "chat", "leave"];
+
+/// Parses a client frame, or returns the `error` message to send back.
+fn parse_client(text: &str) -> Result<ClientMsg, String> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| msg_error("invalid_json", format!("not valid JSON: {e}")))?;
+    let Some(t) = v.get("type").and_then(Value::as_str) else {
+        return Err(msg_error("invalid_message", "a message needs a string field 'type'"));
+    };
+    if !KNOWN_TYPES.contains(&t) {
+        return Err(msg_error("unknown_type", format!("unknown message type '{t}'")));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| msg_error("invalid_message", format!("bad '{t}' message: {e}")))
+}
+
+struct Core {
+    state: web::Data<AppState>,
+    claims: JoinClaims,
+    handle: ParticipantHandle,
+    out: mpsc::Sender<Out>,
+    peer: Option<Peer>,
+}
+
+impl Core {
+    fn send(&self, v: Value) {
+        let _ = self.out.try_send(Out::Text(v.to_string()));
+    }
+    fn error(&self, code: &str, message: impl Into<String>) {
+        let _ = self.out.try_send(Out::Text(msg_error(code, message)));
+    }
+
+    async fn run(mut self, mut client: mpsc::Receiver<String>, mut room: mpsc::Receiver<SessionEvent>) {
+        let (peer_tx, mut peer_rx) = mpsc::channel(PEER_EVENT_QUEUE);
+        let expires_in = (self.claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
+        let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                m = client.recv() => match m {
+                    Some(text) => {
+                        if !self.on_client(&text, &peer_tx).await { break; }
+                    }
+                    None => break,
+                },
+                ev = room.recv() => match ev {
+                    Some(SessionEvent::Send(v)) => self.send(v),
+                    Some(SessionEvent::Close(reason)) => { self.close(reason); break; }
+                    None => break,
+                },
+                pe = peer_rx.recv() => {
+                    if let Some(pe) = pe { self.on_peer(pe); }
+                }
+                _ = &mut expiry => { self.close(CloseReason::TokenExpired); break; }
+            }
+        }
+        if let Some(mut p) = self.peer.take() {
+            p.close().await;
+        }
+        tracing::info!(room = self.handle.room, participant = self.handle.id, "session ended");
+        // self.handle drops here: the participant leaves the room.
+    }
+
+    fn close(&self, reason: CloseReason) {
+        self.send(json!({"type": "closed", "reason": reason}));
+        let why = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = self.out.try_send(Out::Close(CloseCode::Normal, why));
+    }
+
+    fn on_peer(&self, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Candidate(c) => {
+                let c = c.map(|c| {
+                    json!({"candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index})
+                });
+                self.send(json!({"type": "candidate", "candidate": c}));
+            }
+            PeerEvent::State(s) => {
+                tracing::info!(room = self.handle.room, participant = self.handle.id, state = %s, "peer connection state");
+            }
+        }
+    }
+
+    /// Handles one client frame; false ends the session.
+    async fn on_client(&mut self, text: &str, peer_tx: &mpsc::Sender<PeerEvent>) -> bool {
+        let msg = match parse_client(text) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.out.try_send(Out::Text(e));
+                return true;
+            }
+        };
+        match msg {
+            ClientMsg::Offer { sdp } => self.on_offer(sdp, peer_tx).await,
+            ClientMsg::Candidate { candidate } => {
+                let Some(peer) = &self.peer else {
+                    self.error("no_offer", "send an offer before ICE candidates");
+                    return true;
+                };
+                let Some(c) = candidate else { return true }; // end of candidates
+                let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+                    candidate: c.candidate,
+                    sdp_mid: c.sdp_mid,
+                    sdp_mline_index: c.sdp_mline_index,
+                    username_fragment: c.username_fragment,
+                    ..Default::default()
+                };
+                if let Err(e) = peer.add_candidate(init).await {
+                    self.error("invalid_candidate", e.to_string());
+                }
+            }
+            ClientMsg::Mute { audio, video } => {
+                if audio.is_none() && video.is_none() {
+                    self.error("invalid_message", "mute needs 'audio' and/or 'video'");
+                } else {
+                    self.state.rooms.set_muted(&self.handle.room, &self.handle.id, audio, video);
+                }
+            }
+            ClientMsg::Chat { text } => {
+                let text = text.trim();
+                if text.is_empty() || text.chars().count() > MAX_CHAT {
+                    self.error("invalid_message", format!("chat text must be 1..={MAX_CHAT} characters"));
+                } else {
+                    let msg = json!({"type": "chat", "from": self.handle.id, "text": text,
+                        "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
+                    self.state.rooms.broadcast(&self.handle.room, &msg, None);
+                }
+            }
+            ClientMsg::Leave => {
+                let _ = self.out.try_send(Out::Close(CloseCode::Normal, "leave".into()));
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn on_offer(&mut self, sdp: String, peer_tx: &mpsc::Sender<PeerEvent>) {
+        if let Err(e) = summarize_offer(&sdp) {
+            let code = match e {
+                OfferError::NoCommonCodec(_) => "unsupported_codec",
+                OfferError::NoMedia => "no_media",
+                _ => "invalid_offer",
+            };
+            return self.error(code, e.to_string());
+        }
+        let first = self.peer.is_none();
+        let Some((packets, media)) = self.state.rooms.media(&self.handle.room) else {
+            return self.error("unavailable", "the room's media is not running");
+        };
+        if first {
+            let ctx = PeerContext {
+                key: self.handle.key,
+                publishes: self.claims.can_publish,
+                packets,
+                media: media.clone(),
+                fps: self.state.config.media.fps,
+            };
+            match Peer::new(&self.state.config.rtc, ctx, peer_tx.clone()).await {
+                Ok(p) => self.peer = Some(p),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create peer connection");
+                    return self.error("unavailable", e.to_string());
+                }
+            }
+        }
+        let output = if first {
+            let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+            Some((tx, rx))
+        } else {
+            None
+        };
+        let (out_tx, out_rx) = match output {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        let Some(peer) = self.peer.as_mut() else { return };
+        match peer.answer(sdp, out_rx).await {
+            Ok(answer) => {
+                self.send(json!({"type": "answer", "sdp": answer}));
+                if let Some(tx) = out_tx {
+                    // Media joins the mix only once the client can receive it.
+                    media.command(Command::Add {
+                        key: self.handle.key,
+                        publishes: self.claims.can_publish,
+                        out: if self.claims.can_subscribe { tx } else { mpsc::channel(1).0 },
+                    });
+                    if let Some(p) = self.state.rooms.participant(&self.handle.room, &self.handle.id) {
+                        if p.audio_muted || p.video_muted {
+                            media.command(Command::Mute { key: self.handle.key, audio: p.audio_muted, video: p.video_muted });
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "offer refused");
+                if first {
+                    if let Some(mut p) = self.peer.take() {
+                        p.close().await;
+                    }
+                }
+                self.error("invalid_offer", e.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: String) -> String {
+        serde_json::from_str::<Value>(&e).unwrap()["code"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn bad_frames_get_precise_error_codes() {
+        assert_eq!(code(parse_client("{not json").err().unwrap()), "invalid_json");
+        assert_eq!(code(parse_client("[1,2]").err().unwrap()), "invalid_message");
+        assert_eq!(code(parse_client(r#"{"type":"dance"}"#).err().unwrap()), "unknown_type");
+        assert_eq!(code(parse_client(r#"{"type":"offer"}"#).err().unwrap()), "invalid_message");
+        assert_eq!(code(parse_client(r#"{"type":"mute","audio":"yes"}"#).err().unwrap()), "invalid_message");
+        assert!(matches!(parse_client(r#"{"type":"leave"}"#), Ok(ClientMsg::Leave)));
+        assert!(matches!(
+            parse_client(r#"{"type":"candidate","candidate":null}"#),
+            Ok(ClientMsg::Candidate { candidate: None })
+        ));
+    }
+}

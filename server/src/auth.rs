@@ -1,0 +1,292 @@
+//! Authentication: the admin API key (REST) and join tokens (signaling).
+//!
+//! - Admin calls carry `Authorization: Bearer <api key>`; [`AdminAuth`] is the actix extractor
+//!   that every admin handler takes. The comparison is constant-time (both sides are hashed to a
+//!   fixed length first, so not even the key's length leaks).
+//! - Join tokens are HS256 JWTs ([`JoinClaims`]). Only HS256 is accepted (a token whose header
+//!   names another algorithm, or `none`, is invalid) and `exp` is enforced with zero leeway.
+
+use crate::AppState;
+use crate::error::ApiError;
+use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// `n_bytes` of OS randomness, URL-safe base64 without padding (4 characters per 3 bytes).
+pub fn random_secret(n_bytes: usize) -> String {
+    let mut bytes = vec![0u8; n_bytes];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Constant-time equality of two secrets of any length.
+fn secrets_equal(a: &str, b: &str) -> bool {
+    let ha = Sha256::digest(a.as_bytes());
+    let hb = Sha256::digest(b.as_bytes());
+    ha.ct_eq(&hb).into()
+}
+
+/// Proof that the request carried the admin API key. Take it as a handler argument.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAuth;
+
+impl AdminAuth {
+    /// Checks the `Authorization` header of `req` against `api_key`.
+    pub fn check(req: &HttpRequest, api_key: &str) -> Result<AdminAuth, ApiError> {
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            return Err(ApiError::Unauthorized(
+                "missing Authorization header (expected: Bearer <api key>)".into(),
+            ));
+        };
+        let value = value.to_str().unwrap_or("");
+        let Some((scheme, key)) = value.split_once(' ') else {
+            return Err(ApiError::Unauthorized(
+                "malformed Authorization header (expected: Bearer <api key>)".into(),
+            ));
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized(
+                "unsupported Authorization scheme (expected: Bearer <api key>)".into(),
+            ));
+        }
+        if !secrets_equal(key.trim(), api_key) {
+            tracing::warn!(peer = ?req.peer_addr(), path = req.path(), "admin call with a wrong API key");
+            return Err(ApiError::Unauthorized("invalid API key".into()));
+        }
+        Ok(AdminAuth)
+    }
+}
+
+impl FromRequest for AdminAuth {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<AdminAuth, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let result = match req.app_data::<web::Data<AppState>>() {
+            Some(state) => AdminAuth::check(req, &state.api_key),
+            None => Err(ApiError::Unexpected(anyhow::anyhow!(
+                "AppState missing from the app data"
+            ))),
+        };
+        std::future::ready(result)
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The claims of a join token. Field names are part of the public contract (services holding
+/// the secret mint their own tokens): `room`, `sub` (identity), `name` (display name), `iat`,
+/// `exp`, `can_publish`, `can_subscribe`, `is_admin`. Permissions default to publish + subscribe,
+/// no admin, when a third-party token leaves them out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinClaims {
+    /// Room name the token admits to.
+    pub room: String,
+    /// Participant identity.
+    pub sub: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Issued at, Unix seconds.
+    #[serde(default)]
+    pub iat: i64,
+    /// Expiry, Unix seconds (required, no leeway).
+    pub exp: i64,
+    /// May send audio/video.
+    #[serde(default = "yes")]
+    pub can_publish: bool,
+    /// May receive the mixes.
+    #[serde(default = "yes")]
+    pub can_subscribe: bool,
+    /// May moderate the room (kick, mute others).
+    #[serde(default)]
+    pub is_admin: bool,
+}
+
+/// Why a join token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Signature fine, but `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// Malformed, wrong signature, wrong algorithm, missing claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Signs and verifies join tokens with one HS256 secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKeys(..)")
+    }
+}
+
+impl TokenKeys {
+    /// Keys for `secret`.
+    pub fn new(secret: &[u8]) -> TokenKeys {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // Third-party minters may add an audience; we do not scope by it.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        TokenKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Signs `claims` (HS256).
+    pub fn mint(&self, claims: &JoinClaims) -> String {
+        // HS256 with an HMAC key and a plain struct cannot fail to encode; if it ever did, an
+        // empty token is simply rejected by every verifier.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).unwrap_or_else(
+            |e| {
+                tracing::error!(error = %e, "cannot sign a join token");
+                String::new()
+            },
+        )
+    }
+
+    /// Checks signature, algorithm and expiry; returns the claims.
+    pub fn verify(&self, token: &str) -> Result<JoinClaims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        match jsonwebtoken::decode::<JoinClaims>(token, &self.decoding, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => match e.kind() {
+                ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+                _ => Err(TokenError::Invalid(e.to_string())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn claims(exp: i64) -> JoinClaims {
+        JoinClaims {
+            room: "standup".into(),
+            sub: "alice".into(),
+            name: Some("Alice".into()),
+            iat: now(),
+            exp,
+            can_publish: true,
+            can_subscribe: false,
+            is_admin: true,
+        }
+    }
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn round_trip_keeps_every_claim() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let c = claims(now() + 60);
+        let t = keys.mint(&c);
+        assert_eq!(t.split('.').count(), 3);
+        assert_eq!(keys.verify(&t), Ok(c));
+    }
+
+    #[test]
+    fn expired_token_is_expired_not_invalid() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let t = keys.mint(&claims(now() - 1));
+        assert_eq!(keys.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn tampered_payload_or_signature_is_invalid() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let t = keys.mint(&claims(now() + 60));
+        let parts: Vec<&str> = t.split('.').collect();
+        let mut other = claims(now() + 60);
+        other.room = "boardroom".into();
+        let forged_payload = b64(&serde_json::to_value(&other).unwrap());
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert!(matches!(keys.verify(&forged), Err(TokenError::Invalid(_))));
+        let mut sig = parts[2].to_string();
+        let last = if sig.ends_with('A') { 'B' } else { 'A' };
+        sig.pop();
+        sig.push(last);
+        let bad_sig = format!("{}.{}.{}", parts[0], parts[1], sig);
+        assert!(matches!(keys.verify(&bad_sig), Err(TokenError::Invalid(_))));
+        assert!(matches!(keys.verify("not a jwt"), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn wrong_secret_is_invalid() {
+        let a = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let b = TokenKeys::new(b"fedcba9876543210fedcba9876543210");
+        let t = a.mint(&claims(now() + 60));
+        assert!(matches!(b.verify(&t), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn alg_none_and_other_algorithms_are_rejected() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let payload = b64(&serde_json::to_value(claims(now() + 60)).unwrap());
+        let none = format!("{}.{}.", b64(&serde_json::json!({"alg":"none","typ":"JWT"})), payload);
+        assert!(matches!(keys.verify(&none), Err(TokenError::Invalid(_))));
+        // Same secret, but HS512: still refused, only HS256 is accepted.
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &claims(now() + 60),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        assert!(matches!(keys.verify(&hs512), Err(TokenError::Invalid(_))));
+    }
+
+    #[test]
+    fn missing_exp_is_invalid_and_permissions_default() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let no_exp = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"room":"r","sub":"s"}),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        assert!(matches!(keys.verify(&no_exp), Err(TokenError::Invalid(_))));
+        let minimal = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"room":"r","sub":"s","exp": now() + 60}),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        let c = keys.verify(&minimal).unwrap();
+        assert!(c.can_publish && c.can_subscribe && !c.is_admin && c.name.is_none());
+    }
+
+    #[test]
+    fn secrets_compare_by_content() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
+        assert_ne!(random_secret(24), random_secret(24));
+        assert_eq!(random_secret(24).len(), 32);
+    }
+}

@@ -1,0 +1,438 @@
+//! Configuration: one serde tree with a `Default` per subsystem, read from an optional TOML file
+//! and then overridden by `MCU_*` environment variables (the environment wins, see API.md).
+
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP/WebSocket listen address (`MCU_LISTEN`).
+    pub listen: SocketAddr,
+    /// Admin API key (`MCU_API_KEY`); required unless `dev`.
+    pub api_key: Option<String>,
+    /// HS256 secret for join tokens (`MCU_TOKEN_SECRET`); generated per start in `dev`.
+    pub token_secret: Option<String>,
+    /// `sqlite://…` or `postgres://…` (`DATABASE_URL`).
+    pub database_url: String,
+    /// Where WebM files go (`MCU_RECORDINGS_DIR`).
+    pub recordings_dir: PathBuf,
+    /// Directory of the web client (`MCU_WEB_DIR`).
+    pub web_dir: PathBuf,
+    /// Public base URL used to build `ws_url` in token responses (`MCU_PUBLIC_URL`), e.g.
+    /// `https://mcu.example.com`. Defaults to the request's host.
+    pub public_url: Option<String>,
+    /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
+    pub dev: bool,
+    /// WebRTC transport.
+    pub rtc: RtcConfig,
+    /// Media plane.
+    pub media: MediaSettings,
+    /// Room defaults and limits.
+    pub rooms: RoomDefaults,
+}
+
+/// WebRTC transport settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcConfig {
+    /// IP the media sockets bind to and advertise (`MCU_RTC_BIND`); None = all interfaces.
+    pub bind: Option<IpAddr>,
+    /// IP to advertise instead of the bound one, for NAT 1:1 (`MCU_PUBLIC_IP`).
+    pub public_ip: Option<IpAddr>,
+    /// UDP port range `min-max` (`MCU_UDP_PORTS`); None = OS-chosen.
+    pub udp_ports: Option<PortRange>,
+    /// ICE servers handed to clients in `welcome`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// An inclusive UDP port range.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    /// First port.
+    pub min: u16,
+    /// Last port (inclusive).
+    pub max: u16,
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, b) = match s.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (s.trim(), s.trim()),
+        };
+        let min: u16 = a.parse().map_err(|_| format!("bad UDP port '{a}'"))?;
+        let max: u16 = b.parse().map_err(|_| format!("bad UDP port '{b}'"))?;
+        if min == 0 || max < min {
+            return Err(format!("bad UDP port range '{s}'"));
+        }
+        Ok(PortRange { min, max })
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        format!("{}-{}", r.min, r.max)
+    }
+}
+
+/// One ICE server as handed to the browser (`RTCIceServer`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct IceServer {
+    /// `stun:` / `turn:` URLs.
+    pub urls: Vec<String>,
+    /// TURN username.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
+    /// TURN credential.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub credential: Option<String>,
+}
+
+/// Media plane settings (the composite and the encoders).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Composite width in pixels (`MCU_CANVAS`, `WxH@fps`).
+    pub canvas_width: u32,
+    /// Composite height in pixels.
+    pub canvas_height: u32,
+    /// Composite frame rate.
+    pub fps: u32,
+    /// Video bitrate tiers in kbit/s, ascending (`MCU_VIDEO_TIERS`, comma separated).
+    pub video_tiers_kbps: Vec<u32>,
+    /// Tier for receivers without a bandwidth estimate.
+    pub default_tier_kbps: u32,
+    /// Opus bitrate of the mixes, bit/s.
+    pub opus_bitrate: i32,
+    /// Opus encoder complexity 0..=10.
+    pub opus_complexity: i32,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings {
+            canvas_width: 640,
+            canvas_height: 360,
+            fps: 15,
+            video_tiers_kbps: vec![150, 400, 800],
+            default_tier_kbps: 400,
+            opus_bitrate: 32_000,
+            opus_complexity: 5,
+        }
+    }
+}
+
+/// Defaults and limits for rooms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomDefaults {
+    /// `max_participants` when a room is created without one.
+    pub max_participants: u32,
+    /// Upper bound accepted for `max_participants`.
+    pub max_participants_limit: u32,
+    /// `empty_timeout_s` when a room is created without one.
+    pub empty_timeout_s: u32,
+    /// Default join-token lifetime, seconds.
+    pub token_ttl_s: u32,
+}
+
+impl Default for RoomDefaults {
+    fn default() -> Self {
+        RoomDefaults {
+            max_participants: 50,
+            max_participants_limit: 1000,
+            empty_timeout_s: 300,
+            token_ttl_s: 6 * 3600,
+        }
+    }
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            bind: None,
+            public_ip: None,
+            udp_ports: None,
+            ice_servers: Vec::new(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            api_key: None,
+            token_secret: None,
+            database_url: "sqlite://./data/mcu.db".to_string(),
+            recordings_dir: PathBuf::from("./data/recordings"),
+            web_dir: PathBuf::from("./web"),
+            public_url: None,
+            dev: false,
+            rtc: RtcConfig::default(),
+            media: MediaSettings::default(),
+            rooms: RoomDefaults::default(),
+        }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this tree.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable has a value that does not parse.
+    #[error("invalid value for {var}: {message}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The settings are unsafe or inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads the optional TOML file, then applies environment overrides from `env`.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var,
+                message: e.to_string(),
+            })
+        }
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("MCU_LISTEN") {
+            self.listen = parse("MCU_LISTEN", &v)?;
+        }
+        if let Some(v) = get("MCU_API_KEY") {
+            self.api_key = Some(v);
+        }
+        if let Some(v) = get("MCU_TOKEN_SECRET") {
+            self.token_secret = Some(v);
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            self.database_url = v;
+        }
+        if let Some(v) = get("MCU_RECORDINGS_DIR") {
+            self.recordings_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("MCU_WEB_DIR") {
+            self.web_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("MCU_PUBLIC_URL") {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = get("MCU_RTC_BIND") {
+            self.rtc.bind = Some(parse("MCU_RTC_BIND", &v)?);
+        }
+        if let Some(v) = get("MCU_PUBLIC_IP") {
+            self.rtc.public_ip = Some(parse("MCU_PUBLIC_IP", &v)?);
+        }
+        if let Some(v) = get("MCU_UDP_PORTS") {
+            self.rtc.udp_ports = Some(PortRange::try_from(v).map_err(|message| {
+                ConfigError::Env {
+                    var: "MCU_UDP_PORTS",
+                    message,
+                }
+            })?);
+        }
+        if let Some(v) = get("MCU_ICE_SERVERS") {
+            // Comma-separated STUN/TURN URLs without credentials, e.g. `stun:stun.example.org:3478`.
+            self.rtc.ice_servers = v
+                .split(',')
+                .map(|u| IceServer {
+                    urls: vec![u.trim().to_string()],
+                    username: None,
+                    credential: None,
+                })
+                .collect();
+        }
+        if let Some(v) = get("MCU_CANVAS") {
+            let (size, fps) = v.split_once('@').unwrap_or((v.as_str(), "15"));
+            let (w, h) = size.split_once('x').ok_or(ConfigError::Env {
+                var: "MCU_CANVAS",
+                message: "expected WxH@fps, e.g. 640x360@15".into(),
+            })?;
+            self.media.canvas_width = parse("MCU_CANVAS", w)?;
+            self.media.canvas_height = parse("MCU_CANVAS", h)?;
+            self.media.fps = parse("MCU_CANVAS", fps)?;
+        }
+        if let Some(v) = get("MCU_VIDEO_TIERS") {
+            self.media.video_tiers_kbps = v
+                .split(',')
+                .map(|t| parse("MCU_VIDEO_TIERS", t))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = get("MCU_DEFAULT_TIER") {
+            self.media.default_tier_kbps = parse("MCU_DEFAULT_TIER", &v)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses unsafe or inconsistent settings with a message an operator can act on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.dev && self.api_key.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid(
+                "no API key configured: set MCU_API_KEY (or api_key in the config file), or run with --dev"
+                    .into(),
+            ));
+        }
+        if !self.dev && self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err(ConfigError::Invalid(
+                "the API key must be at least 16 characters".into(),
+            ));
+        }
+        if !self.dev && self.token_secret.as_deref().is_none_or(|s| s.len() < 32) {
+            return Err(ConfigError::Invalid(
+                "MCU_TOKEN_SECRET must be set to at least 32 characters (or run with --dev)".into(),
+            ));
+        }
+        let m = &self.media;
+        if !(16..=1280).contains(&m.canvas_width)
+            || !(16..=720).contains(&m.canvas_height)
+            || m.canvas_width % 2 != 0
+            || m.canvas_height % 2 != 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "canvas {}x{} out of range: even sizes up to 1280x720",
+                m.canvas_width, m.canvas_height
+            )));
+        }
+        if !(1..=30).contains(&m.fps) {
+            return Err(ConfigError::Invalid(format!("fps {} out of range 1..=30", m.fps)));
+        }
+        if m.video_tiers_kbps.is_empty() || !m.video_tiers_kbps.windows(2).all(|w| w[0] < w[1]) {
+            return Err(ConfigError::Invalid(
+                "video_tiers_kbps must be a non-empty ascending list".into(),
+            ));
+        }
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(
+                "DATABASE_URL must start with sqlite: or postgres://".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML with secrets masked (`--print-config`).
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        let mask = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("********".into());
+            }
+        };
+        mask(&mut c.api_key);
+        mask(&mut c.token_secret);
+        if let Some(i) = c.database_url.find('@') {
+            if let Some(s) = c.database_url.find("://") {
+                c.database_url.replace_range(s + 3..i, "********");
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("MCU_LISTEN", "127.0.0.1:9000"),
+                ("MCU_UDP_PORTS", "40000-40100"),
+                ("MCU_CANVAS", "1280x720@30"),
+                ("MCU_VIDEO_TIERS", "200,600"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.rtc.udp_ports, Some(PortRange { min: 40000, max: 40100 }));
+        assert_eq!((c.media.canvas_width, c.media.canvas_height, c.media.fps), (1280, 720, 30));
+        assert_eq!(c.media.video_tiers_kbps, vec![200, 600]);
+    }
+
+    #[test]
+    fn refuses_missing_api_key_outside_dev() {
+        let c = Config::default();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("MCU_API_KEY"), "{e}");
+        let dev = Config { dev: true, ..Config::default() };
+        assert!(dev.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = Config::load(None, env_of(&[("MCU_UDP_PORTS", "9-1")])).unwrap_err();
+        assert!(e.to_string().contains("MCU_UDP_PORTS"));
+        let e = Config::load(None, env_of(&[("MCU_CANVAS", "big")])).unwrap_err();
+        assert!(e.to_string().contains("MCU_CANVAS"));
+    }
+
+    #[test]
+    fn print_config_masks_secrets() {
+        let c = Config {
+            api_key: Some("supersecretkey-123456".into()),
+            database_url: "postgres://u:pw@h/db".into(),
+            ..Config::default()
+        };
+        let t = c.to_masked_toml();
+        assert!(!t.contains("supersecret") && !t.contains(":pw@"), "{t}");
+    }
+}

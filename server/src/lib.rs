@@ -1,0 +1,100 @@
+//! `mcu-server`: REST + WebSocket signaling, WebRTC peers, live rooms and their media threads,
+//! the sqlx metadata store and configuration.
+//!
+//! Planes are kept apart (as LiveKit does): `api/` speaks HTTP and WebSocket, `room/` owns live
+//! rooms and media, `store/` owns the database, `config` the settings.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod reaper;
+pub mod room;
+pub mod store;
+
+use crate::config::Config;
+use crate::room::RoomManager;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a request handler needs; one per process, shared by `web::Data`.
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// The admin API key in force (configured, or generated in `--dev`).
+    pub api_key: String,
+    /// Join-token signer/verifier.
+    pub tokens: auth::TokenKeys,
+    /// Metadata store.
+    pub store: store::Store,
+    /// Live rooms.
+    pub rooms: RoomManager,
+    /// Process start.
+    pub started: Instant,
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// The bound HTTP address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// The admin API key in force.
+    pub api_key: String,
+    /// Shared state (tests read it).
+    pub state: actix_web::web::Data<AppState>,
+    /// The actix server future; await it to run until stopped.
+    pub server: actix_web::dev::Server,
+}
+
+/// Connects the store (running migrations), builds the state and binds the listener.
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    use anyhow::Context;
+    config.validate()?;
+    let api_key = match &config.api_key {
+        Some(k) if !k.is_empty() => k.clone(),
+        _ => auth::random_secret(24),
+    };
+    let token_secret = match &config.token_secret {
+        Some(s) if !s.is_empty() => s.clone(),
+        _ => auth::random_secret(32),
+    };
+    let store = store::Store::connect(&config.database_url)
+        .await
+        .with_context(|| "cannot open the database")?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let rooms = RoomManager::new(config.media.clone(), rtc_runtime().handle().clone());
+    let state = actix_web::web::Data::new(AppState {
+        config: Arc::new(config),
+        api_key: api_key.clone(),
+        tokens: auth::TokenKeys::new(token_secret.as_bytes()),
+        store,
+        rooms,
+        started: Instant::now(),
+    });
+    let server = api::http_server(state.clone(), listener)?;
+    reaper::spawn(state.clone());
+    Ok(RunningServer {
+        addr,
+        api_key,
+        state,
+        server,
+    })
+}
+
+/// The runtime that hosts WebRTC peers and signaling session cores (2 workers), apart from the
+/// actix HTTP workers and from the rooms' media threads.
+pub fn rtc_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rtc")
+            .enable_all()
+            .build()
+            .expect("cannot start the WebRTC runtime") // startup only: nothing works without it
+    })
+}

@@ -1,0 +1,56 @@
+//! `mcu-server` binary: parses the command line, loads the configuration, runs the server.
+
+use clap::Parser;
+use server::config::Config;
+use std::path::PathBuf;
+
+/// WebRTC MCU: mixes audio, tiles video, records meetings.
+#[derive(Parser)]
+#[command(name = "mcu-server", version)]
+struct Cli {
+    /// TOML configuration file (environment variables override it).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Development mode: generated API key and token secret, printed on start-up.
+    #[arg(long)]
+    dev: bool,
+    /// Print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Log as JSON lines.
+    #[arg(long, env = "MCU_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCU_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
+    config.dev |= cli.dev;
+    if cli.print_config {
+        print!("{}", config.to_masked_toml());
+        return Ok(());
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("mcu-server: {e}");
+        std::process::exit(2);
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let running = server::start(config).await?;
+        let dev = running.state.config.dev;
+        tracing::info!(addr = %running.addr, "listening");
+        if dev {
+            println!("mcu-server (dev) on http://{}", running.addr);
+            println!("  dev API key: {}", running.api_key);
+            println!("  open http://localhost:{}/ to join a room", running.addr.port());
+        }
+        running.server.await?;
+        anyhow::Ok(())
+    })
+}

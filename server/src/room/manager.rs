@@ -1,0 +1,446 @@
+//! The registry of live rooms and their participants.
+
+use crate::config::MediaSettings;
+use crate::model::{CloseReason, Layout, Participant};
+use crate::room::media::{self, Command, MediaHandle, MediaHandleRef, PacketSender};
+use chrono::Utc;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Capacity of a session's outgoing event queue. Signaling messages are small and rare; a client
+/// that lets 256 pile up is not reading its socket and is disconnected (see `deliver`).
+pub const SESSION_QUEUE: usize = 256;
+
+/// What a signaling session is told by the room.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// A JSON message to send to the client as is.
+    Send(serde_json::Value),
+    /// Send `closed` with this reason and close the socket.
+    Close(CloseReason),
+}
+
+/// Is a room in use, and since when is it empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomActivity {
+    /// This many participants are connected.
+    Live(usize),
+    /// Nobody is connected since this instant (the last one left, or the room was first seen).
+    EmptySince(Instant),
+    /// This process has never seen the room live.
+    Unknown,
+}
+
+/// Why a join is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    /// `max_participants` reached.
+    #[error("room is full")]
+    RoomFull,
+    /// The room's media could not start (encoder initialisation failed).
+    #[error("media unavailable: {0}")]
+    Media(String),
+}
+
+struct Entry {
+    info: Participant,
+    key: u64,
+    events: mpsc::Sender<SessionEvent>,
+}
+
+#[derive(Default)]
+struct LiveRoom {
+    participants: Vec<Entry>,
+    max_participants: u32,
+    layout: Layout,
+    empty_since: Option<Instant>,
+    /// Running while anybody is connected; dropped (thread stops) when the room empties.
+    media: Option<MediaHandle>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rooms: HashMap<String, LiveRoom>,
+}
+
+/// Shared handle to every live room of this process. Cheap to clone.
+#[derive(Clone)]
+pub struct RoomManager {
+    inner: Arc<Mutex<Inner>>,
+    next_key: Arc<AtomicU64>,
+    settings: Arc<MediaSettings>,
+    rt: tokio::runtime::Handle,
+}
+
+/// A joined participant. Dropping it removes the participant from the room (idempotent with
+/// [`RoomManager::leave`]).
+#[must_use = "dropping the handle removes the participant"]
+pub struct ParticipantHandle {
+    manager: RoomManager,
+    /// Room name.
+    pub room: String,
+    /// Participant id.
+    pub id: String,
+    /// Media key inside the room's mixer.
+    pub key: u64,
+}
+
+impl Drop for ParticipantHandle {
+    fn drop(&mut self) {
+        self.manager.leave(&self.room, &self.id);
+    }
+}
+
+fn deliver(events: &mpsc::Sender<SessionEvent>, ev: SessionEvent) {
+    if let Err(e) = events.try_send(ev) {
+        tracing::warn!(error = %e, "session queue full or closed; event dropped");
+    }
+}
+
+/// The mixer configuration for a room.
+pub fn media_config(s: &MediaSettings, layout: Layout) -> mixer::MediaConfig {
+    mixer::MediaConfig {
+        canvas_width: s.canvas_width,
+        canvas_height: s.canvas_height,
+        fps: s.fps,
+        layout: layout.into(),
+        video_tiers_kbps: s.video_tiers_kbps.clone(),
+        default_tier_kbps: s.default_tier_kbps,
+        opus_bitrate: s.opus_bitrate,
+        opus_complexity: s.opus_complexity,
+        ..mixer::MediaConfig::default()
+    }
+}
+
+impl RoomManager {
+    /// An empty registry; room event tasks run on `rt`.
+    pub fn new(settings: MediaSettings, rt: tokio::runtime::Handle) -> Self {
+        RoomManager {
+            inner: Arc::default(),
+            next_key: Arc::default(),
+            settings: Arc::new(settings),
+            rt,
+        }
+    }
+
+    fn start_media(&self, room: &str, layout: Layout) -> Result<MediaHandle, JoinError> {
+        let (tx, mut rx) = mpsc::channel(media::EVENT_QUEUE);
+        let handle = MediaHandle::start(room, media_config(&self.settings, layout), tx)
+            .map_err(|e| JoinError::Media(e.to_string()))?;
+        let (mgr, room) = (self.clone(), room.to_string());
+        self.rt.spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                mgr.on_media_event(&room, ev);
+            }
+        });
+        Ok(handle)
+    }
+
+    fn on_media_event(&self, room: &str, ev: media::Event) {
+        match ev {
+            media::Event::ActiveSpeaker(key) => {
+                let id = key.and_then(|k| self.id_of_key(room, k));
+                if key.is_some() && id.is_none() {
+                    return; // left meanwhile
+                }
+                let msg = serde_json::json!({"type": "active_speaker", "participant_id": id});
+                self.broadcast(room, &msg, None);
+            }
+            media::Event::Speaking(key, speaking) => {
+                if let Some(id) = self.id_of_key(room, key) {
+                    self.update_participant(room, &id, |p| p.speaking = speaking);
+                }
+            }
+        }
+    }
+
+    fn id_of_key(&self, room: &str, key: u64) -> Option<String> {
+        let inner = self.inner.lock();
+        inner
+            .rooms
+            .get(room)?
+            .participants
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.info.id.clone())
+    }
+
+    /// The room's media: packet sender and control, if the room is live.
+    pub fn media(&self, room: &str) -> Option<(PacketSender, MediaHandleRef)> {
+        let inner = self.inner.lock();
+        let m = inner.rooms.get(room)?.media.as_ref()?;
+        Some((m.packets(), m.control()))
+    }
+
+    /// Mean and max media tick work (µs) and deadline misses of a live room.
+    pub fn timing(&self, room: &str) -> Option<(u64, u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = self.inner.lock();
+        let t = &inner.rooms.get(room)?.media.as_ref()?.timing;
+        let n = t.ticks.load(Relaxed);
+        Some((
+            n,
+            t.work_us.load(Relaxed) / n.max(1),
+            t.max_us.load(Relaxed),
+            t.misses.load(Relaxed),
+        ))
+    }
+
+    /// Adds a participant to a live room (creating the live room if needed) and tells the others.
+    pub fn join(
+        &self,
+        room: &str,
+        max_participants: u32,
+        layout: Layout,
+        identity: &str,
+        display_name: &str,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Result<(ParticipantHandle, Participant, Vec<Participant>), JoinError> {
+        let mut inner = self.inner.lock();
+        let live = inner.rooms.entry(room.to_string()).or_default();
+        live.max_participants = max_participants;
+        live.layout = layout;
+        if live.participants.len() as u32 >= max_participants {
+            return Err(JoinError::RoomFull);
+        }
+        if live.media.is_none() {
+            live.media = Some(self.start_media(room, layout)?);
+        }
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
+        let info = Participant {
+            id: format!("PA_{}", uuid::Uuid::new_v4().simple()),
+            identity: identity.to_string(),
+            display_name: display_name.to_string(),
+            joined_at: Utc::now(),
+            audio_muted: false,
+            video_muted: false,
+            speaking: false,
+        };
+        let others: Vec<Participant> = live.participants.iter().map(|e| e.info.clone()).collect();
+        let joined = serde_json::json!({"type": "participant_joined", "participant": info});
+        for e in &live.participants {
+            deliver(&e.events, SessionEvent::Send(joined.clone()));
+        }
+        live.participants.push(Entry {
+            info: info.clone(),
+            key,
+            events,
+        });
+        live.empty_since = None;
+        tracing::info!(room, participant = %info.id, identity, "participant joined");
+        Ok((
+            ParticipantHandle {
+                manager: self.clone(),
+                room: room.to_string(),
+                id: info.id.clone(),
+                key,
+            },
+            info,
+            others,
+        ))
+    }
+
+    /// Removes a participant and tells the others. Idempotent.
+    pub fn leave(&self, room: &str, id: &str) {
+        let mut inner = self.inner.lock();
+        let Some(live) = inner.rooms.get_mut(room) else {
+            return;
+        };
+        let Some(pos) = live.participants.iter().position(|e| e.info.id == id) else {
+            return;
+        };
+        let gone = live.participants.remove(pos);
+        if let Some(m) = &live.media {
+            m.command(Command::Remove(gone.key));
+        }
+        let left = serde_json::json!({"type": "participant_left", "participant_id": id});
+        for e in &live.participants {
+            deliver(&e.events, SessionEvent::Send(left.clone()));
+        }
+        if live.participants.is_empty() {
+            live.empty_since = Some(Instant::now());
+            live.media = None; // stops the thread: an empty room costs nothing
+        }
+        tracing::info!(room, participant = id, "participant left");
+    }
+
+    /// The participants of a live room (empty when nobody is connected).
+    pub fn participants(&self, room: &str) -> Vec<Participant> {
+        let inner = self.inner.lock();
+        inner
+            .rooms
+            .get(room)
+            .map(|l| l.participants.iter().map(|e| e.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// One participant of a live room.
+    pub fn participant(&self, room: &str, id: &str) -> Option<Participant> {
+        let inner = self.inner.lock();
+        inner
+            .rooms
+            .get(room)?
+            .participants
+            .iter()
+            .find(|e| e.info.id == id)
+            .map(|e| e.info.clone())
+    }
+
+    /// How many are connected to `room`.
+    pub fn active_count(&self, room: &str) -> usize {
+        self.inner
+            .lock()
+            .rooms
+            .get(room)
+            .map_or(0, |l| l.participants.len())
+    }
+
+    /// Whether the room is in use, for the empty-timeout reaper.
+    pub fn activity(&self, room: &str) -> RoomActivity {
+        let inner = self.inner.lock();
+        match inner.rooms.get(room) {
+            None => RoomActivity::Unknown,
+            Some(l) if !l.participants.is_empty() => RoomActivity::Live(l.participants.len()),
+            Some(l) => RoomActivity::EmptySince(l.empty_since.unwrap_or_else(Instant::now)),
+        }
+    }
+
+    /// Disconnects a participant with `closed: kicked`. False if not connected.
+    pub fn kick(&self, room: &str, id: &str) -> bool {
+        let inner = self.inner.lock();
+        let Some(e) = inner
+            .rooms
+            .get(room)
+            .and_then(|l| l.participants.iter().find(|e| e.info.id == id))
+        else {
+            return false;
+        };
+        tracing::info!(room, participant = id, "participant kicked");
+        deliver(&e.events, SessionEvent::Close(CloseReason::Kicked));
+        true
+    }
+
+    /// Sets mute flags (None = unchanged), tells everyone, returns the updated participant.
+    pub fn set_muted(
+        &self,
+        room: &str,
+        id: &str,
+        audio: Option<bool>,
+        video: Option<bool>,
+    ) -> Option<Participant> {
+        self.update_participant(room, id, |p| {
+            if let Some(a) = audio {
+                p.audio_muted = a;
+            }
+            if let Some(v) = video {
+                p.video_muted = v;
+            }
+        })
+    }
+
+    /// Applies `f` to a participant; if anything changed, broadcasts `participant_updated`.
+    pub fn update_participant(
+        &self,
+        room: &str,
+        id: &str,
+        f: impl FnOnce(&mut Participant),
+    ) -> Option<Participant> {
+        let mut inner = self.inner.lock();
+        let live = inner.rooms.get_mut(room)?;
+        let entry = live.participants.iter_mut().find(|e| e.info.id == id)?;
+        let before = entry.info.clone();
+        f(&mut entry.info);
+        let after = entry.info.clone();
+        if (after.audio_muted, after.video_muted) != (before.audio_muted, before.video_muted) {
+            if let Some(m) = &live.media {
+                m.command(Command::Mute {
+                    key: entry.key,
+                    audio: after.audio_muted,
+                    video: after.video_muted,
+                });
+            }
+        }
+        if after != before {
+            let msg = serde_json::json!({"type": "participant_updated", "participant": after});
+            for e in &live.participants {
+                deliver(&e.events, SessionEvent::Send(msg.clone()));
+            }
+        }
+        Some(after)
+    }
+
+    /// Sends a message to everyone in the room (`except` one participant id).
+    pub fn broadcast(&self, room: &str, msg: &serde_json::Value, except: Option<&str>) {
+        let inner = self.inner.lock();
+        if let Some(live) = inner.rooms.get(room) {
+            for e in live
+                .participants
+                .iter()
+                .filter(|e| Some(e.info.id.as_str()) != except)
+            {
+                deliver(&e.events, SessionEvent::Send(msg.clone()));
+            }
+        }
+    }
+
+    /// Disconnects everyone with `closed: reason` and forgets the live room.
+    pub fn close_room(&self, room: &str, reason: CloseReason) {
+        let mut inner = self.inner.lock();
+        if let Some(live) = inner.rooms.remove(room) {
+            tracing::info!(room, ?reason, n = live.participants.len(), "closing room");
+            for e in &live.participants {
+                deliver(&e.events, SessionEvent::Close(reason));
+            }
+        }
+    }
+
+    /// Disconnects everyone everywhere (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        let names: Vec<String> = self.inner.lock().rooms.keys().cloned().collect();
+        for n in names {
+            self.close_room(&n, reason);
+        }
+    }
+
+    /// Applies changed room settings to a live room (layout, capacity).
+    pub fn update_settings(&self, room: &str, max_participants: u32, layout: Layout) {
+        let mut inner = self.inner.lock();
+        if let Some(live) = inner.rooms.get_mut(room) {
+            live.max_participants = max_participants;
+            if live.layout != layout {
+                live.layout = layout;
+                if let Some(m) = &live.media {
+                    m.command(Command::Layout(layout.into()));
+                }
+            }
+        }
+    }
+
+    /// Number of live rooms with at least one participant, and of participants.
+    pub fn counts(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        let live = inner.rooms.values().filter(|l| !l.participants.is_empty());
+        let (mut rooms, mut people) = (0, 0);
+        for l in live {
+            rooms += 1;
+            people += l.participants.len();
+        }
+        (rooms, people)
+    }
+
+    /// The media key of a participant.
+    pub fn key_of(&self, room: &str, id: &str) -> Option<u64> {
+        let inner = self.inner.lock();
+        inner
+            .rooms
+            .get(room)?
+            .participants
+            .iter()
+            .find(|e| e.info.id == id)
+            .map(|e| e.key)
+    }
+}

@@ -1,0 +1,343 @@
+//! The media thread of one room: owns the room's [`mixer::MediaRoom`], ticks it every 20 ms on a
+//! dedicated OS thread (never a tokio worker) and hands the encoded output to each participant's
+//! sender task.
+//!
+//! Invariants:
+//! - The tick is scheduled as `next += 20 ms` (no drift from sleep overshoot). When the thread is
+//!   more than one tick late it counts a deadline miss and skips ahead instead of bursting.
+//! - The thread never blocks on anything but its own clock: inputs arrive through bounded
+//!   channels drained with `try_recv`, outputs leave with `try_send` (overflow: drop + count).
+
+use crate::metrics::METRICS;
+use bytes::Bytes;
+use mixer::{MediaConfig, MediaRoom, ParticipantKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc as stdmpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Length of one media tick.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Capacity of the control channel into a room's media thread (joins, mutes, PLI...). Control
+/// messages are rare; overflow means the thread is wedged, and is logged.
+pub const CONTROL_QUEUE: usize = 1024;
+
+/// Capacity of the media packet channel into a room's media thread: ~1 s of audio+video for 40
+/// publishers. Overflow drops the newest packet (the jitter buffer conceals it) and is counted.
+pub const PACKET_QUEUE: usize = 8192;
+
+/// Capacity of one participant's output queue (about 2 s of audio and video). A sender task that
+/// falls this far behind loses packets rather than stalling the room.
+pub const OUTPUT_QUEUE: usize = 160;
+
+/// Capacity of the room event queue (speaker changes) to the control plane.
+pub const EVENT_QUEUE: usize = 256;
+
+/// Encoded media for one participant, or a request for its publisher.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// 20 ms of the participant's mix-minus, Opus.
+    Audio(Arc<[u8]>),
+    /// One composite frame, VP8.
+    Video {
+        /// The frame.
+        data: Arc<[u8]>,
+        /// Whether it is a keyframe.
+        keyframe: bool,
+    },
+    /// The participant's own video decoder needs a keyframe: send PLI upstream.
+    Pli,
+}
+
+/// Commands from the control plane.
+pub enum Command {
+    /// A participant's media joins.
+    Add {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// Sends media (has publish permission).
+        publishes: bool,
+        /// Where its output goes.
+        out: mpsc::Sender<Output>,
+    },
+    /// A participant's media leaves.
+    Remove(ParticipantKey),
+    /// Mute flags.
+    Mute {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// Audio muted.
+        audio: bool,
+        /// Video muted.
+        video: bool,
+    },
+    /// Room layout.
+    Layout(mixer::Layout),
+    /// A receiver's bandwidth estimate, bit/s.
+    Bandwidth(ParticipantKey, Option<u64>),
+    /// A receiver asked for a keyframe (PLI/FIR).
+    Keyframe(ParticipantKey),
+}
+
+/// Media packets from the participants' receive tasks.
+pub enum Packet {
+    /// One Opus RTP payload.
+    Audio {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// RTP sequence number.
+        seq: u16,
+        /// RTP timestamp.
+        ts: u32,
+        /// Payload.
+        payload: Bytes,
+    },
+    /// One reassembled VP8 frame.
+    Video {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// RTP timestamp.
+        ts: u32,
+        /// Frame.
+        frame: Bytes,
+        /// No packet of it was lost.
+        complete: bool,
+    },
+}
+
+/// What the media thread reports to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The active speaker changed.
+    ActiveSpeaker(Option<ParticipantKey>),
+    /// A participant started or stopped speaking.
+    Speaking(ParticipantKey, bool),
+}
+
+/// Per-room timing figures, readable without locking the thread.
+#[derive(Default)]
+pub struct RoomTiming {
+    /// Ticks run.
+    pub ticks: std::sync::atomic::AtomicU64,
+    /// Sum of tick work, µs.
+    pub work_us: std::sync::atomic::AtomicU64,
+    /// Largest tick work seen, µs.
+    pub max_us: std::sync::atomic::AtomicU64,
+    /// Deadline misses.
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+/// Handle to a room's media thread. Dropping it stops the thread.
+#[must_use = "dropping the handle stops the room's media"]
+pub struct MediaHandle {
+    control: MediaHandleRef,
+    packets: stdmpsc::SyncSender<Packet>,
+    stop: Arc<AtomicBool>,
+    /// Timing figures of this room.
+    pub timing: Arc<RoomTiming>,
+}
+
+/// Cloneable sender of control commands into a room's media thread (peers hold one). It does not
+/// keep the thread alive: only [`MediaHandle`] does.
+#[derive(Clone)]
+pub struct MediaHandleRef(stdmpsc::SyncSender<Command>);
+
+impl MediaHandleRef {
+    /// Sends a control command (never blocks).
+    pub fn command(&self, c: Command) {
+        if let Err(e) = self.0.try_send(c) {
+            tracing::debug!(error = %e, "media control queue full or thread gone; command dropped");
+        }
+    }
+}
+
+/// Cloneable sender of media packets into a room (one per receive task).
+#[derive(Clone)]
+pub struct PacketSender(stdmpsc::SyncSender<Packet>);
+
+impl PacketSender {
+    /// Queues a packet; drops it (and counts the drop) when the room is behind.
+    pub fn send(&self, p: Packet) {
+        if self.0.try_send(p).is_err() {
+            METRICS.dropped_packets.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl MediaHandle {
+    /// Starts the media thread of `room`.
+    pub fn start(
+        room: &str,
+        cfg: MediaConfig,
+        events: mpsc::Sender<Event>,
+    ) -> Result<MediaHandle, mixer::MixerError> {
+        let media = MediaRoom::new(cfg)?;
+        let (control, control_rx) = stdmpsc::sync_channel(CONTROL_QUEUE);
+        let (packets, packets_rx) = stdmpsc::sync_channel(PACKET_QUEUE);
+        let timing = Arc::new(RoomTiming::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, s) = (timing.clone(), stop.clone());
+        let name = room.to_string();
+        std::thread::Builder::new()
+            .name(format!("media-{}", room.chars().take(9).collect::<String>()))
+            .spawn(move || run(name, media, control_rx, packets_rx, events, t, s))
+            .map_err(|e| mixer::MixerError::Codec(format!("cannot start media thread: {e}")))?;
+        Ok(MediaHandle {
+            control: MediaHandleRef(control),
+            packets,
+            stop,
+            timing,
+        })
+    }
+
+    /// Sends a control command (never blocks).
+    pub fn command(&self, c: Command) {
+        self.control.command(c)
+    }
+
+    /// A cloneable control sender.
+    pub fn control(&self) -> MediaHandleRef {
+        self.control.clone()
+    }
+
+    /// A sender for media packets.
+    pub fn packets(&self) -> PacketSender {
+        PacketSender(self.packets.clone())
+    }
+}
+
+impl Drop for MediaHandle {
+    fn drop(&mut self) {
+        // The thread sees the flag within one tick and exits; it is not joined so that the
+        // caller (often an async task) never blocks.
+        self.stop.store(true, Relaxed);
+    }
+}
+
+struct Receiver {
+    out: mpsc::Sender<Output>,
+}
+
+fn run(
+    room: String,
+    mut media: MediaRoom,
+    control: stdmpsc::Receiver<Command>,
+    packets: stdmpsc::Receiver<Packet>,
+    events: mpsc::Sender<Event>,
+    timing: Arc<RoomTiming>,
+    stop: Arc<AtomicBool>,
+) {
+    tracing::info!(room, "media thread started");
+    let mut receivers: HashMap<ParticipantKey, Receiver> = HashMap::new();
+    let mut next = Instant::now() + TICK;
+    let mut last_counts = (0u64, 0u64);
+    'ticks: loop {
+        // Sleep until the tick is due.
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else if now - next > TICK {
+            // More than a whole tick late: count it, and realign rather than burst.
+            timing.misses.fetch_add(1, Relaxed);
+            METRICS.deadline_misses.fetch_add(1, Relaxed);
+            next = now;
+        }
+        next += TICK;
+        if stop.load(Relaxed) {
+            break;
+        }
+        let started = Instant::now();
+
+        loop {
+            match control.try_recv() {
+                Ok(c) => apply(&mut media, &mut receivers, c),
+                Err(stdmpsc::TryRecvError::Empty) => break,
+                Err(stdmpsc::TryRecvError::Disconnected) => break 'ticks,
+            }
+        }
+        // Only what is already queued: packets arriving during the tick wait for the next one.
+        for _ in 0..PACKET_QUEUE {
+            match packets.try_recv() {
+                Ok(Packet::Audio { key, seq, ts, payload }) => {
+                    media.push_audio(key, seq, ts, &payload)
+                }
+                Ok(Packet::Video { key, ts, frame, complete }) => {
+                    media.push_video(key, ts, &frame, complete)
+                }
+                Err(_) => break,
+            }
+        }
+
+        let out = media.tick();
+        let mut bytes_out = 0u64;
+        for (key, pkt) in out.audio {
+            if let Some(r) = receivers.get(&key) {
+                bytes_out += pkt.len() as u64;
+                if r.out.try_send(Output::Audio(pkt)).is_err() {
+                    METRICS.dropped_packets.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        for (key, data, keyframe) in out.video {
+            if let Some(r) = receivers.get(&key) {
+                bytes_out += data.len() as u64;
+                if r.out.try_send(Output::Video { data, keyframe }).is_err() {
+                    METRICS.dropped_packets.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        for key in out.pli {
+            if let Some(r) = receivers.get(&key) {
+                let _ = r.out.try_send(Output::Pli);
+            }
+        }
+        if let Some(s) = out.active_speaker {
+            let _ = events.try_send(Event::ActiveSpeaker(s));
+        }
+        for (key, speaking) in out.speaking_changed {
+            let _ = events.try_send(Event::Speaking(key, speaking));
+        }
+        METRICS.bytes_out.fetch_add(bytes_out, Relaxed);
+
+        let stats = media.stats();
+        let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
+        if counts != last_counts {
+            // Gauges are summed over rooms: apply this room's delta.
+            METRICS.audio_encoders.fetch_add(counts.0.wrapping_sub(last_counts.0), Relaxed);
+            METRICS.video_encoders.fetch_add(counts.1.wrapping_sub(last_counts.1), Relaxed);
+            last_counts = counts;
+        }
+        METRICS.audio_encodes.fetch_add(stats.audio_encodes_last_tick as u64, Relaxed);
+        METRICS.video_encodes.fetch_add(stats.video_encodes_last_tick as u64, Relaxed);
+
+        let us = started.elapsed().as_micros() as u64;
+        METRICS.observe_tick(us);
+        timing.ticks.fetch_add(1, Relaxed);
+        timing.work_us.fetch_add(us, Relaxed);
+        timing.max_us.fetch_max(us, Relaxed);
+    }
+    METRICS.audio_encoders.fetch_sub(last_counts.0, Relaxed);
+    METRICS.video_encoders.fetch_sub(last_counts.1, Relaxed);
+    tracing::info!(room, "media thread stopped");
+}
+
+fn apply(media: &mut MediaRoom, receivers: &mut HashMap<ParticipantKey, Receiver>, c: Command) {
+    match c {
+        Command::Add { key, publishes, out } => {
+            media.add_participant(key, publishes);
+            receivers.insert(key, Receiver { out });
+        }
+        Command::Remove(key) => {
+            media.remove_participant(key);
+            receivers.remove(&key);
+        }
+        Command::Mute { key, audio, video } => media.set_muted(key, audio, video),
+        Command::Layout(l) => media.set_layout(l),
+        Command::Bandwidth(key, bps) => media.set_bandwidth(key, bps),
+        Command::Keyframe(key) => media.request_keyframe(key),
+    }
+}

@@ -1,0 +1,691 @@
+//! One WebRTC peer per participant (webrtc 0.21): negotiation, the two outgoing mixed tracks,
+//! the incoming tracks' receive tasks, keyframe requests both ways, and the bandwidth estimate.
+//!
+//! Async only at the edges: receive tasks depacketize and `try_send` into the room's media
+//! thread; one sender task writes the room's output for this participant to its two tracks.
+
+use crate::config::{PortRange, RtcConfig};
+use crate::metrics::METRICS;
+use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
+use crate::room::vp8::FrameAssembler;
+use rtc::interceptor::{
+    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet as IPacket,
+    PacketReport, Registry, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    CongestionFeedback, configure_congestion_control, configure_nack, configure_rtcp_reports,
+};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+};
+
+/// Payload types we register; the answer may keep the offer's own numbers.
+const OPUS_PT: u8 = 111;
+const VP8_PT: u8 = 96;
+
+/// Events a peer reports to its signaling session.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A local ICE candidate to trickle to the client (None = gathering complete).
+    Candidate(Option<RTCIceCandidateInit>),
+    /// Connection state change.
+    State(RTCPeerConnectionState),
+}
+
+/// Capacity of a peer's event queue to its session (candidates are a handful).
+pub const PEER_EVENT_QUEUE: usize = 64;
+
+/// Why an offer cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    /// The SDP is not an offer we can parse.
+    #[error("invalid offer: {0}")]
+    Invalid(String),
+    /// No audio and no video m-line.
+    #[error("the offer has neither an audio nor a video m-line")]
+    NoMedia,
+    /// No common codec.
+    #[error("no common codec: the server needs Opus for audio and VP8 for video ({0})")]
+    NoCommonCodec(String),
+    /// The webrtc stack refused.
+    #[error("webrtc: {0}")]
+    Rtc(String),
+}
+
+/// What an offer contains, from a light SDP scan done before handing it to the stack.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// An audio m-line exists.
+    pub audio: bool,
+    /// It offers Opus.
+    pub opus: bool,
+    /// A video m-line exists.
+    pub video: bool,
+    /// It offers VP8.
+    pub vp8: bool,
+}
+
+/// Scans an SDP offer for its media sections and codecs.
+pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
+    if !sdp.starts_with("v=0") {
+        return Err(OfferError::Invalid("SDP must start with v=0".into()));
+    }
+    let mut s = OfferSummary::default();
+    let mut kind = "";
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split(' ').next().unwrap_or("");
+            match kind {
+                "audio" => s.audio = true,
+                "video" => s.video = true,
+                _ => {}
+            }
+        } else if let Some(r) = line.strip_prefix("a=rtpmap:") {
+            let codec = r.split(' ').nth(1).unwrap_or("").to_ascii_lowercase();
+            if kind == "audio" && codec.starts_with("opus/48000") {
+                s.opus = true;
+            }
+            if kind == "video" && codec.starts_with("vp8/90000") {
+                s.vp8 = true;
+            }
+        }
+    }
+    if !s.audio && !s.video {
+        return Err(OfferError::NoMedia);
+    }
+    if (s.audio && !s.opus) || (s.video && !s.vp8) || (!s.opus && !s.vp8) {
+        return Err(OfferError::NoCommonCodec(format!(
+            "offered: audio={} opus={} video={} vp8={}",
+            s.audio, s.opus, s.video, s.vp8
+        )));
+    }
+    Ok(s)
+}
+
+/// The payload type the answer uses for a codec (`a=rtpmap:<pt> <name>/...`).
+fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
+    let codec = codec.to_ascii_lowercase();
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
+        .find_map(|r| {
+            let (pt, name) = r.split_once(' ')?;
+            name.to_ascii_lowercase().starts_with(&codec).then(|| pt.parse().ok())?
+        })
+        .unwrap_or(fallback)
+}
+
+// ── Keyframe requests from receivers reach the application ─────────────────────────────────
+
+/// Marks inbound PLI/FIR for delivery to the application (by default inbound RTCP stops in the
+/// interceptor chain), so that a receiver's keyframe request reaches the room.
+struct KeyframeRequestTap {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let IPacket::Rtcp(pkts) = &msg.message.packet {
+            if pkts.iter().any(|p| {
+                let a = p.as_any();
+                a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
+            }) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+// ── Bandwidth estimate ──────────────────────────────────────────────────────────────────────
+
+/// GCC, publishing its target bitrate where the room can read it.
+struct PublishedEstimate {
+    inner: Gcc,
+    target: Arc<AtomicU64>,
+}
+
+impl BandwidthEstimator for PublishedEstimate {
+    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
+        self.inner.on_reports(now, reports);
+        self.target.store(self.inner.target_bitrate() as u64, Relaxed);
+    }
+    fn target_bitrate(&self) -> f64 {
+        self.inner.target_bitrate()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.inner.handle_timeout(now);
+        self.target.store(self.inner.target_bitrate() as u64, Relaxed);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.inner.poll_timeout()
+    }
+    fn stats(&self) -> EstimatorStats {
+        self.inner.stats()
+    }
+}
+
+/// GCC start, floor and ceiling (bit/s). The start covers the default tier plus audio.
+const BWE_START: f64 = 1_000_000.0;
+const BWE_MIN: f64 = 100_000.0;
+const BWE_MAX: f64 = 4_000_000.0;
+
+// ── Peer ────────────────────────────────────────────────────────────────────────────────────
+
+/// Everything a room gives a new peer.
+pub struct PeerContext {
+    /// Mixer key of the participant.
+    pub key: u64,
+    /// May publish media.
+    pub publishes: bool,
+    /// Where received media goes.
+    pub packets: PacketSender,
+    /// Control of the room's media thread.
+    pub media: MediaHandleRef,
+    /// Composite frame rate (sample durations).
+    pub fps: u32,
+}
+
+struct Handler {
+    events: mpsc::Sender<PeerEvent>,
+    ctx: Arc<PeerContextShared>,
+}
+
+struct PeerContextShared {
+    key: u64,
+    publishes: bool,
+    packets: PacketSender,
+    /// The publisher's video track, for PLI.
+    video_in: parking_lot::Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(c) => {
+                let _ = self.events.try_send(PeerEvent::Candidate(Some(c)));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialise local candidate"),
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.events.try_send(PeerEvent::Candidate(None));
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.events.try_send(PeerEvent::State(state));
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let ctx = self.ctx.clone();
+        tokio::spawn(receive(track, ctx));
+    }
+}
+
+/// Reads one incoming track into the room until it ends.
+async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
+    let kind = track.kind().await;
+    let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    if !ctx.publishes {
+        tracing::debug!(key = ctx.key, "participant may not publish; ignoring its track");
+    }
+    if kind == RtpCodecKind::Video {
+        *ctx.video_in.lock() = Some((track.clone(), ssrc));
+    }
+    let mut assembler = FrameAssembler::new();
+    while let Some(ev) = track.poll().await {
+        match ev {
+            TrackRemoteEvent::OnRtpPacket(p) => {
+                if !ctx.publishes {
+                    continue;
+                }
+                METRICS.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
+                match kind {
+                    RtpCodecKind::Audio => ctx.packets.send(Packet::Audio {
+                        key: ctx.key,
+                        seq: p.header.sequence_number,
+                        ts: p.header.timestamp,
+                        payload: p.payload,
+                    }),
+                    RtpCodecKind::Video => {
+                        for f in assembler.push(
+                            p.header.sequence_number,
+                            p.header.timestamp,
+                            p.header.marker,
+                            &p.payload,
+                        ) {
+                            ctx.packets.send(Packet::Video {
+                                key: ctx.key,
+                                ts: f.ts,
+                                frame: f.data,
+                                complete: f.complete,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => break,
+            _ => {}
+        }
+    }
+    tracing::debug!(key = ctx.key, ?kind, "incoming track ended");
+}
+
+/// A participant's WebRTC connection and its output tracks.
+pub struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    ctx: Arc<PeerContextShared>,
+    audio_out: Arc<TrackLocalStaticSample>,
+    video_out: Arc<TrackLocalStaticSample>,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+    fps: u32,
+    media: MediaHandleRef,
+    target_bps: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+
+fn udp_addr_candidates(cfg: &RtcConfig) -> Vec<String> {
+    let ip = cfg.bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    match cfg.udp_ports {
+        None => vec![format!("{}", std::net::SocketAddr::new(ip, 0))],
+        Some(PortRange { min, max }) => {
+            // Rotate through the range so concurrent joins rarely collide; each attempt that
+            // fails to bind moves on to the next port.
+            let n = (max - min) as usize + 1;
+            let start = NEXT_PORT.fetch_add(1, Relaxed);
+            (0..n.min(64))
+                .map(|i| {
+                    let port = min as usize + (start + i) % n;
+                    format!("{}", std::net::SocketAddr::new(ip, port as u16))
+                })
+                .collect()
+        }
+    }
+}
+
+fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.to_owned(),
+        clock_rate: clock,
+        channels,
+        sdp_fmtp_line: fmtp.to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1")
+}
+
+fn vp8_codec() -> RTCRtpCodec {
+    codec(MIME_TYPE_VP8, 90000, 0, "")
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> OfferError {
+    OfferError::Rtc(e.to_string())
+}
+
+impl Peer {
+    /// Builds the connection (not yet negotiated).
+    pub async fn new(
+        cfg: &RtcConfig,
+        ctx: PeerContext,
+        events: mpsc::Sender<PeerEvent>,
+    ) -> Result<Peer, OfferError> {
+        let shared = Arc::new(PeerContextShared {
+            key: ctx.key,
+            publishes: ctx.publishes,
+            packets: ctx.packets,
+            video_in: parking_lot::Mutex::new(None),
+        });
+        let target_bps = Arc::new(AtomicU64::new(0));
+        let mut last_err = None;
+        for addr in udp_addr_candidates(cfg) {
+            let mut me = MediaEngine::default();
+            me.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: opus_codec(),
+                    payload_type: OPUS_PT,
+                    ..Default::default()
+                },
+                RtpCodecKind::Audio,
+            )
+            .map_err(rtc_err)?;
+            me.register_codec(
+                RTCRtpCodecParameters {
+                    rtp_codec: vp8_codec(),
+                    payload_type: VP8_PT,
+                    ..Default::default()
+                },
+                RtpCodecKind::Video,
+            )
+            .map_err(rtc_err)?;
+            let registry = configure_nack(Registry::new(), &mut me);
+            let registry = configure_rtcp_reports(registry);
+            let registry = configure_congestion_control(
+                registry,
+                PublishedEstimate {
+                    inner: Gcc::new(BWE_START, BWE_MIN, BWE_MAX),
+                    target: target_bps.clone(),
+                },
+                CongestionFeedback::Twcc,
+                &mut me,
+            )
+            .map_err(rtc_err)?;
+            let registry = registry.with(
+                Slot::from(14_000),
+                KeyframeRequestTap {
+                    read: VecDeque::new(),
+                    write: VecDeque::new(),
+                },
+            );
+            let mut se = SettingEngineBuilder::new()
+                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+            if let Some(ip) = cfg.public_ip {
+                se = se.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+            }
+            if cfg.bind.is_some_and(|ip| ip.is_loopback()) {
+                se = se.with_include_loopback_candidate(true);
+            }
+            let handler = Arc::new(Handler {
+                events: events.clone(),
+                ctx: shared.clone(),
+            });
+            let built = PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_media_engine(me)
+                .with_setting_engine(se.build())
+                .with_interceptor_registry(registry)
+                .with_handler(handler)
+                .with_udp_addrs(vec![addr.clone()])
+                .build()
+                .await;
+            match built {
+                Ok(pc) => {
+                    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+                    return Peer::with_tracks(pc, shared, ctx.media, ctx.fps, target_bps).await;
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot build peer on this address");
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(OfferError::Rtc(format!(
+            "no UDP port available: {}",
+            last_err.map(|e| e.to_string()).unwrap_or_default()
+        )))
+    }
+
+    async fn with_tracks(
+        pc: Arc<dyn PeerConnection>,
+        ctx: Arc<PeerContextShared>,
+        media: MediaHandleRef,
+        fps: u32,
+        target_bps: Arc<AtomicU64>,
+    ) -> Result<Peer, OfferError> {
+        let audio_ssrc = rand::random::<u32>();
+        let video_ssrc = rand::random::<u32>();
+        let track = |kind, id: &str, ssrc, codec| {
+            TrackLocalStaticSample::new(
+                Instant::now(),
+                MediaStreamTrack::new(
+                    "mcu".to_owned(),
+                    id.to_owned(),
+                    id.to_owned(),
+                    kind,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec,
+                        ..Default::default()
+                    }],
+                ),
+            )
+            .map(Arc::new)
+            .map_err(rtc_err)
+        };
+        let audio_out = track(RtpCodecKind::Audio, "mix-audio", audio_ssrc, opus_codec())?;
+        let video_out = track(RtpCodecKind::Video, "mix-video", video_ssrc, vp8_codec())?;
+        Ok(Peer {
+            pc,
+            ctx,
+            audio_out,
+            video_out,
+            audio_ssrc,
+            video_ssrc,
+            fps,
+            media,
+            target_bps,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// Applies an offer and returns the answer SDP. The first offer also starts the output.
+    pub async fn answer(
+        &mut self,
+        sdp: String,
+        output: Option<mpsc::Receiver<Output>>,
+    ) -> Result<String, OfferError> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| OfferError::Invalid(e.to_string()))?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(|e| OfferError::Invalid(e.to_string()))?;
+        if self.tasks.is_empty() {
+            for t in [self.audio_out.clone(), self.video_out.clone()] {
+                let t: Arc<dyn TrackLocal> = t;
+                self.pc.add_track(t).await.map_err(rtc_err)?;
+            }
+        }
+        let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
+        let sdp = answer.sdp.clone();
+        self.pc.set_local_description(answer).await.map_err(rtc_err)?;
+        if let Some(rx) = output {
+            let opus_pt = negotiated_pt(&sdp, "opus/48000", OPUS_PT);
+            let vp8_pt = negotiated_pt(&sdp, "vp8/90000", VP8_PT);
+            self.tasks.push(tokio::spawn(send_output(
+                rx,
+                self.audio_out.clone(),
+                self.video_out.clone(),
+                (self.audio_ssrc, opus_pt),
+                (self.video_ssrc, vp8_pt),
+                self.fps,
+                self.ctx.clone(),
+            )));
+            self.tasks.push(tokio::spawn(keyframe_requests(
+                self.video_out.clone(),
+                self.media.clone(),
+                self.ctx.key,
+            )));
+            self.tasks.push(tokio::spawn(report_bandwidth(
+                self.target_bps.clone(),
+                self.media.clone(),
+                self.ctx.key,
+            )));
+        }
+        Ok(sdp)
+    }
+
+    /// Adds a remote ICE candidate.
+    pub async fn add_candidate(&self, c: RTCIceCandidateInit) -> Result<(), OfferError> {
+        self.pc.add_ice_candidate(c).await.map_err(rtc_err)
+    }
+
+    /// Whether a remote description has been applied.
+    pub async fn has_remote(&self) -> bool {
+        self.pc.remote_description().await.is_some()
+    }
+
+    /// Closes the connection and stops its tasks. Idempotent.
+    pub async fn close(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "peer close");
+        }
+    }
+}
+
+/// Writes the room's output for one participant to its tracks; sends PLI for its own video.
+async fn send_output(
+    mut rx: mpsc::Receiver<Output>,
+    audio: Arc<TrackLocalStaticSample>,
+    video: Arc<TrackLocalStaticSample>,
+    (audio_ssrc, opus_pt): (u32, u8),
+    (video_ssrc, vp8_pt): (u32, u8),
+    fps: u32,
+    ctx: Arc<PeerContextShared>,
+) {
+    let frame = Duration::from_micros(1_000_000 / fps.max(1) as u64);
+    while let Some(o) = rx.recv().await {
+        let r = match o {
+            Output::Audio(data) => {
+                let s = sample(&data, Duration::from_millis(20));
+                audio.write_sample(audio_ssrc, opus_pt, &s, &[]).await
+            }
+            Output::Video { data, .. } => {
+                let s = sample(&data, frame);
+                video.write_sample(video_ssrc, vp8_pt, &s, &[]).await
+            }
+            Output::Pli => {
+                let target = ctx.video_in.lock().clone();
+                if let Some((track, ssrc)) = target {
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: ssrc,
+                    };
+                    if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+                        tracing::debug!(error = %e, "PLI not sent");
+                    }
+                }
+                Ok(())
+            }
+        };
+        // Writing before the connection is up fails: that is expected and not worth a log line.
+        if let Err(e) = r {
+            tracing::trace!(error = %e, "sample not written");
+        }
+    }
+}
+
+fn sample(data: &[u8], duration: Duration) -> rtc::media::Sample {
+    rtc::media::Sample {
+        data: bytes::Bytes::copy_from_slice(data),
+        timestamp: Instant::now(),
+        duration,
+        ..Default::default()
+    }
+}
+
+/// Forwards a receiver's PLI/FIR on the composite to the room (keyframe from its tier only).
+async fn keyframe_requests(video: Arc<TrackLocalStaticSample>, media: MediaHandleRef, key: u64) {
+    while let Some(ev) = video.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(_) = ev {
+            media.command(Command::Keyframe(key));
+        }
+    }
+}
+
+/// Pushes the bandwidth estimate to the room when it moves by more than 10%.
+async fn report_bandwidth(target: Arc<AtomicU64>, media: MediaHandleRef, key: u64) {
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let bps = target.load(Relaxed);
+        if bps > 0 && bps.abs_diff(last) * 10 > last {
+            last = bps;
+            media.command(Command::Bandwidth(key, Some(bps)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROME_LIKE: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+
+    #[test]
+    fn summarizes_a_browser_offer() {
+        let s = summarize_offer(CHROME_LIKE).unwrap();
+        assert_eq!(s, OfferSummary { audio: true, opus: true, video: true, vp8: true });
+    }
+
+    #[test]
+    fn rejects_offers_we_cannot_serve() {
+        assert!(matches!(summarize_offer("garbage"), Err(OfferError::Invalid(_))));
+        let dc_only = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
+        assert!(matches!(summarize_offer(dc_only), Err(OfferError::NoMedia)));
+        let h264_only = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
+        assert!(matches!(summarize_offer(h264_only), Err(OfferError::NoCommonCodec(_))));
+        let pcmu = "v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert!(matches!(summarize_offer(pcmu), Err(OfferError::NoCommonCodec(_))));
+    }
+
+    #[test]
+    fn finds_negotiated_payload_types() {
+        assert_eq!(negotiated_pt(CHROME_LIKE, "opus/48000", 1), 111);
+        assert_eq!(negotiated_pt(CHROME_LIKE, "vp8/90000", 1), 96);
+        assert_eq!(negotiated_pt("v=0\r\n", "vp8/90000", 7), 7);
+    }
+}

@@ -1,0 +1,268 @@
+//! Reassembles VP8 frames from RTP packets (RFC 7741), tolerating reordering within a few
+//! frames. Pure and synchronous; the receive task of each publisher owns one.
+//!
+//! A frame is complete when its first packet (S=1, PID=0), its last packet (marker) and every
+//! sequence number between them are present. A frame that cannot complete (a newer one completed
+//! first, or more than [`MAX_PENDING`] frames are open) is reported as lost so that the mixer
+//! waits for a keyframe and asks for one.
+
+use bytes::{Bytes, BytesMut};
+
+/// Frames kept open at once while waiting for reordered packets.
+pub const MAX_PENDING: usize = 3;
+
+/// A reassembled frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// RTP timestamp.
+    pub ts: u32,
+    /// The VP8 bitstream of the frame (empty when `complete` is false).
+    pub data: Bytes,
+    /// Whether every packet arrived.
+    pub complete: bool,
+}
+
+/// Parses the VP8 payload descriptor: (starts a frame, descriptor length). None if malformed.
+pub fn parse_descriptor(p: &[u8]) -> Option<(bool, usize)> {
+    let b0 = *p.first()?;
+    let x = b0 & 0x80 != 0;
+    let s = b0 & 0x10 != 0;
+    let pid = b0 & 0x07;
+    let mut n = 1;
+    if x {
+        let b1 = *p.get(1)?;
+        n = 2;
+        if b1 & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            let m = *p.get(n)?;
+            n += if m & 0x80 != 0 { 2 } else { 1 };
+        }
+        if b1 & 0x40 != 0 {
+            n += 1; // TL0PICIDX
+        }
+        if b1 & 0x30 != 0 {
+            n += 1; // TID/Y/KEYIDX
+        }
+    }
+    if n >= p.len() {
+        return None;
+    }
+    Some((s && pid == 0, n))
+}
+
+struct Partial {
+    ts: u32,
+    /// (extended seq, payload without descriptor)
+    packets: Vec<(u64, Bytes)>,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+impl Partial {
+    fn min_seq(&self) -> u64 {
+        self.packets.iter().map(|p| p.0).min().unwrap_or(u64::MAX)
+    }
+    fn assemble(&mut self) -> Option<Bytes> {
+        let (first, last) = (self.first?, self.last?);
+        if last < first || (last - first + 1) as usize != self.packets.len() {
+            return None;
+        }
+        self.packets.sort_unstable_by_key(|p| p.0);
+        let mut out = BytesMut::with_capacity(self.packets.iter().map(|p| p.1.len()).sum());
+        for (i, (seq, data)) in self.packets.iter().enumerate() {
+            if *seq != first + i as u64 {
+                return None;
+            }
+            out.extend_from_slice(data);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// The reassembler.
+#[derive(Default)]
+pub struct FrameAssembler {
+    pending: Vec<Partial>,
+    highest: Option<u64>,
+    /// Packets at or below this extended seq belong to frames already emitted.
+    emitted_upto: Option<u64>,
+}
+
+impl FrameAssembler {
+    /// A fresh assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn extend(&mut self, seq: u16) -> u64 {
+        let ext = match self.highest {
+            None => (1u64 << 16) + seq as u64,
+            Some(h) => {
+                let base = h & !0xffff;
+                let cands = [base.wrapping_sub(1 << 16), base, base + (1 << 16)];
+                let mut best = base + seq as u64;
+                for c in cands {
+                    let v = c.wrapping_add(seq as u64);
+                    if v.abs_diff(h) < best.abs_diff(h) {
+                        best = v;
+                    }
+                }
+                best
+            }
+        };
+        if self.highest.is_none_or(|h| ext > h) {
+            self.highest = Some(ext);
+        }
+        ext
+    }
+
+    /// Adds one RTP packet; returns the frames it finished (in order, lost ones included).
+    pub fn push(&mut self, seq: u16, ts: u32, marker: bool, payload: &[u8]) -> Vec<Frame> {
+        let ext = self.extend(seq);
+        let mut out = Vec::new();
+        if self.emitted_upto.is_some_and(|e| ext <= e) {
+            return out; // late duplicate or retransmission of a frame already handed on
+        }
+        let Some((starts, hdr)) = parse_descriptor(payload) else {
+            return out; // malformed: the frame will be reported lost when it cannot complete
+        };
+        let idx = match self.pending.iter().position(|p| p.ts == ts) {
+            Some(i) => i,
+            None => {
+                self.pending.push(Partial {
+                    ts,
+                    packets: Vec::new(),
+                    first: None,
+                    last: None,
+                });
+                self.pending.len() - 1
+            }
+        };
+        let part = &mut self.pending[idx];
+        if part.packets.iter().any(|p| p.0 == ext) {
+            return out; // duplicate
+        }
+        part.packets.push((ext, Bytes::copy_from_slice(&payload[hdr..])));
+        if starts {
+            part.first = Some(ext);
+        }
+        if marker {
+            part.last = Some(ext);
+        }
+        self.pending.sort_by_key(Partial::min_seq);
+        // Emit everything up to the newest complete frame; older open frames are lost.
+        if let Some(done) = (0..self.pending.len())
+            .rev()
+            .find(|&i| self.pending[i].first.is_some() && self.pending[i].last.is_some() && {
+                let p = &mut self.pending[i];
+                p.assemble().is_some()
+            })
+        {
+            let drained: Vec<Partial> = self.pending.drain(..=done).collect();
+            for mut p in drained {
+                let data = p.assemble();
+                let upto = p.last.unwrap_or_else(|| p.packets.iter().map(|x| x.0).max().unwrap_or(0));
+                self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
+                out.push(match data {
+                    Some(data) => Frame { ts: p.ts, data, complete: true },
+                    None => Frame { ts: p.ts, data: Bytes::new(), complete: false },
+                });
+            }
+        }
+        while self.pending.len() > MAX_PENDING {
+            let p = self.pending.remove(0);
+            let upto = p.packets.iter().map(|x| x.0).max().unwrap_or(0);
+            self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
+            out.push(Frame { ts: p.ts, data: Bytes::new(), complete: false });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Minimal descriptor: S bit on the first packet, PID 0, no extensions.
+    fn pkt(start: bool, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![if start { 0x10 } else { 0x00 }];
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn descriptor_lengths() {
+        assert_eq!(parse_descriptor(&[0x10, 0xaa]), Some((true, 1)));
+        // X, I with 15-bit picture id, L, T/K.
+        assert_eq!(parse_descriptor(&[0x90, 0xf0, 0x81, 0x23, 0x05, 0x20, 0xaa]), Some((true, 6)));
+        assert_eq!(parse_descriptor(&[0x90, 0x80, 0x05, 0xaa]), Some((true, 3)));
+        assert_eq!(parse_descriptor(&[0x11, 0xaa]), Some((false, 1)), "pid 1 is not a frame start");
+        assert_eq!(parse_descriptor(&[0x90]), None);
+        assert_eq!(parse_descriptor(&[]), None);
+    }
+
+    #[test]
+    fn in_order_frames() {
+        let mut a = FrameAssembler::new();
+        assert!(a.push(10, 100, false, &pkt(true, b"ab")).is_empty());
+        let f = a.push(11, 100, true, &pkt(false, b"cd"));
+        assert_eq!(f, vec![Frame { ts: 100, data: Bytes::from_static(b"abcd"), complete: true }]);
+        let f = a.push(12, 200, true, &pkt(true, b"x"));
+        assert_eq!(f[0].data, Bytes::from_static(b"x"));
+    }
+
+    #[test]
+    fn reordered_packets_complete_the_frame() {
+        let mut a = FrameAssembler::new();
+        assert!(a.push(12, 100, true, &pkt(false, b"3")).is_empty());
+        assert!(a.push(10, 100, false, &pkt(true, b"1")).is_empty());
+        let f = a.push(11, 100, false, &pkt(false, b"2"));
+        assert_eq!(f, vec![Frame { ts: 100, data: Bytes::from_static(b"123"), complete: true }]);
+    }
+
+    #[test]
+    fn loss_is_reported_when_a_newer_frame_completes() {
+        let mut a = FrameAssembler::new();
+        a.push(10, 100, false, &pkt(true, b"1"));
+        // 11 lost; 12 ends frame 100.
+        assert!(a.push(12, 100, true, &pkt(false, b"3")).is_empty());
+        let f = a.push(13, 200, true, &pkt(true, b"n"));
+        assert_eq!(f.len(), 2);
+        assert!(!f[0].complete && f[0].ts == 100);
+        assert!(f[1].complete && f[1].ts == 200);
+        // The late packet of the lost frame is ignored.
+        assert!(a.push(11, 100, false, &pkt(false, b"2")).is_empty());
+    }
+
+    #[test]
+    fn sequence_wraps() {
+        let mut a = FrameAssembler::new();
+        a.push(65535, 7, false, &pkt(true, b"a"));
+        let f = a.push(0, 7, true, &pkt(false, b"b"));
+        assert_eq!(f[0].data, Bytes::from_static(b"ab"));
+        let f = a.push(1, 8, true, &pkt(true, b"c"));
+        assert!(f[0].complete);
+    }
+
+    #[test]
+    fn duplicates_and_garbage_do_not_break_it() {
+        let mut a = FrameAssembler::new();
+        a.push(1, 5, false, &pkt(true, b"a"));
+        a.push(1, 5, false, &pkt(true, b"a"));
+        assert!(a.push(2, 5, false, &[]).is_empty());
+        assert!(a.push(3, 5, false, &[0x90]).is_empty());
+        let f = a.push(2, 5, true, &pkt(false, b"b"));
+        assert_eq!(f[0].data, Bytes::from_static(b"ab"));
+    }
+
+    #[test]
+    fn too_many_open_frames_are_dropped_as_lost() {
+        let mut a = FrameAssembler::new();
+        let mut lost = 0;
+        for i in 0..6u16 {
+            // Only the middle packet of each frame arrives.
+            lost += a.push(i * 3 + 1, i as u32, false, &pkt(false, b"m")).len();
+        }
+        assert_eq!(lost, 6 - MAX_PENDING);
+    }
+}

@@ -1,0 +1,477 @@
+//! The metadata store (sqlx): rooms now, recordings next.
+//!
+//! Two backends behind one [`Store`]: SQLite (default, a file under `./data/`, WAL, foreign keys,
+//! busy timeout) and PostgreSQL. Each has its own migration directory (`migrations/sqlite`,
+//! `migrations/postgres`), embedded at compile time and applied by [`Store::connect`].
+//!
+//! Invariants:
+//! - Timestamps are kept at microsecond precision on both backends (SQLite stores fixed-width
+//!   RFC 3339 text, which sorts like time), so what a write returns equals what a read returns.
+//! - Room lists are ordered by `(created_at, id)`; the cursor encodes the last row's pair, so a
+//!   page walk sees every room that existed throughout exactly once even while rooms are added.
+//! - The pool waits at most [`ACQUIRE_TIMEOUT`] for a connection: an unreachable database answers
+//!   `StoreError::Unavailable` quickly instead of hanging requests.
+
+mod postgres;
+mod sqlite;
+
+use crate::config::RoomDefaults;
+use crate::error::ApiError;
+use crate::model::Layout;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Longest wait for a pooled connection before a request is answered 503.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refuses service (connection, pool timeout, locked).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A room with this name exists already.
+    #[error("room '{0}' already exists")]
+    RoomExists(String),
+    /// A pagination cursor that this store did not produce.
+    #[error("cursor is invalid")]
+    InvalidCursor,
+    /// A stored row that does not fit the model (edited by hand, newer schema).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The URL names no supported backend or does not parse.
+    #[error("bad database URL: {0}")]
+    BadUrl(String),
+    /// Applying migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Anything else the driver reports.
+    #[error("database error: {0}")]
+    Other(sqlx::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "database unavailable");
+                ApiError::Unavailable("database unavailable, try again later".into())
+            }
+            StoreError::RoomExists(name) => ApiError::RoomExists(name),
+            StoreError::InvalidCursor => ApiError::InvalidRequest("cursor is invalid".into()),
+            other => ApiError::Unexpected(anyhow::Error::new(other)),
+        }
+    }
+}
+
+/// Classifies a driver error: connection trouble becomes `Unavailable`.
+pub(crate) fn classify(e: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    let unavailable = match &e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => true,
+        E::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL SQLSTATEs: 08xxx connection exceptions, 57P01-57P03 admin shutdown /
+            // crash shutdown / cannot connect now, 55000 "database is not currently accepting
+            // connections", 53xxx insufficient resources, 3D000 database gone, 28xxx auth.
+            let pg = code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("28")
+                || code == "55000"
+                || code == "3D000";
+            // SQLite primary result codes: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, FULL 13,
+            // CANTOPEN 14 (extended codes keep the primary code in the low byte).
+            let sqlite = code
+                .parse::<u32>()
+                .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 8 | 10 | 13 | 14));
+            pg || sqlite
+        }
+        _ => false,
+    };
+    if unavailable {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Other(e)
+    }
+}
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Unique name (`[A-Za-z0-9_-]{1,64}`).
+    pub name: String,
+    /// Capacity.
+    pub max_participants: u32,
+    /// Composite layout.
+    pub layout: Layout,
+    /// Start recording when the first participant joins.
+    pub auto_record: bool,
+    /// Delete the room after it has been empty this long; 0 = never.
+    pub empty_timeout_s: u32,
+    /// Free-form application data.
+    pub metadata: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last settings change.
+    pub updated_at: DateTime<Utc>,
+    /// The running recording, if a recording row has status `recording`.
+    pub recording_id: Option<Uuid>,
+}
+
+impl RoomRecord {
+    /// A fresh row (new id, no recording) for `room`, created at `now`.
+    fn new(room: &NewRoom, now: DateTime<Utc>) -> RoomRecord {
+        RoomRecord {
+            id: Uuid::new_v4(),
+            name: room.name.clone(),
+            max_participants: room.max_participants,
+            layout: room.layout,
+            auto_record: room.auto_record,
+            empty_timeout_s: room.empty_timeout_s,
+            metadata: room.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+            recording_id: None,
+        }
+    }
+}
+
+/// Settings of a room to create (already validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoom {
+    /// Unique name.
+    pub name: String,
+    /// Capacity.
+    pub max_participants: u32,
+    /// Composite layout.
+    pub layout: Layout,
+    /// Start recording when the first participant joins.
+    pub auto_record: bool,
+    /// Empty timeout, seconds; 0 = never.
+    pub empty_timeout_s: u32,
+    /// Free-form application data.
+    pub metadata: Option<String>,
+}
+
+impl NewRoom {
+    /// A room named `name` with the configured defaults.
+    pub fn with_defaults(name: &str, defaults: &RoomDefaults) -> NewRoom {
+        NewRoom {
+            name: name.to_string(),
+            max_participants: defaults.max_participants,
+            layout: Layout::default(),
+            auto_record: false,
+            empty_timeout_s: defaults.empty_timeout_s,
+            metadata: None,
+        }
+    }
+}
+
+/// A partial update; `None` leaves a field unchanged (`metadata: Some(None)` clears it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomPatch {
+    /// New capacity.
+    pub max_participants: Option<u32>,
+    /// New layout.
+    pub layout: Option<Layout>,
+    /// New auto-record flag.
+    pub auto_record: Option<bool>,
+    /// New empty timeout.
+    pub empty_timeout_s: Option<u32>,
+    /// New metadata (`Some(None)` = clear).
+    pub metadata: Option<Option<String>>,
+}
+
+/// One page of rooms.
+#[derive(Debug, Clone)]
+pub struct RoomPage {
+    /// Rooms in `(created_at, id)` order.
+    pub rooms: Vec<RoomRecord>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Position after a row in `(created_at, id)` order. Opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub(crate) fn after(room: &RoomRecord) -> Cursor {
+        Cursor {
+            created_at: room.created_at,
+            id: room.id,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        let raw = format!("{}.{}", self.created_at.timestamp_micros(), self.id.simple());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub(crate) fn decode(s: &str) -> Result<Cursor, StoreError> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .map_err(|_| StoreError::InvalidCursor)?;
+        let raw = String::from_utf8(raw).map_err(|_| StoreError::InvalidCursor)?;
+        let (micros, id) = raw.split_once('.').ok_or(StoreError::InvalidCursor)?;
+        let micros: i64 = micros.parse().map_err(|_| StoreError::InvalidCursor)?;
+        let created_at =
+            DateTime::from_timestamp_micros(micros).ok_or(StoreError::InvalidCursor)?;
+        let id = Uuid::try_parse(id).map_err(|_| StoreError::InvalidCursor)?;
+        Ok(Cursor { created_at, id })
+    }
+}
+
+/// Now, truncated to the microsecond precision both backends store.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// Checked conversion of a stored integer to the model's `u32`.
+pub(crate) fn to_u32(v: i64, field: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} = {v} out of range")))
+}
+
+/// Parses a stored layout name.
+pub(crate) fn to_layout(s: &str) -> Result<Layout, StoreError> {
+    Layout::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown layout '{s}'")))
+}
+
+/// The metadata store. Cheap to clone (pools are reference counted).
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// SQLite file (or memory).
+    Sqlite(sqlx::SqlitePool),
+    /// PostgreSQL.
+    Postgres(sqlx::PgPool),
+}
+
+impl Store {
+    /// Opens the database named by `url` (`sqlite://path`, `sqlite::memory:`, `postgres://…`),
+    /// creating a SQLite file and its directory if missing, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            Store::Sqlite(sqlite::connect(url).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(postgres::connect(url).await?)
+        } else {
+            return Err(StoreError::BadUrl(
+                "expected sqlite://… or postgres://…".into(),
+            ));
+        };
+        tracing::info!(backend = store.backend(), "database ready, migrations applied");
+        Ok(store)
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Checks that the database answers (`/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::ping(p).await,
+            Store::Postgres(p) => postgres::ping(p).await,
+        }
+    }
+
+    /// Closes the pool; every later call answers `Unavailable` (shutdown, tests).
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(p) => p.close().await,
+            Store::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Inserts a room; `RoomExists` if the name is taken.
+    pub async fn create_room(&self, room: &NewRoom) -> Result<RoomRecord, StoreError> {
+        let rec = RoomRecord::new(room, now_micros());
+        match self {
+            Store::Sqlite(p) => sqlite::insert_room(p, &rec, false).await?,
+            Store::Postgres(p) => postgres::insert_room(p, &rec, false).await?,
+        };
+        Ok(rec)
+    }
+
+    /// The room named `name`.
+    pub async fn get_room(&self, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::get_room(p, name).await,
+            Store::Postgres(p) => postgres::get_room(p, name).await,
+        }
+    }
+
+    /// The room named `name`, created with `defaults` if it does not exist (race-safe: two
+    /// concurrent callers get the same row).
+    pub async fn ensure_room(
+        &self,
+        name: &str,
+        defaults: &RoomDefaults,
+    ) -> Result<RoomRecord, StoreError> {
+        if let Some(r) = self.get_room(name).await? {
+            return Ok(r);
+        }
+        let rec = RoomRecord::new(&NewRoom::with_defaults(name, defaults), now_micros());
+        let inserted = match self {
+            Store::Sqlite(p) => sqlite::insert_room(p, &rec, true).await?,
+            Store::Postgres(p) => postgres::insert_room(p, &rec, true).await?,
+        };
+        if inserted {
+            tracing::info!(room = name, "room created on first join");
+        }
+        self.get_room(name).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("room '{name}' vanished right after its creation"))
+        })
+    }
+
+    /// One page of rooms after `cursor`, at most `limit` long.
+    pub async fn list_rooms(
+        &self,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<RoomPage, StoreError> {
+        let after = cursor.map(Cursor::decode).transpose()?;
+        let limit = limit.max(1);
+        // One extra row tells whether another page follows.
+        let mut rooms = match self {
+            Store::Sqlite(p) => sqlite::list_rooms(p, i64::from(limit) + 1, after).await?,
+            Store::Postgres(p) => postgres::list_rooms(p, i64::from(limit) + 1, after).await?,
+        };
+        let next_cursor = if rooms.len() > limit as usize {
+            rooms.truncate(limit as usize);
+            rooms.last().map(|r| Cursor::after(r).encode())
+        } else {
+            None
+        };
+        Ok(RoomPage { rooms, next_cursor })
+    }
+
+    /// Applies `patch`; `None` if the room does not exist.
+    pub async fn update_room(
+        &self,
+        name: &str,
+        patch: &RoomPatch,
+    ) -> Result<Option<RoomRecord>, StoreError> {
+        let updated = match self {
+            Store::Sqlite(p) => sqlite::update_room(p, name, patch, now_micros()).await?,
+            Store::Postgres(p) => postgres::update_room(p, name, patch, now_micros()).await?,
+        };
+        if !updated {
+            return Ok(None);
+        }
+        self.get_room(name).await
+    }
+
+    /// Deletes the room row; false if there was none. Recordings of the room are kept.
+    pub async fn delete_room(&self, name: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::delete_room(p, name).await,
+            Store::Postgres(p) => postgres::delete_room(p, name).await,
+        }
+    }
+
+    /// Rooms that have an empty timeout (`empty_timeout_s > 0`), for the reaper.
+    pub async fn rooms_with_empty_timeout(&self) -> Result<Vec<RoomRecord>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::rooms_with_empty_timeout(p).await,
+            Store::Postgres(p) => postgres::rooms_with_empty_timeout(p).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            created_at: now_micros(),
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "!!", "bm9wZQ", "MTIzLm5vdC1hLXV1aWQ"] {
+            assert!(
+                matches!(Cursor::decode(bad), Err(StoreError::InvalidCursor)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[actix_web::test]
+    async fn sqlite_memory_crud_and_pagination() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        store.ping().await.unwrap();
+        let defaults = RoomDefaults::default();
+        let mut names = Vec::new();
+        for i in 0..5 {
+            let name = format!("r{i}");
+            let r = store
+                .create_room(&NewRoom::with_defaults(&name, &defaults))
+                .await
+                .unwrap();
+            assert_eq!(store.get_room(&name).await.unwrap(), Some(r));
+            names.push(name);
+        }
+        let dup = store
+            .create_room(&NewRoom::with_defaults("r0", &defaults))
+            .await;
+        assert!(matches!(dup, Err(StoreError::RoomExists(n)) if n == "r0"));
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.list_rooms(2, cursor.as_deref()).await.unwrap();
+            assert!(page.rooms.len() <= 2);
+            seen.extend(page.rooms.into_iter().map(|r| r.name));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, names);
+        let patched = store
+            .update_room(
+                "r1",
+                &RoomPatch {
+                    layout: Some(Layout::Speaker),
+                    metadata: Some(Some("m".into())),
+                    ..RoomPatch::default()
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (patched.layout, patched.metadata.as_deref()),
+            (Layout::Speaker, Some("m"))
+        );
+        assert_eq!(patched.max_participants, defaults.max_participants);
+        assert!(store.delete_room("r1").await.unwrap());
+        assert!(!store.delete_room("r1").await.unwrap());
+        let ensured = store.ensure_room("fresh", &defaults).await.unwrap();
+        assert_eq!(store.ensure_room("fresh", &defaults).await.unwrap(), ensured);
+        store.close().await;
+        assert!(matches!(
+            store.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}

@@ -1,0 +1,218 @@
+//! SQLite backend. Timestamps are fixed-width RFC 3339 text (`…T…:…:….ffffffZ`), ids hyphenated
+//! UUID text, so `ORDER BY created_at, id` is time order and matches PostgreSQL's order.
+
+use super::{Cursor, RoomPatch, RoomRecord, StoreError, classify, to_layout, to_u32};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row as _;
+use std::str::FromStr as _;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long a writer waits for SQLite's lock before the call fails (`Unavailable`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_ts(s: &str, field: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("{field} '{s}': {e}")))
+}
+
+fn parse_uuid(s: &str, field: &str) -> Result<Uuid, StoreError> {
+    Uuid::try_parse(s).map_err(|e| StoreError::Corrupt(format!("{field} '{s}': {e}")))
+}
+
+pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::BadUrl(e.to_string()))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT);
+    let memory = url.contains(":memory:") || url.contains("mode=memory");
+    if !memory {
+        if let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+    }
+    let pool_opts = SqlitePoolOptions::new().acquire_timeout(super::ACQUIRE_TIMEOUT);
+    // An in-memory database lives as long as its connections: keep exactly one, forever.
+    let pool_opts = if memory {
+        pool_opts
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        pool_opts.max_connections(8)
+    };
+    let pool = pool_opts.connect_with(opts).await.map_err(classify)?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(classify)
+}
+
+const SELECT_ROOM: &str = "SELECT r.id, r.name, r.max_participants, r.layout, r.auto_record, \
+     r.empty_timeout_s, r.metadata, r.created_at, r.updated_at, \
+     (SELECT rec.id FROM recordings rec WHERE rec.room_name = r.name AND rec.status = 'recording' \
+      ORDER BY rec.started_at DESC LIMIT 1) AS recording_id \
+     FROM rooms r";
+
+fn room_from_row(row: &SqliteRow) -> Result<RoomRecord, StoreError> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(classify);
+    let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(classify);
+    let recording_id: Option<String> = row.try_get("recording_id").map_err(classify)?;
+    Ok(RoomRecord {
+        id: parse_uuid(&get_s("id")?, "rooms.id")?,
+        name: get_s("name")?,
+        max_participants: to_u32(get_i("max_participants")?, "max_participants")?,
+        layout: to_layout(&get_s("layout")?)?,
+        auto_record: row.try_get::<bool, _>("auto_record").map_err(classify)?,
+        empty_timeout_s: to_u32(get_i("empty_timeout_s")?, "empty_timeout_s")?,
+        metadata: row.try_get("metadata").map_err(classify)?,
+        created_at: parse_ts(&get_s("created_at")?, "created_at")?,
+        updated_at: parse_ts(&get_s("updated_at")?, "updated_at")?,
+        recording_id: recording_id
+            .map(|s| parse_uuid(&s, "recordings.id"))
+            .transpose()?,
+    })
+}
+
+/// Inserts `rec`. With `if_absent`, an existing name is not an error and `false` is returned.
+pub(super) async fn insert_room(
+    pool: &SqlitePool,
+    rec: &RoomRecord,
+    if_absent: bool,
+) -> Result<bool, StoreError> {
+    let sql = if if_absent {
+        "INSERT INTO rooms (id, name, max_participants, layout, auto_record, empty_timeout_s, \
+         metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (name) DO NOTHING"
+    } else {
+        "INSERT INTO rooms (id, name, max_participants, layout, auto_record, empty_timeout_s, \
+         metadata, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+    let res = sqlx::query(sql)
+        .bind(rec.id.to_string())
+        .bind(&rec.name)
+        .bind(i64::from(rec.max_participants))
+        .bind(rec.layout.as_str())
+        .bind(rec.auto_record)
+        .bind(i64::from(rec.empty_timeout_s))
+        .bind(rec.metadata.as_deref())
+        .bind(ts(rec.created_at))
+        .bind(ts(rec.updated_at))
+        .execute(pool)
+        .await;
+    match res {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::RoomExists(rec.name.clone()))
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+pub(super) async fn get_room(pool: &SqlitePool, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+    let sql = format!("{SELECT_ROOM} WHERE r.name = ?");
+    let row = sqlx::query(&sql)
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(room_from_row).transpose()
+}
+
+pub(super) async fn list_rooms(
+    pool: &SqlitePool,
+    limit: i64,
+    after: Option<Cursor>,
+) -> Result<Vec<RoomRecord>, StoreError> {
+    let rows = match after {
+        None => {
+            let sql = format!("{SELECT_ROOM} ORDER BY r.created_at, r.id LIMIT ?");
+            sqlx::query(&sql).bind(limit).fetch_all(pool).await
+        }
+        Some(c) => {
+            let sql = format!(
+                "{SELECT_ROOM} WHERE r.created_at > ?1 OR (r.created_at = ?1 AND r.id > ?2) \
+                 ORDER BY r.created_at, r.id LIMIT ?3"
+            );
+            sqlx::query(&sql)
+                .bind(ts(c.created_at))
+                .bind(c.id.to_string())
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .map_err(classify)?;
+    rows.iter().map(room_from_row).collect()
+}
+
+pub(super) async fn update_room(
+    pool: &SqlitePool,
+    name: &str,
+    patch: &RoomPatch,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    // One statement, so concurrent patches of different fields do not undo each other.
+    let res = sqlx::query(
+        "UPDATE rooms SET \
+         max_participants = COALESCE(?1, max_participants), \
+         layout = COALESCE(?2, layout), \
+         auto_record = COALESCE(?3, auto_record), \
+         empty_timeout_s = COALESCE(?4, empty_timeout_s), \
+         metadata = CASE WHEN ?5 THEN ?6 ELSE metadata END, \
+         updated_at = ?7 \
+         WHERE name = ?8",
+    )
+    .bind(patch.max_participants.map(i64::from))
+    .bind(patch.layout.map(|l| l.as_str()))
+    .bind(patch.auto_record)
+    .bind(patch.empty_timeout_s.map(i64::from))
+    .bind(patch.metadata.is_some())
+    .bind(patch.metadata.clone().flatten())
+    .bind(ts(now))
+    .bind(name)
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn delete_room(pool: &SqlitePool, name: &str) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM rooms WHERE name = ?")
+        .bind(name)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn rooms_with_empty_timeout(
+    pool: &SqlitePool,
+) -> Result<Vec<RoomRecord>, StoreError> {
+    let sql = format!("{SELECT_ROOM} WHERE r.empty_timeout_s > 0 ORDER BY r.created_at, r.id");
+    let rows = sqlx::query(&sql).fetch_all(pool).await.map_err(classify)?;
+    rows.iter().map(room_from_row).collect()
+}

@@ -1,0 +1,250 @@
+//! Bad input on the signaling WebSocket: every case gets an `error` or a clean close, never a
+//! panic, and the other participants do not notice.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use server::auth::JoinClaims;
+use server::config::Config;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct App {
+    addr: std::net::SocketAddr,
+    state: actix_web::web::Data<server::AppState>,
+    _dir: tempfile::TempDir,
+}
+
+async fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_key: Some("signaling-test-key-0123456789".into()),
+        token_secret: Some("signaling-test-secret-0123456789abcdef012345".into()),
+        database_url: format!("sqlite://{}/mcu.db", dir.path().display()),
+        rtc: server::config::RtcConfig {
+            bind: Some("127.0.0.1".parse().unwrap()),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let running = server::start(config).await.unwrap();
+    let (addr, state) = (running.addr, running.state.clone());
+    actix_web::rt::spawn(running.server);
+    App {
+        addr,
+        state,
+        _dir: dir,
+    }
+}
+
+impl App {
+    fn token(&self, room: &str, identity: &str, ttl: i64) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.state.tokens.mint(&JoinClaims {
+            room: room.into(),
+            sub: identity.into(),
+            name: Some(identity.into()),
+            iat: now,
+            exp: now + ttl,
+            can_publish: true,
+            can_subscribe: true,
+            is_admin: false,
+        })
+    }
+
+    async fn connect(&self, token: &str) -> Ws {
+        let url = format!("ws://{}/api/v1/ws?token={token}", self.addr);
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+
+    /// Connects and reads the welcome.
+    async fn join(&self, room: &str, identity: &str) -> (Ws, Value) {
+        let mut ws = self.connect(&self.token(room, identity, 600)).await;
+        let welcome = next_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s");
+        match m {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads messages until one of type `ty` (skipping e.g. participant events).
+async fn expect_type(ws: &mut Ws, ty: &str) -> Value {
+    for _ in 0..20 {
+        let v = next_json(ws).await;
+        if v["type"] == ty {
+            return v;
+        }
+    }
+    panic!("no '{ty}' message");
+}
+
+async fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// The socket is alive: a chat goes round and comes back.
+async fn assert_alive(ws: &mut Ws, tag: &str) {
+    send(ws, &json!({"type": "chat", "text": tag}).to_string()).await;
+    let v = expect_type(ws, "chat").await;
+    assert_eq!(v["text"], tag);
+}
+
+async fn expect_close(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("not closed within 10 s");
+        match m {
+            Some(Ok(Message::Close(f))) => return f.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[actix_web::test]
+async fn bad_frames_get_errors_and_the_others_do_not_notice() {
+    let app = app().await;
+    let (mut alice, _) = app.join("bad", "alice").await;
+    let (mut mallory, welcome) = app.join("bad", "mallory").await;
+    assert_eq!(
+        welcome["participants"].as_array().unwrap().len(),
+        1,
+        "alice is listed: {welcome}"
+    );
+    let joined = expect_type(&mut alice, "participant_joined").await;
+    assert_eq!(joined["participant"]["identity"], "mallory");
+
+    let cases: [(&str, &str); 8] = [
+        ("{not json", "invalid_json"),
+        ("[1,2,3]", "invalid_message"),
+        (r#"{"type":"dance"}"#, "unknown_type"),
+        (r#"{"type":"offer"}"#, "invalid_message"),
+        (r#"{"type":"offer","sdp":"garbage"}"#, "invalid_offer"),
+        (
+            r#"{"type":"offer","sdp":"v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"}"#,
+            "no_media",
+        ),
+        (
+            r#"{"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n"}"#,
+            "unsupported_codec",
+        ),
+        (
+            r#"{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
+            "no_offer",
+        ),
+    ];
+    for (frame, code) in cases {
+        send(&mut mallory, frame).await;
+        let e = expect_type(&mut mallory, "error").await;
+        assert_eq!(e["code"], code, "for {frame}: {e}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    mallory
+        .send(Message::Binary(vec![1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_type(&mut mallory, "error").await["code"],
+        "invalid_message"
+    );
+    assert_alive(&mut mallory, "still here").await;
+
+    // Over 64 KiB: disconnected with 1009, and alice is told mallory left.
+    send(&mut mallory, &"x".repeat(70 * 1024)).await;
+    assert_eq!(expect_close(&mut mallory).await, Some(CloseCode::Size));
+    let left = expect_type(&mut alice, "participant_left").await;
+    assert_eq!(left["participant_id"], welcome["participant_id"]);
+    assert_alive(&mut alice, "alice fine").await;
+}
+
+#[actix_web::test]
+async fn a_dropped_socket_leaves_the_room() {
+    let app = app().await;
+    let (mut alice, _) = app.join("drop", "alice").await;
+    let (bob, welcome) = app.join("drop", "bob").await;
+    expect_type(&mut alice, "participant_joined").await;
+    drop(bob); // TCP closed without a close frame
+    let left = expect_type(&mut alice, "participant_left").await;
+    assert_eq!(left["participant_id"], welcome["participant_id"]);
+    assert_eq!(app.state.rooms.active_count("drop"), 1);
+    assert_alive(&mut alice, "ok").await;
+}
+
+#[actix_web::test]
+async fn expired_and_invalid_tokens_are_refused() {
+    let app = app().await;
+    let mut ws = app.connect(&app.token("t", "late", -5)).await;
+    assert_eq!(next_json(&mut ws).await["code"], "token_expired");
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::from(4001)));
+
+    let mut ws = app.connect("not-a-jwt").await;
+    assert_eq!(next_json(&mut ws).await["code"], "unauthorized");
+    expect_close(&mut ws).await;
+    assert_eq!(app.state.rooms.active_count("t"), 0);
+}
+
+#[actix_web::test]
+async fn a_token_that_expires_during_the_call_closes_it() {
+    let app = app().await;
+    let mut ws = app.connect(&app.token("exp", "brief", 2)).await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let closed = expect_type(&mut ws, "closed").await;
+    assert_eq!(closed["reason"], "token_expired");
+}
+
+#[actix_web::test]
+async fn a_full_room_refuses_the_next_participant() {
+    let app = app().await;
+    app.state
+        .store
+        .ensure_room("small", &app.state.config.rooms)
+        .await
+        .unwrap();
+    let patch = server::store::RoomPatch {
+        max_participants: Some(1),
+        ..Default::default()
+    };
+    app.state.store.update_room("small", &patch).await.unwrap();
+    let (_first, _) = app.join("small", "first").await;
+    let mut second = app.connect(&app.token("small", "second", 60)).await;
+    assert_eq!(next_json(&mut second).await["code"], "room_full");
+    assert_eq!(expect_close(&mut second).await, Some(CloseCode::from(4009)));
+}
+
+#[actix_web::test]
+async fn mute_and_chat_reach_everyone() {
+    let app = app().await;
+    let (mut a, wa) = app.join("m", "a").await;
+    let (mut b, _) = app.join("m", "b").await;
+    expect_type(&mut a, "participant_joined").await;
+    send(&mut a, r#"{"type":"mute","audio":true}"#).await;
+    let up = expect_type(&mut b, "participant_updated").await;
+    assert_eq!(up["participant"]["id"], wa["participant_id"]);
+    assert_eq!(up["participant"]["audio_muted"], true);
+    assert_eq!(up["participant"]["video_muted"], false);
+    let id = wa["participant_id"].as_str().unwrap();
+    assert!(app.state.rooms.participant("m", id).unwrap().audio_muted);
+    send(&mut a, r#"{"type":"chat","text":"hello"}"#).await;
+    let c = expect_type(&mut b, "chat").await;
+    assert_eq!(c["from"], wa["participant_id"]);
+    assert_eq!(c["text"], "hello");
+    send(&mut a, r#"{"type":"leave"}"#).await;
+    expect_type(&mut b, "participant_left").await;
+}

@@ -1,0 +1,113 @@
+// Three real Chromium participants in one mixed room: each receives ONE audio and ONE video
+// track, hears the other two tones and not its own, and sees the others' colours in the
+// composite. A fourth joins and leaves without stalling the others' video.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer, makeMedia, launchParticipant, waitForMedia, receiveStats, toneLevels, samplePixels, watchFrames,
+} from './harness.mjs';
+import { gridCentres } from './layout.mjs';
+
+const PEOPLE = [
+  { name: 'red', color: 'red', rgb: [255, 0, 0], freq: 400 },
+  { name: 'green', color: 'lime', rgb: [0, 255, 0], freq: 700 },
+  { name: 'blue', color: 'blue', rgb: [0, 0, 255], freq: 1000 },
+];
+const FOURTH = { name: 'yellow', color: 'yellow', rgb: [255, 255, 0], freq: 1300 };
+
+let server;
+const joined = [];
+
+function close(a, b, tol = 70) {
+  return a.every((v, i) => Math.abs(v - b[i]) <= tol);
+}
+
+before(async () => {
+  server = await startServer();
+  const r = await server.api('POST', '/rooms', { name: 'e2e', layout: 'grid' });
+  assert.equal(r.status, 201, JSON.stringify(r.body));
+  // Join one after the other so that the composite's tile order is the join order.
+  for (const p of PEOPLE) {
+    const part = await launchParticipant(server, 'e2e', p.name, makeMedia(p.name, p.color, p.freq));
+    await part.page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout: 20000 });
+    joined.push({ ...p, ...part });
+  }
+  for (const p of joined) await waitForMedia(p.page);
+});
+
+after(async () => {
+  for (const p of joined) await p.browser.close().catch(() => {});
+  if (server) await server.stop();
+});
+
+test('each participant receives exactly one audio and one video track, and frames keep coming', async () => {
+  for (const p of joined) {
+    const a = await receiveStats(p.page);
+    assert.deepEqual(a.kinds.sort(), ['audio', 'video'], `${p.name} receivers`);
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = await receiveStats(p.page);
+    assert.ok(b.framesDecoded > a.framesDecoded + 5, `${p.name} framesDecoded ${a.framesDecoded} -> ${b.framesDecoded}`);
+    assert.ok(b.audioSamples > a.audioSamples + 24000, `${p.name} audio samples ${a.audioSamples} -> ${b.audioSamples}`);
+    const rooms = await server.api('GET', '/rooms/e2e/participants');
+    assert.equal(rooms.body.participants.length, 3);
+  }
+});
+
+test('everyone hears the two others and not themselves', async () => {
+  const freqs = PEOPLE.map((p) => p.freq);
+  for (const p of joined) {
+    const levels = await toneLevels(p.page, freqs);
+    const own = levels[PEOPLE.findIndex((q) => q.name === p.name)];
+    const others = levels.filter((_, i) => PEOPLE[i].name !== p.name);
+    for (const l of others) {
+      assert.ok(l > -70, `${p.name} should hear the others: levels ${levels.map((x) => x.toFixed(1))}`);
+      assert.ok(l - own > 20, `${p.name}'s own tone must be at least 20 dB below the others: ${levels.map((x) => x.toFixed(1))}`);
+    }
+  }
+});
+
+test('the composite shows every participant in its grid tile', async () => {
+  const centres = gridCentres(3, 640, 360);
+  for (const p of joined) {
+    const { width, height, px } = await samplePixels(p.page, centres.map(([x, y]) => [x / 640, y / 360]));
+    assert.equal(`${width}x${height}`, '640x360');
+    PEOPLE.forEach((q, i) => {
+      assert.ok(close(px[i], q.rgb), `${p.name} sees ${q.name} at tile ${i}: got rgb ${px[i]}`);
+    });
+  }
+});
+
+test('a fourth participant joins and leaves without stalling the others', async () => {
+  for (const p of joined) await watchFrames(p.page);
+  const fourth = await launchParticipant(server, 'e2e', FOURTH.name, makeMedia(FOURTH.name, FOURTH.color, FOURTH.freq));
+  try {
+    await waitForMedia(fourth.page);
+    // The others' composite now has four tiles; the fourth's colour shows in tile 3.
+    const centres = gridCentres(4, 640, 360);
+    await joined[0].page.waitForFunction(() => true);
+    await new Promise((r) => setTimeout(r, 1500));
+    const { px } = await samplePixels(joined[0].page, [[centres[3][0] / 640, centres[3][1] / 360]]);
+    assert.ok(close(px[0], FOURTH.rgb), `tile 3 shows the newcomer: got ${px[0]}`);
+  } finally {
+    await fourth.browser.close();
+  }
+  await new Promise((r) => setTimeout(r, 2000));
+  for (const p of joined) {
+    const gaps = await p.page.evaluate(() => {
+      const t = window.frameLog.times;
+      let max = 0;
+      for (let i = 1; i < t.length; i++) max = Math.max(max, t[i] - t[i - 1]);
+      return { max, n: t.length };
+    });
+    assert.ok(gaps.n > 30, `${p.name} kept receiving frames (${gaps.n})`);
+    assert.ok(gaps.max < 500, `${p.name}'s composite stalled ${gaps.max.toFixed(0)} ms`);
+  }
+  // The others see a three-tile layout again.
+  const centres = gridCentres(3, 640, 360);
+  const { px } = await samplePixels(joined[1].page, centres.map(([x, y]) => [x / 640, y / 360]));
+  PEOPLE.forEach((q, i) => assert.ok(close(px[i], q.rgb), `after leave, tile ${i} is ${q.name}: ${px[i]}`));
+});
+
+test('no console errors in any page', () => {
+  for (const p of joined) assert.deepEqual(p.errors, [], `${p.name} page errors`);
+});

@@ -1,0 +1,207 @@
+// Shared helpers of the browser tests: media files, the real server binary, tokens, Chromium.
+import { chromium } from 'playwright-core';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, existsSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const target = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
+export const serverBin = path.join(target, 'debug', 'mcu-server');
+const mediaDir = path.join(root, 'tests/e2e/media');
+
+/** Chromium flags from NOTES.md (fake devices, loopback ICE, no background traffic). */
+const BASE_ARGS = [
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream',
+  '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+/** A solid-colour y4m and a sine wav for one fake participant (cached across runs). */
+export function makeMedia(name, color, freq) {
+  mkdirSync(mediaDir, { recursive: true });
+  const y4m = path.join(mediaDir, `${name}.y4m`);
+  const wav = path.join(mediaDir, `${name}.wav`);
+  if (!existsSync(y4m)) {
+    execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'lavfi', '-i', `color=c=${color}:size=320x180:rate=15`,
+      '-t', '4', '-pix_fmt', 'yuv420p', y4m]);
+  }
+  if (!existsSync(wav)) {
+    execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'lavfi', '-i', `sine=frequency=${freq}:sample_rate=48000`,
+      '-af', 'volume=0.5', '-t', '10', '-c:a', 'pcm_s16le', wav]);
+  }
+  return { y4m, wav };
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** Starts the real server binary on loopback with a fresh SQLite database. */
+export async function startServer(extraEnv = {}) {
+  if (!existsSync(serverBin)) throw new Error(`${serverBin} missing: run cargo build first`);
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmpdir(), 'mcu-e2e-'));
+  const apiKey = 'e2e-test-api-key-0123456789';
+  const env = {
+    ...process.env,
+    MCU_LISTEN: `127.0.0.1:${port}`,
+    MCU_RTC_BIND: '127.0.0.1',
+    MCU_API_KEY: apiKey,
+    MCU_TOKEN_SECRET: 'e2e-token-secret-0123456789abcdef0123456789',
+    DATABASE_URL: `sqlite://${dir}/mcu.db`,
+    MCU_RECORDINGS_DIR: `${dir}/recordings`,
+    MCU_WEB_DIR: path.join(root, 'web'),
+    MCU_LOG: process.env.MCU_LOG || 'info,webrtc=warn,rtc=warn',
+    ...extraEnv,
+  };
+  const proc = spawn(serverBin, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const logs = [];
+  proc.stdout.on('data', (d) => logs.push(d.toString()));
+  proc.stderr.on('data', (d) => logs.push(d.toString()));
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    if (proc.exitCode !== null) throw new Error(`server exited: ${logs.join('')}`);
+    try {
+      const r = await fetch(`${url}/healthz`);
+      if (r.ok) break;
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`server did not start: ${logs.join('')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const api = async (method, p, body) => {
+    const r = await fetch(`${url}/api/v1${p}`, {
+      method,
+      headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.text();
+    return { status: r.status, body: text ? JSON.parse(text) : null };
+  };
+  return {
+    url, apiKey, logs, proc, api,
+    async token(room, identity, display_name = identity) {
+      const r = await api('POST', `/rooms/${room}/tokens`, { identity, display_name });
+      if (r.status !== 201) throw new Error(`token: ${r.status} ${JSON.stringify(r.body)}`);
+      return r.body.token;
+    },
+    async stop() {
+      proc.kill('SIGTERM');
+      await new Promise((r) => (proc.exitCode !== null ? r() : proc.once('exit', r)));
+    },
+  };
+}
+
+/** One Chromium process per participant: fake capture files are per process. */
+export async function launchParticipant(server, room, name, media) {
+  const args = [...BASE_ARGS];
+  if (media) args.push(`--use-file-for-fake-video-capture=${media.y4m}`, `--use-file-for-fake-audio-capture=${media.wav}`);
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args });
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  const token = await server.token(room, name);
+  await page.goto(`${server.url}/?autojoin=1&token=${encodeURIComponent(token)}`);
+  return { browser, page, errors, name };
+}
+
+/** In the page: starts recording composite frame times and the first-frame latency. */
+export async function watchFrames(page) {
+  await page.evaluate(() => {
+    const v = document.getElementById('remote');
+    window.frameLog = { times: [], first: null };
+    const cb = (now) => {
+      if (window.frameLog.first === null) window.frameLog.first = now - window.mcu.openedAt;
+      window.frameLog.times.push(now);
+      v.requestVideoFrameCallback(cb);
+    };
+    v.requestVideoFrameCallback(cb);
+  });
+}
+
+/** Waits until the page decodes composite video and plays the mixed audio. */
+export async function waitForMedia(page, timeout = 20000) {
+  await page.waitForFunction(async () => {
+    const pc = window.mcu?.pc;
+    if (!pc) return false;
+    const stats = await pc.getStats();
+    let frames = 0, samples = 0;
+    stats.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') samples = s.totalSamplesReceived || 0;
+    });
+    return frames > 10 && samples > 48000;
+  }, null, { timeout, polling: 250 });
+}
+
+/** Counts of remote tracks by kind and inbound stats. */
+export async function receiveStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.mcu.pc;
+    const kinds = pc.getReceivers().filter((r) => r.track && r.track.readyState === 'live').map((r) => r.track.kind);
+    const stats = await pc.getStats();
+    const out = { kinds, framesDecoded: 0, audioSamples: 0 };
+    stats.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') out.framesDecoded = s.framesDecoded || 0;
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') out.audioSamples = s.totalSamplesReceived || 0;
+    });
+    return out;
+  });
+}
+
+/** Level (dB) at each frequency of the remote mixed audio, averaged over ~1 s by an AnalyserNode. */
+export async function toneLevels(page, freqs) {
+  return page.evaluate(async (freqs) => {
+    const track = window.mcu.pc.getReceivers().find((r) => r.track?.kind === 'audio').track;
+    const ctx = new AudioContext({ sampleRate: 48000 });
+    await ctx.resume();
+    const src = ctx.createMediaStreamSource(new MediaStream([track]));
+    const an = ctx.createAnalyser();
+    an.fftSize = 8192;
+    an.smoothingTimeConstant = 0;
+    src.connect(an);
+    const bins = new Float32Array(an.frequencyBinCount);
+    const acc = freqs.map(() => -Infinity);
+    const hz = ctx.sampleRate / an.fftSize;
+    for (let i = 0; i < 10; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      an.getFloatFrequencyData(bins);
+      freqs.forEach((f, k) => {
+        const b = Math.round(f / hz);
+        const peak = Math.max(bins[b - 1], bins[b], bins[b + 1]);
+        acc[k] = Math.max(acc[k], peak);
+      });
+    }
+    await ctx.close();
+    return acc;
+  }, freqs);
+}
+
+/** RGB of the composite at relative points [x,y] in 0..1. */
+export async function samplePixels(page, points) {
+  return page.evaluate((points) => {
+    const v = document.getElementById('remote');
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth;
+    c.height = v.videoHeight;
+    const g = c.getContext('2d');
+    g.drawImage(v, 0, 0);
+    return {
+      width: c.width,
+      height: c.height,
+      px: points.map(([x, y]) => Array.from(g.getImageData(Math.floor(x * c.width), Math.floor(y * c.height), 1, 1).data.slice(0, 3))),
+    };
+  }, points);
+}
