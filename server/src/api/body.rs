@@ -44,18 +44,28 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "request body is empty; expected a JSON object".into(),
         ));
     }
+    // serde would also accept a struct written as an array (`["name"]`); the contract says object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::InvalidRequest(
+            "request body must be a JSON object".into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
-            ApiError::InvalidRequest(format!("invalid JSON body: {inner}"))
-        } else {
-            ApiError::InvalidRequest(format!("{path}: {inner}"))
+        match inner.classify() {
+            serde_json::error::Category::Data if path != "." && !path.is_empty() => {
+                ApiError::InvalidRequest(format!("{path}: {inner}"))
+            }
+            serde_json::error::Category::Data => {
+                ApiError::InvalidRequest(format!("invalid request body: {inner}"))
+            }
+            _ => ApiError::InvalidRequest(format!("malformed JSON: {inner}")),
         }
     })?;
     de.end()
-        .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?;
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON: {e}")))?;
     Ok(value)
 }
 
@@ -110,7 +120,7 @@ pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
                     JsonPayloadError::ContentType => {
                         ApiError::InvalidRequest("Content-Type must be application/json".into())
                     }
-                    other => ApiError::InvalidRequest(format!("invalid JSON body: {other}")),
+                    other => ApiError::InvalidRequest(format!("malformed JSON: {other}")),
                 };
                 api.into()
             }),
@@ -146,7 +156,10 @@ mod tests {
         assert!(err(r#"{"count":1}"#).contains("missing field `name`"));
         assert!(err(r#"{"name":"a"} trailing"#).contains("trailing"));
         assert!(err("").contains("empty"));
-        assert!(err("{").contains("invalid JSON body"));
+        assert!(err("{").contains("malformed JSON"));
+        assert!(err(r#"{"name":"#).contains("malformed JSON"));
+        assert!(err(r#"["a"]"#).contains("must be a JSON object"));
+        assert!(err("null").contains("must be a JSON object"));
         assert_eq!(decode::<Body>(br#"{"name":"a"}"#).unwrap().name, "a");
     }
 }

@@ -59,8 +59,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Unknown path under `/api/v1`.
-async fn not_found(req: HttpRequest) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 // ----- shapes ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use crate::room::media::{Command, OUTPUT_QUEUE};
 use crate::room::peer::{OfferError, PEER_EVENT_QUEUE, Peer, PeerContext, PeerEvent, summarize_offer};
 use crate::room::{ParticipantHandle, SessionEvent};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason as WsClose, Message};
+use actix_ws::{CloseCode, CloseReason as WsClose};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -244,10 +244,10 @@ const KNOWN_TYPES: [&str; 5] = ["offer", "candidate", "mute", "chat", "leave"];
 fn parse_client(text: &str) -> Result<ClientMsg, String> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| msg_error("invalid_json", format!("not valid JSON: {e}")))?;
-    let Some(t) = v.get("type").and_then(Value::as_str) else {
+    let Some(t) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
         return Err(msg_error("invalid_message", "a message needs a string field 'type'"));
     };
-    if !KNOWN_TYPES.contains(&t) {
+    if !KNOWN_TYPES.contains(&t.as_str()) {
         return Err(msg_error("unknown_type", format!("unknown message type '{t}'")));
     }
     serde_json::from_value(v)

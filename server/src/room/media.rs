@@ -185,7 +185,7 @@ impl MediaHandle {
         std::thread::Builder::new()
             .name(format!("media-{}", room.chars().take(9).collect::<String>()))
             .spawn(move || run(name, media, control_rx, packets_rx, events, t, s))
-            .map_err(|e| mixer::MixerError::Codec(format!("cannot start media thread: {e}")))?;
+            .map_err(|e| mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}")))?;
         Ok(MediaHandle {
             control: MediaHandleRef(control),
             packets,
@@ -273,6 +273,7 @@ fn run(
         }
 
         let out = media.tick();
+        let video_tick = out.video_tick;
         let mut bytes_out = 0u64;
         for (key, pkt) in out.audio {
             if let Some(r) = receivers.get(&key) {
@@ -312,7 +313,9 @@ fn run(
             last_counts = counts;
         }
         METRICS.audio_encodes.fetch_add(stats.audio_encodes_last_tick as u64, Relaxed);
-        METRICS.video_encodes.fetch_add(stats.video_encodes_last_tick as u64, Relaxed);
+        if video_tick {
+            METRICS.video_encodes.fetch_add(stats.video_encodes_last_video_tick as u64, Relaxed);
+        }
 
         let us = started.elapsed().as_micros() as u64;
         METRICS.observe_tick(us);

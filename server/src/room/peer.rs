@@ -630,7 +630,9 @@ fn sample(data: &[u8], duration: Duration) -> rtc::media::Sample {
         data: bytes::Bytes::copy_from_slice(data),
         timestamp: Instant::now(),
         duration,
-        ..Default::default()
+        packet_timestamp: 0,
+        prev_dropped_packets: 0,
+        prev_padding_packets: 0,
     }
 }
 

@@ -1,0 +1,916 @@
+//! [`MediaRoom`]: the per-room media engine the server drives.
+//!
+//! Invariants:
+//! - Time is an input: each [`MediaRoom::tick`] is exactly 20 ms of room
+//!   clock ([`TICK_MS`]); the first tick is at 0 ms. Nothing here reads a
+//!   clock, blocks or spawns; all state is owned by the caller's thread.
+//! - Every tick emits one Opus packet per participant. Inputs are gated by
+//!   voice activity: only contributing (speaking or starting to) unmuted inputs
+//!   are summed. A contributing receiver gets the mix minus itself from its own
+//!   encoder; all others share one encode of the full mix (same `Arc`).
+//! - A video tick happens on the first audio tick whose time reaches the next
+//!   frame time (`frames * 1000 / fps`, exact rational, no drift). It composites
+//!   once and encodes once per bitrate tier that has receivers; encoders of
+//!   empty tiers are dropped, a tier's first receiver or a receiver switching
+//!   into it or asking for one (PLI/FIR) forces a keyframe on that tier only.
+//! - Only on-screen inputs are decoded. Off-screen ones keep no decoder; when
+//!   one comes on screen it waits for a keyframe and a PLI is requested. PLIs
+//!   are rate-limited to one per input per [`PLI_INTERVAL_MS`] of room clock.
+//! - Untrusted payloads are bounded and never panic: bad audio is concealed
+//!   (PLC) and counted, bad video makes the input wait for a keyframe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::activity::{SpeakerDetector, VoiceActivity};
+use crate::compositor::{Compositor, Tile, TileContent};
+use crate::image::I420View;
+use crate::jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
+use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, layout};
+use crate::mix::AudioMixer;
+use crate::opus_codec::{OpusDecoder, OpusEncoder};
+use crate::tier::tier_for_bandwidth;
+use crate::vp8_decoder::{Vp8Decoder, is_vp8_keyframe};
+use crate::vpx::{EncodedFrame, Vp8Encoder, Vp8EncoderConfig};
+use crate::{FRAME_SAMPLES, Layout, MediaConfig, MixerError, TICK_MS};
+
+/// Server-assigned participant id, unique within a room.
+pub type ParticipantKey = u64;
+
+/// Shortest room-clock interval between two PLIs for the same input.
+pub const PLI_INTERVAL_MS: u64 = 500;
+/// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
+pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
+
+/// Everything one tick produced.
+#[derive(Debug, Clone, Default)]
+pub struct TickOutput {
+    /// Room clock time of this tick in ms (0, 20, 40, ...).
+    pub time_ms: u64,
+    /// Whether this tick composed and encoded video.
+    pub video_tick: bool,
+    /// One 20 ms Opus packet (48 kHz, mono: TOC stereo bit 0) for every
+    /// participant, in join order. Receivers that contributed nothing share
+    /// one `Arc` of the full mix.
+    pub audio: Vec<(ParticipantKey, Arc<[u8]>)>,
+    /// On video ticks: the VP8 frame for each receiver (shared per tier) and
+    /// whether it is a keyframe.
+    pub video: Vec<(ParticipantKey, Arc<[u8]>, bool)>,
+    /// Inputs the server should send a PLI for (upstream, to the publisher).
+    pub pli: Vec<ParticipantKey>,
+    /// `Some(new)` when the active speaker changed (`Some(None)` = nobody).
+    pub active_speaker: Option<Option<ParticipantKey>>,
+    /// Participants whose speaking flag flipped: `(key, speaking)`.
+    pub speaking_changed: Vec<(ParticipantKey, bool)>,
+}
+
+/// Counters and gauges of a room.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaStats {
+    /// Room clock of the next tick, ms.
+    pub time_ms: u64,
+    /// Participants present.
+    pub participants: usize,
+    /// Participants that publish media.
+    pub publishers: usize,
+    /// Opus decoders (one per publisher).
+    pub audio_decoders: usize,
+    /// Opus encoders alive: the shared full-mix one plus receivers' own ones.
+    pub audio_encoders: usize,
+    /// Opus encodes done by the last tick.
+    pub audio_encodes_last_tick: usize,
+    /// VP8 decoders alive (on-screen publishers that sent video).
+    pub video_decoders: usize,
+    /// VP8 encoders alive (one per bitrate tier with receivers).
+    pub video_encoders: usize,
+    /// VP8 encodes done by the last video tick.
+    pub video_encodes_last_video_tick: usize,
+    /// Tiles in the current layout.
+    pub visible_tiles: usize,
+    /// Current active speaker.
+    pub active_speaker: Option<ParticipantKey>,
+    /// Jitter buffer counters summed over present inputs.
+    pub jitter: JitterStats,
+    /// Audio frames that failed to decode (concealed instead).
+    pub audio_decode_errors: u64,
+    /// Video frames decoded.
+    pub video_frames_decoded: u64,
+    /// Video frames dropped (loss, waiting for a keyframe, decode error).
+    pub video_frames_dropped: u64,
+    /// Video frames that failed to decode.
+    pub video_decode_errors: u64,
+    /// PLIs requested.
+    pub pli_requested: u64,
+    /// Keyframes sent (counted once per tier encode).
+    pub keyframes_sent: u64,
+}
+
+#[derive(Debug)]
+struct AudioIn {
+    jitter: JitterBuffer,
+    decoder: OpusDecoder,
+}
+
+#[derive(Debug)]
+struct Participant {
+    key: ParticipantKey,
+    publishes: bool,
+    audio_muted: bool,
+    video_muted: bool,
+    /// Publishers only.
+    audio_in: Option<AudioIn>,
+    /// This tick's decoded frame (zero when nothing played).
+    pcm: Box<[i16; FRAME_SAMPLES]>,
+    /// This tick's frame is in the mix.
+    contributes: bool,
+    activity: VoiceActivity,
+    own_encoder: Option<OpusEncoder>,
+    own_idle_ticks: u32,
+    /// Only while on screen and video unmuted.
+    video_decoder: Option<Vp8Decoder>,
+    need_keyframe: bool,
+    pli_pending: bool,
+    last_pli_ms: Option<u64>,
+    on_screen: bool,
+    tier: usize,
+    /// This receiver needs a keyframe from its tier.
+    wants_keyframe: bool,
+}
+
+/// The media engine of one room (see the module docs for its invariants).
+pub struct MediaRoom {
+    cfg: MediaConfig,
+    layout: Layout,
+    participants: Vec<Participant>,
+    index: HashMap<ParticipantKey, usize>,
+    now_ms: u64,
+    video_frames: u64,
+    mixer: AudioMixer,
+    mix_buf: Box<[i16; FRAME_SAMPLES]>,
+    shared_encoder: OpusEncoder,
+    speaker: SpeakerDetector,
+    visible: Vec<ParticipantKey>,
+    speaker_tile: usize,
+    compositor: Compositor,
+    tier_encoders: Vec<Option<Vp8Encoder>>,
+    stats: MediaStats,
+}
+
+impl std::fmt::Debug for MediaRoom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaRoom")
+            .field("time_ms", &self.now_ms)
+            .field("participants", &self.participants.len())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MediaRoom {
+    /// Validates `cfg` and creates an empty room at time 0.
+    pub fn new(cfg: MediaConfig) -> Result<Self, MixerError> {
+        cfg.validate()?;
+        Ok(Self {
+            layout: cfg.layout,
+            participants: Vec::new(),
+            index: HashMap::new(),
+            now_ms: 0,
+            video_frames: 0,
+            mixer: AudioMixer::new(),
+            mix_buf: Box::new([0; FRAME_SAMPLES]),
+            shared_encoder: OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity)?,
+            speaker: SpeakerDetector::new(),
+            visible: Vec::new(),
+            speaker_tile: 0,
+            compositor: Compositor::new(cfg.canvas_width, cfg.canvas_height)?,
+            tier_encoders: (0..cfg.video_tiers_kbps.len()).map(|_| None).collect(),
+            stats: MediaStats::default(),
+            cfg,
+        })
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &MediaConfig {
+        &self.cfg
+    }
+
+    /// Current layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Keys of the tiles currently shown, in tile order, and the index of the
+    /// speaker's tile (meaningful in [`Layout::Speaker`]). Feed
+    /// `(visible.len(), layout, w, h, speaker_tile)` to [`crate::layout()`] to
+    /// get the rectangles of the next composite.
+    pub fn visible(&self) -> (&[ParticipantKey], usize) {
+        (&self.visible, self.speaker_tile)
+    }
+
+    fn get_mut(&mut self, key: ParticipantKey) -> Option<&mut Participant> {
+        let i = *self.index.get(&key)?;
+        self.participants.get_mut(i)
+    }
+
+    fn new_audio_in(&self) -> Option<AudioIn> {
+        match OpusDecoder::new() {
+            Ok(decoder) => Some(AudioIn {
+                jitter: JitterBuffer::new(self.cfg.jitter_target_frames),
+                decoder,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "opus decoder");
+                None
+            }
+        }
+    }
+
+    /// Adds a participant at the end of the join order. Every participant
+    /// receives audio and video; `publishes` ones also send. Adding a key
+    /// that is present only updates its `publishes` flag.
+    pub fn add_participant(&mut self, key: ParticipantKey, publishes: bool) {
+        let audio_in = if publishes { self.new_audio_in() } else { None };
+        if let Some(p) = self.get_mut(key) {
+            if p.publishes != publishes {
+                p.publishes = publishes;
+                p.audio_in = audio_in;
+                p.video_decoder = None;
+                p.need_keyframe = true;
+                p.pli_pending = publishes && p.on_screen;
+            }
+            return;
+        }
+        self.index.insert(key, self.participants.len());
+        self.participants.push(Participant {
+            key,
+            publishes,
+            audio_muted: false,
+            video_muted: false,
+            audio_in,
+            pcm: Box::new([0; FRAME_SAMPLES]),
+            contributes: false,
+            activity: VoiceActivity::new(),
+            own_encoder: None,
+            own_idle_ticks: 0,
+            video_decoder: None,
+            need_keyframe: true,
+            pli_pending: false,
+            last_pli_ms: None,
+            on_screen: false,
+            tier: self.cfg.default_tier(),
+            wants_keyframe: true,
+        });
+        self.update_visibility();
+    }
+
+    /// Removes a participant and everything about it. Unknown keys are ignored.
+    pub fn remove_participant(&mut self, key: ParticipantKey) {
+        let Some(i) = self.index.remove(&key) else {
+            return;
+        };
+        self.participants.remove(i);
+        for (j, p) in self.participants.iter().enumerate().skip(i) {
+            self.index.insert(p.key, j);
+        }
+        self.update_visibility();
+    }
+
+    /// One received Opus RTP payload (untrusted). `seq` orders playout; `ts`
+    /// is not needed (20 ms packets are assumed) and ignored.
+    pub fn push_audio(&mut self, key: ParticipantKey, seq: u16, _ts: u32, payload: &[u8]) {
+        let Some(p) = self.get_mut(key) else {
+            return;
+        };
+        if let Some(a) = &mut p.audio_in {
+            // Duplicates, late and malformed packets are counted in the buffer's stats.
+            let _: PushOutcome = a.jitter.push(seq, payload);
+        }
+    }
+
+    /// One complete depacketized VP8 frame (untrusted). `complete = false`
+    /// means the server saw loss inside it. Decoded at once if the input is
+    /// on screen; `ts` is not needed (the latest picture is shown) and ignored.
+    pub fn push_video(&mut self, key: ParticipantKey, _ts: u32, frame: &[u8], complete: bool) {
+        let Some(i) = self.index.get(&key).copied() else {
+            return;
+        };
+        let stats = &mut self.stats;
+        let Some(p) = self.participants.get_mut(i) else {
+            return;
+        };
+        if !p.publishes || p.video_muted || !p.on_screen {
+            return;
+        }
+        if !complete {
+            p.need_keyframe = true;
+            p.pli_pending = true;
+            stats.video_frames_dropped += 1;
+            return;
+        }
+        if p.need_keyframe && !is_vp8_keyframe(frame) {
+            p.pli_pending = true;
+            stats.video_frames_dropped += 1;
+            return;
+        }
+        if p.video_decoder.is_none() {
+            match Vp8Decoder::new() {
+                Ok(d) => p.video_decoder = Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "vp8 decoder");
+                    return;
+                }
+            }
+        }
+        let Some(dec) = p.video_decoder.as_mut() else {
+            return;
+        };
+        match dec.decode(frame) {
+            Ok(Some(_)) => {
+                // Whatever asked for a keyframe is satisfied now.
+                p.need_keyframe = false;
+                p.pli_pending = false;
+                stats.video_frames_decoded += 1;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(key, error = %e, "vp8 decode");
+                p.need_keyframe = true;
+                p.pli_pending = true;
+                stats.video_decode_errors += 1;
+                stats.video_frames_dropped += 1;
+            }
+        }
+    }
+
+    /// Server-side mute flags. Muted audio leaves the mix and stops counting
+    /// as speaking; muted video shows the placeholder (and needs a keyframe
+    /// when unmuted, which is requested).
+    pub fn set_muted(&mut self, key: ParticipantKey, audio: bool, video: bool) {
+        let Some(p) = self.get_mut(key) else {
+            return;
+        };
+        p.audio_muted = audio;
+        if video != p.video_muted {
+            p.video_muted = video;
+            p.video_decoder = None;
+            p.need_keyframe = true;
+            p.pli_pending = !video && p.publishes && p.on_screen;
+        }
+    }
+
+    /// Changes the layout; the next video tick shows it.
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
+        self.update_visibility();
+    }
+
+    /// A receiver's bandwidth estimate in bit/s (`None` = unknown: default
+    /// tier). A tier change gets the receiver a keyframe from its new tier.
+    pub fn set_bandwidth(&mut self, key: ParticipantKey, bps: Option<u64>) {
+        let tier = match bps {
+            Some(b) => tier_for_bandwidth(b, &self.cfg.video_tiers_kbps),
+            None => self.cfg.default_tier(),
+        };
+        if let Some(p) = self.get_mut(key)
+            && p.tier != tier
+        {
+            p.tier = tier;
+            p.wants_keyframe = true;
+        }
+    }
+
+    /// The receiver asked for a keyframe (PLI/FIR): the next video tick forces
+    /// one on its tier's encoder only.
+    pub fn request_keyframe(&mut self, key: ParticipantKey) {
+        if let Some(p) = self.get_mut(key) {
+            p.wants_keyframe = true;
+        }
+    }
+
+    /// Bitrate tier index of a receiver.
+    pub fn tier_of(&self, key: ParticipantKey) -> Option<usize> {
+        let i = *self.index.get(&key)?;
+        self.participants.get(i).map(|p| p.tier)
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> MediaStats {
+        let mut s = self.stats.clone();
+        s.time_ms = self.now_ms;
+        s.participants = self.participants.len();
+        s.publishers = self.participants.iter().filter(|p| p.publishes).count();
+        s.audio_decoders = self.participants.iter().filter(|p| p.audio_in.is_some()).count();
+        s.audio_encoders = 1 + self.participants.iter().filter(|p| p.own_encoder.is_some()).count();
+        s.video_decoders = self.participants.iter().filter(|p| p.video_decoder.is_some()).count();
+        s.video_encoders = self.tier_encoders.iter().flatten().count();
+        s.visible_tiles = self.visible.len();
+        s.active_speaker = self.speaker.active();
+        let mut j = JitterStats::default();
+        for a in self.participants.iter().filter_map(|p| p.audio_in.as_ref()) {
+            let t = a.jitter.stats();
+            j.accepted += t.accepted;
+            j.duplicate += t.duplicate;
+            j.late += t.late;
+            j.invalid += t.invalid;
+            j.overflow_dropped += t.overflow_dropped;
+            j.resets += t.resets;
+            j.fec += t.fec;
+            j.plc += t.plc;
+        }
+        s.jitter = j;
+        s
+    }
+
+    /// Advances the room clock by 20 ms and produces this tick's output.
+    pub fn tick(&mut self) -> TickOutput {
+        let now = self.now_ms;
+        let mut out = TickOutput {
+            time_ms: now,
+            audio: Vec::with_capacity(self.participants.len()),
+            ..TickOutput::default()
+        };
+        for p in &mut self.participants {
+            if pull_audio(p, &mut self.stats.audio_decode_errors) {
+                out.speaking_changed.push((p.key, p.activity.is_speaking()));
+            }
+        }
+        let inputs = self
+            .participants
+            .iter()
+            .filter(|p| p.audio_in.is_some())
+            .map(|p| (p.key, p.activity.is_speaking(), p.activity.level_dbov()));
+        out.active_speaker = self.speaker.update(inputs);
+        self.mix_audio(&mut out);
+        self.update_visibility();
+        // Exact rational schedule: frame f is due at f * 1000 / fps ms.
+        if now * u64::from(self.cfg.fps) >= self.video_frames * 1000 {
+            self.video_frames += 1;
+            out.video_tick = true;
+            self.video_tick(now, &mut out);
+        }
+        for p in &mut self.participants {
+            if p.pli_pending && p.last_pli_ms.is_none_or(|t| now >= t + PLI_INTERVAL_MS) {
+                p.pli_pending = false;
+                p.last_pli_ms = Some(now);
+                out.pli.push(p.key);
+                self.stats.pli_requested += 1;
+            }
+        }
+        self.now_ms += TICK_MS;
+        out
+    }
+
+    fn mix_audio(&mut self, out: &mut TickOutput) {
+        let Self {
+            participants,
+            mixer,
+            mix_buf,
+            shared_encoder,
+            cfg,
+            stats,
+            ..
+        } = self;
+        mixer.clear();
+        for p in participants.iter().filter(|p| p.contributes) {
+            mixer.add(&p.pcm[..]);
+        }
+        let mut shared: Option<Arc<[u8]>> = None;
+        let mut encodes = 0;
+        for p in participants.iter_mut() {
+            let own = if p.contributes {
+                p.own_idle_ticks = 0;
+                if p.own_encoder.is_none() {
+                    match OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity) {
+                        Ok(e) => p.own_encoder = Some(e),
+                        Err(e) => tracing::error!(error = %e, "opus encoder"),
+                    }
+                }
+                p.own_encoder.as_mut()
+            } else {
+                p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
+                if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
+                    p.own_encoder = None;
+                }
+                None
+            };
+            let packet = match own {
+                Some(enc) => {
+                    mixer.render(Some(&p.pcm[..]), &mut mix_buf[..]);
+                    encodes += 1;
+                    enc.encode(&mix_buf[..])
+                }
+                None => match &shared {
+                    Some(s) => Ok(s.clone()),
+                    None => {
+                        mixer.render(None, &mut mix_buf[..]);
+                        encodes += 1;
+                        let r = shared_encoder.encode(&mix_buf[..]);
+                        if let Ok(s) = &r {
+                            shared = Some(s.clone());
+                        }
+                        r
+                    }
+                },
+            };
+            match packet {
+                Ok(pkt) => out.audio.push((p.key, pkt)),
+                Err(e) => tracing::error!(key = p.key, error = %e, "opus encode"),
+            }
+        }
+        stats.audio_encodes_last_tick = encodes;
+    }
+
+    /// Recomputes which inputs are on screen; inputs that just came on
+    /// screen wait for a keyframe (PLI), those that left lose their decoder.
+    fn update_visibility(&mut self) {
+        let active = self.speaker.active().filter(|k| self.index.contains_key(k));
+        let mut visible: Vec<ParticipantKey> = Vec::new();
+        let mut speaker_tile = 0;
+        match self.layout {
+            Layout::Grid => {
+                visible.extend(self.participants.iter().take(MAX_GRID_TILES).map(|p| p.key));
+                if let Some(s) = active
+                    && !visible.contains(&s)
+                    && let Some(last) = visible.last_mut()
+                {
+                    *last = s;
+                }
+            }
+            Layout::Speaker => {
+                let speaker = active.or_else(|| self.participants.first().map(|p| p.key));
+                let mut others = 0;
+                for p in &self.participants {
+                    if Some(p.key) == speaker {
+                        speaker_tile = visible.len();
+                        visible.push(p.key);
+                    } else if others < MAX_STRIP_TILES {
+                        others += 1;
+                        visible.push(p.key);
+                    }
+                }
+            }
+        }
+        for p in &mut self.participants {
+            let on = visible.contains(&p.key);
+            if on && !p.on_screen && p.publishes && !p.video_muted {
+                p.need_keyframe = true;
+                p.pli_pending = true;
+            }
+            if !on {
+                p.video_decoder = None;
+            }
+            p.on_screen = on;
+        }
+        self.visible = visible;
+        self.speaker_tile = speaker_tile;
+    }
+
+    fn video_tick(&mut self, now: u64, out: &mut TickOutput) {
+        let n_tiers = self.tier_encoders.len();
+        let mut receivers = vec![0usize; n_tiers];
+        let mut want_kf = vec![false; n_tiers];
+        for p in &self.participants {
+            let t = p.tier.min(n_tiers - 1);
+            receivers[t] += 1;
+            want_kf[t] |= p.wants_keyframe;
+        }
+        for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
+            if receivers[t] == 0 {
+                *enc = None;
+            } else if enc.is_none() {
+                let c = Vp8EncoderConfig::realtime(
+                    self.cfg.canvas_width,
+                    self.cfg.canvas_height,
+                    self.cfg.fps,
+                    self.cfg.video_tiers_kbps[t],
+                );
+                match Vp8Encoder::new(c) {
+                    Ok(e) => *enc = Some(e),
+                    Err(e) => tracing::error!(tier = t, error = %e, "vp8 encoder"),
+                }
+            }
+        }
+        self.stats.video_encodes_last_video_tick = 0;
+        if self.participants.is_empty() {
+            return;
+        }
+        let rects = layout(
+            self.visible.len(),
+            self.layout,
+            self.cfg.canvas_width,
+            self.cfg.canvas_height,
+            self.speaker_tile,
+        );
+        let tiles: Vec<Tile<'_>> = self
+            .visible
+            .iter()
+            .zip(rects)
+            .map(|(key, rect)| {
+                let content = self
+                    .index
+                    .get(key)
+                    .and_then(|&i| self.participants.get(i))
+                    .filter(|p| p.publishes && !p.video_muted)
+                    .and_then(|p| p.video_decoder.as_ref())
+                    .and_then(|d| {
+                        let view = I420View::from_video(d.picture()?).ok()?;
+                        Some(TileContent::Picture { source: *key, generation: d.generation(), view })
+                    })
+                    .unwrap_or(TileContent::Placeholder);
+                Tile { rect, content }
+            })
+            .collect();
+        let canvas = self.compositor.compose(&tiles);
+        let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
+        for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
+            let Some(enc) = enc else { continue };
+            if want_kf[t] {
+                enc.force_keyframe();
+            }
+            match enc.encode(canvas, now as i64) {
+                Ok(f) => {
+                    self.stats.video_encodes_last_video_tick += 1;
+                    if f.as_ref().is_some_and(|f| f.keyframe) {
+                        self.stats.keyframes_sent += 1;
+                    }
+                    encoded[t] = f;
+                }
+                Err(e) => tracing::error!(tier = t, error = %e, "vp8 encode"),
+            }
+        }
+        out.video.reserve(self.participants.len());
+        for p in &mut self.participants {
+            if let Some(f) = &encoded[p.tier.min(n_tiers - 1)] {
+                out.video.push((p.key, f.data.clone(), f.keyframe));
+                if f.keyframe {
+                    p.wants_keyframe = false;
+                }
+            }
+        }
+    }
+}
+
+/// Plays out one frame of `p`'s audio into `p.pcm` and updates its voice
+/// activity; returns whether the speaking flag flipped.
+fn pull_audio(p: &mut Participant, decode_errors: &mut u64) -> bool {
+    p.contributes = false;
+    let Some(a) = &mut p.audio_in else {
+        return false;
+    };
+    if p.audio_muted {
+        // Keep draining so that unmuting resumes at the live edge.
+        let _ = a.jitter.pop();
+        p.pcm.fill(0);
+        return p.activity.reset();
+    }
+    let decoded = match a.jitter.pop() {
+        Playout::Packet(pkt) => Some(a.decoder.decode(pkt, &mut p.pcm)),
+        Playout::Fec(next) => Some(a.decoder.decode_fec(next, &mut p.pcm)),
+        Playout::Plc => Some(a.decoder.conceal(&mut p.pcm)),
+        Playout::Silence => None,
+    };
+    let flipped = match decoded {
+        None => {
+            p.pcm.fill(0);
+            p.activity.update_silent()
+        }
+        Some(result) => {
+            if result.is_err() {
+                // A corrupt packet is treated like a lost one.
+                *decode_errors += 1;
+                if a.decoder.conceal(&mut p.pcm).is_err() {
+                    p.pcm.fill(0);
+                }
+            }
+            p.activity.update(&p.pcm[..])
+        }
+    };
+    p.contributes = p.activity.contributes();
+    flipped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{I420Frame, Yuv};
+
+    fn tone_packets(freq: f32, amp: f32, count: usize) -> Vec<Arc<[u8]>> {
+        let mut enc = OpusEncoder::new(32_000, 5).expect("encoder");
+        (0..count)
+            .map(|f| {
+                let pcm: Vec<i16> = (0..FRAME_SAMPLES)
+                    .map(|i| {
+                        let t = (f * FRAME_SAMPLES + i) as f32 / 48_000.0;
+                        (amp * (2.0 * std::f32::consts::PI * freq * t).sin()) as i16
+                    })
+                    .collect();
+                enc.encode(&pcm).expect("encode")
+            })
+            .collect()
+    }
+
+    fn keyframe(w: u32, h: u32) -> Arc<[u8]> {
+        let mut enc = Vp8Encoder::new(Vp8EncoderConfig::realtime(w, h, 15, 200)).expect("enc");
+        let f = I420Frame::new(w, h, Yuv::from_rgb(200, 30, 30)).expect("frame");
+        let out = enc.encode(&f, 0).expect("encode").expect("frame");
+        assert!(out.keyframe);
+        out.data
+    }
+
+    #[test]
+    fn video_ticks_follow_fps_on_the_room_clock() {
+        for (fps, expected_first) in [
+            (15, vec![0, 80, 140, 200, 280, 340, 400]),
+            (30, vec![0, 40, 80, 100, 140, 180, 200]),
+        ] {
+            let mut room = MediaRoom::new(MediaConfig { fps, ..MediaConfig::default() }).expect("room");
+            let times: Vec<u64> = (0..500)
+                .map(|_| room.tick())
+                .filter(|o| o.video_tick)
+                .map(|o| o.time_ms)
+                .collect();
+            assert_eq!(&times[..7], &expected_first[..], "fps {fps}");
+            // 10 s of room clock: exactly 10 * fps frames.
+            assert_eq!(times.len() as u32, 10 * fps, "fps {fps}");
+        }
+    }
+
+    #[test]
+    fn silent_receivers_share_one_audio_encode_speakers_get_their_own() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        for k in 0..10 {
+            room.add_participant(k, k < 3);
+        }
+        let silence = tone_packets(0.0, 0.0, 1)[0].clone();
+        let loud1 = tone_packets(400.0, 6000.0, 100);
+        let loud2 = tone_packets(900.0, 6000.0, 100);
+        for t in 0..100u16 {
+            let speaking = t >= 50;
+            room.push_audio(0, t, u32::from(t) * 960, &silence);
+            room.push_audio(1, t, u32::from(t) * 960, if speaking { &loud1[t as usize] } else { &silence });
+            room.push_audio(2, t, u32::from(t) * 960, if speaking { &loud2[t as usize] } else { &silence });
+            let out = room.tick();
+            assert_eq!(out.audio.len(), 10, "every participant gets audio");
+            let keys: Vec<u64> = out.audio.iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, (0..10).collect::<Vec<u64>>());
+            let s = room.stats();
+            if t < 50 {
+                assert_eq!(s.audio_encodes_last_tick, 1, "tick {t}");
+                let first = &out.audio[0].1;
+                assert!(out.audio.iter().all(|(_, p)| Arc::ptr_eq(p, first)));
+            } else if t >= 56 {
+                // Two speakers: their own mixes plus one shared full mix.
+                assert_eq!(s.audio_encodes_last_tick, 3, "tick {t}");
+                let shared = &out.audio[0].1;
+                for (k, p) in &out.audio {
+                    assert_eq!(Arc::ptr_eq(p, shared), *k != 1 && *k != 2, "tick {t} key {k}");
+                }
+                assert!(!Arc::ptr_eq(&out.audio[1].1, &out.audio[2].1));
+            }
+        }
+        let s = room.stats();
+        assert_eq!(s.audio_encoders, 3);
+        assert_eq!(s.audio_decoders, 3);
+    }
+
+    #[test]
+    fn receivers_share_video_encoders_per_tier_and_keyframes_stay_in_their_tier() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        for k in 0..4 {
+            room.add_participant(k, false);
+        }
+        let video_tick = |room: &mut MediaRoom| loop {
+            let o = room.tick();
+            if o.video_tick {
+                return o;
+            }
+        };
+        let o = video_tick(&mut room);
+        assert_eq!(room.stats().video_encoders, 1);
+        assert_eq!(o.video.len(), 4);
+        assert!(o.video.iter().all(|(_, d, kf)| *kf && Arc::ptr_eq(d, &o.video[0].1)));
+        let o = video_tick(&mut room);
+        assert!(o.video.iter().all(|(_, _, kf)| !kf));
+
+        // Receiver 1 moves up to the 800 kbit/s tier: a second encoder, and a
+        // keyframe for that tier only.
+        room.set_bandwidth(1, Some(10_000_000));
+        assert_eq!(room.tier_of(1), Some(2));
+        let o = video_tick(&mut room);
+        assert_eq!(room.stats().video_encoders, 2);
+        let by_key: HashMap<u64, (Arc<[u8]>, bool)> =
+            o.video.iter().map(|(k, d, kf)| (*k, (d.clone(), *kf))).collect();
+        assert!(by_key[&1].1);
+        assert!(!by_key[&0].1 && !by_key[&2].1 && !by_key[&3].1);
+        assert!(!Arc::ptr_eq(&by_key[&1].0, &by_key[&0].0));
+        assert!(Arc::ptr_eq(&by_key[&2].0, &by_key[&0].0));
+
+        // A PLI from receiver 2 forces a keyframe on the default tier only.
+        room.request_keyframe(2);
+        let o = video_tick(&mut room);
+        let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
+        assert!(kf[&0] && kf[&2] && kf[&3] && !kf[&1]);
+
+        // Receiver 1 back to unknown bandwidth: the 800 tier's encoder goes.
+        room.set_bandwidth(1, None);
+        let o = video_tick(&mut room);
+        assert_eq!(room.stats().video_encoders, 1);
+        assert!(o.video.iter().all(|(_, d, _)| Arc::ptr_eq(d, &o.video[0].1)));
+        // Receiver 3 on a thin link: lowest tier.
+        room.set_bandwidth(3, Some(100_000));
+        video_tick(&mut room);
+        assert_eq!(room.stats().video_encoders, 2);
+        assert_eq!(room.tier_of(3), Some(0));
+    }
+
+    #[test]
+    fn pli_on_join_and_loss_is_rate_limited() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(7, true);
+        room.add_participant(8, false);
+        // Join: the publisher is on screen and has no picture yet.
+        assert_eq!(room.tick().pli, vec![7]);
+        let kf = keyframe(64, 64);
+        room.push_video(7, 0, &kf, true);
+        assert_eq!(room.stats().video_frames_decoded, 1);
+        // Loss at 20 ms: the next PLI is due 500 ms after the first (at 0 ms).
+        room.push_video(7, 3000, &kf[..kf.len() / 2], false);
+        let mut pli_times = Vec::new();
+        for _ in 0..60 {
+            // Keep sending inter-frame-looking junk: dropped, waiting for a key.
+            room.push_video(7, 0, &[0x01, 0x02, 0x03], true);
+            let o = room.tick();
+            if o.pli.contains(&7) {
+                pli_times.push(o.time_ms);
+            }
+            assert!(!o.pli.contains(&8));
+        }
+        assert_eq!(pli_times, vec![500, 1000]);
+        // A keyframe ends it.
+        room.push_video(7, 0, &kf, true);
+        let pli_after: usize = (0..60).map(|_| room.tick().pli.len()).sum();
+        assert_eq!(pli_after, 0);
+        assert!(room.stats().video_frames_dropped >= 60);
+    }
+
+    #[test]
+    fn only_on_screen_inputs_are_decoded_and_coming_on_screen_asks_for_a_keyframe() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        let n = MAX_GRID_TILES as u64 + 3;
+        for k in 0..n {
+            room.add_participant(k, true);
+        }
+        let kf = keyframe(64, 64);
+        room.tick();
+        for k in 0..n {
+            room.push_video(k, 0, &kf, true);
+        }
+        assert_eq!(room.stats().video_decoders, MAX_GRID_TILES);
+        assert_eq!(room.stats().visible_tiles, MAX_GRID_TILES);
+        // Speaker layout: speaker (first joiner, nobody spoke) + strip.
+        room.set_layout(Layout::Speaker);
+        assert_eq!(room.stats().video_decoders, 1 + MAX_STRIP_TILES);
+        assert_eq!(room.visible().0, &(0..=MAX_STRIP_TILES as u64).collect::<Vec<_>>()[..]);
+        // Back to the grid: those coming back on screen need a keyframe.
+        room.set_layout(Layout::Grid);
+        let mut plis = Vec::new();
+        for _ in 0..30 {
+            plis.extend(room.tick().pli);
+        }
+        plis.sort_unstable();
+        assert_eq!(plis, ((1 + MAX_STRIP_TILES as u64)..MAX_GRID_TILES as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn removal_mid_stream_forgets_everything() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        let packets = tone_packets(500.0, 5000.0, 40);
+        for k in 0..3 {
+            room.add_participant(k, true);
+        }
+        for t in 0..20u16 {
+            for k in 0..3 {
+                room.push_audio(k, t, 0, &packets[t as usize]);
+            }
+            room.tick();
+        }
+        room.remove_participant(1);
+        room.remove_participant(1);
+        room.push_audio(1, 20, 0, &packets[20]);
+        room.push_video(1, 0, &[1, 2, 3], true);
+        room.set_muted(1, true, true);
+        room.request_keyframe(1);
+        for t in 20..40u16 {
+            for k in [0, 2] {
+                room.push_audio(k, t, 0, &packets[t as usize]);
+            }
+            let o = room.tick();
+            let keys: Vec<u64> = o.audio.iter().map(|(k, _)| *k).collect();
+            assert_eq!(keys, vec![0, 2]);
+            assert!(o.video.iter().all(|(k, _, _)| *k != 1));
+        }
+        let s = room.stats();
+        assert_eq!((s.participants, s.audio_decoders, s.visible_tiles), (2, 2, 2));
+        assert_eq!(room.visible().0, &[0, 2]);
+    }
+}
