@@ -85,7 +85,7 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code.starts_with("28")
-                || code == "55000"
+                
                 || code == "3D000";
             // SQLite primary result codes: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, FULL 13,
             // CANTOPEN 14 (extended codes keep the primary code in the low byte).
