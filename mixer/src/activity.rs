@@ -316,24 +316,37 @@ mod tests {
     fn active_speaker_hysteresis() {
         let mut d = SpeakerDetector::new();
         // First speaker takes over at once.
-        assert_eq!(d.update([(1, true, -20.0), (2, false, -90.0)]), Some(Some(1)));
+        assert_eq!(
+            d.update([(1, true, -20.0), (2, false, -90.0)]),
+            Some(Some(1))
+        );
         // A louder challenger needs 300 ms in a row.
         for t in 1..SPEAKER_SWITCH_TICKS {
-            assert_eq!(d.update([(1, true, -20.0), (2, true, -10.0)]), None, "tick {t}");
+            assert_eq!(
+                d.update([(1, true, -20.0), (2, true, -10.0)]),
+                None,
+                "tick {t}"
+            );
         }
         // An interruption of the challenger's lead resets its count.
         assert_eq!(d.update([(1, true, -5.0), (2, true, -10.0)]), None);
         for _ in 1..SPEAKER_SWITCH_TICKS {
             assert_eq!(d.update([(1, true, -20.0), (2, true, -10.0)]), None);
         }
-        assert_eq!(d.update([(1, true, -20.0), (2, true, -10.0)]), Some(Some(2)));
+        assert_eq!(
+            d.update([(1, true, -20.0), (2, true, -10.0)]),
+            Some(Some(2))
+        );
         assert_eq!(d.active(), Some(2));
         // Everyone silent: the last speaker stays.
         for _ in 0..200 {
             assert_eq!(d.update([(1, false, -90.0), (2, false, -90.0)]), None);
         }
         // Active speaker silent, someone else speaks: immediate switch.
-        assert_eq!(d.update([(1, true, -30.0), (2, false, -90.0)]), Some(Some(1)));
+        assert_eq!(
+            d.update([(1, true, -30.0), (2, false, -90.0)]),
+            Some(Some(1))
+        );
         // Active speaker leaves, nobody speaks: none.
         assert_eq!(d.update([(2, false, -90.0)]), Some(None));
         assert_eq!(d.update([(2, false, -90.0)]), None);

@@ -15,9 +15,17 @@ use crate::layout::Rect;
 use crate::scale::Scaler;
 
 /// Background of a placeholder tile (no video): dark grey.
-pub const PLACEHOLDER_BG: Yuv = Yuv { y: 48, u: 128, v: 128 };
+pub const PLACEHOLDER_BG: Yuv = Yuv {
+    y: 48,
+    u: 128,
+    v: 128,
+};
 /// The lighter block centred in a placeholder tile.
-pub const PLACEHOLDER_FG: Yuv = Yuv { y: 112, u: 128, v: 128 };
+pub const PLACEHOLDER_FG: Yuv = Yuv {
+    y: 112,
+    u: 128,
+    v: 128,
+};
 /// Canvas background and letterbox bars.
 pub const BACKGROUND: Yuv = Yuv::BLACK;
 
@@ -90,7 +98,11 @@ impl Compositor {
         for tile in tiles {
             match tile.content {
                 TileContent::Placeholder => draw_placeholder(&mut self.canvas, tile.rect),
-                TileContent::Picture { source, generation, view } => {
+                TileContent::Picture {
+                    source,
+                    generation,
+                    view,
+                } => {
                     if let Err(e) = self.draw_picture(tile.rect, source, generation, &view) {
                         tracing::debug!(source, error = %e, "tile drawn as placeholder");
                         draw_placeholder(&mut self.canvas, tile.rect);
@@ -109,7 +121,12 @@ impl Compositor {
         generation: u64,
         view: &I420View<'_>,
     ) -> Result<(), MixerError> {
-        let canvas_rect = Rect { x: 0, y: 0, w: self.canvas.width(), h: self.canvas.height() };
+        let canvas_rect = Rect {
+            x: 0,
+            y: 0,
+            w: self.canvas.width(),
+            h: self.canvas.height(),
+        };
         let fit = rect.fit(view.width, view.height);
         if fit.w == 0 || fit.h == 0 || !canvas_rect.contains(&fit) {
             return Ok(());
@@ -125,7 +142,12 @@ impl Compositor {
             let scaled = I420Frame::new(dst.0, dst.1, BACKGROUND)?;
             self.cache.insert(
                 source,
-                Cached { scaler, scaled, generation: generation.wrapping_sub(1), used: true },
+                Cached {
+                    scaler,
+                    scaled,
+                    generation: generation.wrapping_sub(1),
+                    used: true,
+                },
             );
         }
         let Some(c) = self.cache.get_mut(&source) else {
@@ -143,7 +165,11 @@ impl Compositor {
 
 /// Copies `src` into `dst` at an even position (caller guarantees it fits).
 fn blit(dst: &mut I420Frame, src: &I420Frame, x: u32, y: u32) {
-    let (dw, sw, sh) = (dst.width() as usize, src.width() as usize, src.height() as usize);
+    let (dw, sw, sh) = (
+        dst.width() as usize,
+        src.width() as usize,
+        src.height() as usize,
+    );
     let (x, y) = (x as usize, y as usize);
     let (sy, su, sv) = src.planes();
     let (dy, du, dv) = dst.planes_mut();
@@ -164,8 +190,8 @@ fn draw_placeholder(canvas: &mut I420Frame, r: Rect) {
     canvas.fill_rect(r.x, r.y, r.w, r.h, PLACEHOLDER_BG);
     let (bw, bh) = ((r.w / 3) & !1, (r.h / 3) & !1);
     canvas.fill_rect(
-        r.x + ((r.w - bw) / 2 & !1),
-        r.y + ((r.h - bh) / 2 & !1),
+        r.x + (((r.w - bw) / 2) & !1),
+        r.y + (((r.h - bh) / 2) & !1),
         bw,
         bh,
         PLACEHOLDER_FG,
@@ -187,18 +213,41 @@ mod tests {
         let rects = layout(3, Layout::Grid, 640, 360, 0);
         let mut comp = Compositor::new(640, 360).expect("compositor");
         let tiles = [
-            Tile { rect: rects[0], content: TileContent::Picture { source: 1, generation: 0, view: a.view() } },
-            Tile { rect: rects[1], content: TileContent::Picture { source: 2, generation: 0, view: b.view() } },
-            Tile { rect: rects[2], content: TileContent::Placeholder },
+            Tile {
+                rect: rects[0],
+                content: TileContent::Picture {
+                    source: 1,
+                    generation: 0,
+                    view: a.view(),
+                },
+            },
+            Tile {
+                rect: rects[1],
+                content: TileContent::Picture {
+                    source: 2,
+                    generation: 0,
+                    view: b.view(),
+                },
+            },
+            Tile {
+                rect: rects[2],
+                content: TileContent::Placeholder,
+            },
         ];
         let canvas = comp.compose(&tiles).clone();
         let at = |r: &Rect| canvas.pixel(r.center().0, r.center().1);
         assert_eq!(at(&rects[0]), Some(red));
         assert_eq!(at(&rects[1]), Some(blue));
         assert_eq!(at(&rects[2]), Some(PLACEHOLDER_FG));
-        assert_eq!(canvas.pixel(rects[2].x + 1, rects[2].y + 1), Some(PLACEHOLDER_BG));
+        assert_eq!(
+            canvas.pixel(rects[2].x + 1, rects[2].y + 1),
+            Some(PLACEHOLDER_BG)
+        );
         // Portrait picture in a 320x180 cell: pillarboxed, bars are black.
-        assert_eq!(canvas.pixel(rects[1].x + 2, rects[1].center().1), Some(BACKGROUND));
+        assert_eq!(
+            canvas.pixel(rects[1].x + 2, rects[1].center().1),
+            Some(BACKGROUND)
+        );
         // 16:9 in 16:9: no bars.
         assert_eq!(canvas.pixel(rects[0].x, rects[0].y), Some(red));
         assert_eq!(comp.cached_sources(), 2);
@@ -206,7 +255,14 @@ mod tests {
         // Next composite without source 2: its cache entry goes, and the
         // new layout is fully redrawn (no leftovers of the old tiles).
         let rects1 = layout(1, Layout::Grid, 640, 360, 0);
-        let tiles = [Tile { rect: rects1[0], content: TileContent::Picture { source: 1, generation: 0, view: a.view() } }];
+        let tiles = [Tile {
+            rect: rects1[0],
+            content: TileContent::Picture {
+                source: 1,
+                generation: 0,
+                view: a.view(),
+            },
+        }];
         let canvas = comp.compose(&tiles);
         assert_eq!(canvas.pixel(630, 350), Some(red));
         assert_eq!(comp.cached_sources(), 1);
@@ -218,9 +274,23 @@ mod tests {
         let green = Yuv::from_rgb(0, 255, 0);
         let a = I420Frame::new(320, 180, red).expect("a");
         let b = I420Frame::new(320, 180, green).expect("b");
-        let rect = Rect { x: 0, y: 0, w: 160, h: 90 };
+        let rect = Rect {
+            x: 0,
+            y: 0,
+            w: 160,
+            h: 90,
+        };
         let mut comp = Compositor::new(320, 180).expect("compositor");
-        let tile = |view, generation| [Tile { rect, content: TileContent::Picture { source: 9, generation, view } }];
+        let tile = |view, generation| {
+            [Tile {
+                rect,
+                content: TileContent::Picture {
+                    source: 9,
+                    generation,
+                    view,
+                },
+            }]
+        };
         assert_eq!(comp.compose(&tile(a.view(), 1)).pixel(80, 45), Some(red));
         // Same generation: the cached (red) tile is reused even though the
         // view now shows green; this is the contract the caller keeps.

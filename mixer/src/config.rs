@@ -63,11 +63,17 @@ impl MediaConfig {
     /// Checks every field's range; [`crate::MediaRoom::new`] calls it.
     pub fn validate(&self) -> Result<(), MixerError> {
         let bad = |m: String| Err(MixerError::InvalidConfig(m));
-        if !(64..=1920).contains(&self.canvas_width) || self.canvas_width % 2 != 0 {
-            return bad(format!("canvas_width {} (even, 64..=1920)", self.canvas_width));
+        if !(64..=1920).contains(&self.canvas_width) || !self.canvas_width.is_multiple_of(2) {
+            return bad(format!(
+                "canvas_width {} (even, 64..=1920)",
+                self.canvas_width
+            ));
         }
-        if !(64..=1080).contains(&self.canvas_height) || self.canvas_height % 2 != 0 {
-            return bad(format!("canvas_height {} (even, 64..=1080)", self.canvas_height));
+        if !(64..=1080).contains(&self.canvas_height) || !self.canvas_height.is_multiple_of(2) {
+            return bad(format!(
+                "canvas_height {} (even, 64..=1080)",
+                self.canvas_height
+            ));
         }
         if !(1..=30).contains(&self.fps) {
             return bad(format!("fps {} (1..=30)", self.fps));
@@ -82,7 +88,10 @@ impl MediaConfig {
             ));
         }
         if !(6_000..=510_000).contains(&self.opus_bitrate) {
-            return bad(format!("opus_bitrate {} (6000..=510000)", self.opus_bitrate));
+            return bad(format!(
+                "opus_bitrate {} (6000..=510000)",
+                self.opus_bitrate
+            ));
         }
         if !(0..=10).contains(&self.opus_complexity) {
             return bad(format!("opus_complexity {} (0..=10)", self.opus_complexity));
@@ -118,14 +127,14 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_values() {
-        let cases: Vec<Box<dyn Fn(&mut MediaConfig)>> = vec![
-            Box::new(|c| c.canvas_width = 641),
-            Box::new(|c| c.canvas_height = 0),
-            Box::new(|c| c.fps = 0),
-            Box::new(|c| c.video_tiers_kbps = vec![]),
-            Box::new(|c| c.video_tiers_kbps = vec![400, 150]),
-            Box::new(|c| c.opus_complexity = 11),
-            Box::new(|c| c.jitter_target_frames = 0),
+        let cases: [fn(&mut MediaConfig); 7] = [
+            |c| c.canvas_width = 641,
+            |c| c.canvas_height = 0,
+            |c| c.fps = 0,
+            |c| c.video_tiers_kbps = vec![],
+            |c| c.video_tiers_kbps = vec![400, 150],
+            |c| c.opus_complexity = 11,
+            |c| c.jitter_target_frames = 0,
         ];
         for (i, mutate) in cases.iter().enumerate() {
             let mut cfg = MediaConfig::default();

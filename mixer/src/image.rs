@@ -23,7 +23,11 @@ pub struct Yuv {
 
 impl Yuv {
     /// Limited-range black.
-    pub const BLACK: Yuv = Yuv { y: 16, u: 128, v: 128 };
+    pub const BLACK: Yuv = Yuv {
+        y: 16,
+        u: 128,
+        v: 128,
+    };
 
     /// BT.601 limited-range conversion from 8-bit RGB.
     pub fn from_rgb(r: u8, g: u8, b: u8) -> Yuv {
@@ -32,12 +36,19 @@ impl Yuv {
         let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
         let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
         let c = |x: f32| x.round().clamp(0.0, 255.0) as u8;
-        Yuv { y: c(y), u: c(u), v: c(v) }
+        Yuv {
+            y: c(y),
+            u: c(u),
+            v: c(v),
+        }
     }
 
     /// Largest per-component difference.
     pub fn distance(&self, o: &Yuv) -> u8 {
-        self.y.abs_diff(o.y).max(self.u.abs_diff(o.u)).max(self.v.abs_diff(o.v))
+        self.y
+            .abs_diff(o.y)
+            .max(self.u.abs_diff(o.u))
+            .max(self.v.abs_diff(o.v))
     }
 }
 
@@ -58,7 +69,13 @@ impl std::fmt::Debug for I420Frame {
 impl I420Frame {
     /// A picture filled with `colour`. Dimensions must be even and non-zero.
     pub fn new(width: u32, height: u32, colour: Yuv) -> Result<Self, MixerError> {
-        if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 || width > 8192 || height > 8192 {
+        if width == 0
+            || height == 0
+            || !width.is_multiple_of(2)
+            || !height.is_multiple_of(2)
+            || width > 8192
+            || height > 8192
+        {
             return Err(MixerError::InvalidFrame(format!(
                 "I420 dimensions {width}x{height} must be even and in 2..=8192"
             )));
@@ -68,7 +85,11 @@ impl I420Frame {
         data[..w * h].fill(colour.y);
         data[w * h..w * h * 5 / 4].fill(colour.u);
         data[w * h * 5 / 4..].fill(colour.v);
-        Ok(Self { width, height, data })
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
     }
 
     /// Width in pixels.
@@ -230,14 +251,26 @@ impl<'a> I420View<'a> {
         let (cw, ch) = (width.div_ceil(2) as usize, height.div_ceil(2) as usize);
         let dims = [(width as usize, height as usize), (cw, ch), (cw, ch)];
         for (i, &(w, h)) in dims.iter().enumerate() {
-            let needed = if h == 0 { 0 } else { strides[i] * (h - 1) + w };
-            if width == 0 || height == 0 || strides[i] < w || planes[i].len() < needed {
+            // Checked: a stride comes from C (a negative linesize would be huge here).
+            let needed = strides[i]
+                .checked_mul(h.saturating_sub(1))
+                .and_then(|v| v.checked_add(w));
+            if width == 0
+                || height == 0
+                || strides[i] < w
+                || needed.is_none_or(|n| planes[i].len() < n)
+            {
                 return Err(MixerError::InvalidFrame(format!(
                     "plane {i} too small for {width}x{height}"
                 )));
             }
         }
-        Ok(Self { width, height, planes, strides })
+        Ok(Self {
+            width,
+            height,
+            planes,
+            strides,
+        })
     }
 
     /// Wraps a decoded ffmpeg frame (must be YUV420P / YUVJ420P).
@@ -304,14 +337,38 @@ mod tests {
     #[test]
     fn colours_are_bt601_limited() {
         assert_eq!(Yuv::from_rgb(0, 0, 0), Yuv::BLACK);
-        assert_eq!(Yuv::from_rgb(255, 255, 255), Yuv { y: 235, u: 128, v: 128 });
-        assert_eq!(Yuv::from_rgb(255, 0, 0), Yuv { y: 82, u: 90, v: 240 });
+        assert_eq!(
+            Yuv::from_rgb(255, 255, 255),
+            Yuv {
+                y: 235,
+                u: 128,
+                v: 128
+            }
+        );
+        assert_eq!(
+            Yuv::from_rgb(255, 0, 0),
+            Yuv {
+                y: 82,
+                u: 90,
+                v: 240
+            }
+        );
     }
 
     #[test]
     fn view_round_trip_with_padding() {
         let mut f = I420Frame::new(8, 4, Yuv::BLACK).expect("frame");
-        f.fill_rect(0, 0, 2, 2, Yuv { y: 200, u: 10, v: 20 });
+        f.fill_rect(
+            0,
+            0,
+            2,
+            2,
+            Yuv {
+                y: 200,
+                u: 10,
+                v: 20,
+            },
+        );
         let g = I420Frame::from_view(&f.view()).expect("copy");
         assert_eq!(f, g);
         // Strided planes: 10-byte luma rows for an 8-wide picture.
@@ -320,5 +377,6 @@ mod tests {
         let v = I420View::new(8, 4, [&y, &uv, &uv], [10, 6, 6]).expect("view");
         assert_eq!(v.row(0, 3).len(), 8);
         assert!(I420View::new(8, 4, [&y[..20], &uv, &uv], [10, 6, 6]).is_err());
+        assert!(I420View::new(8, 4, [&y, &uv, &uv], [usize::MAX, 6, 6]).is_err());
     }
 }

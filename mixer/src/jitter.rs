@@ -226,7 +226,9 @@ impl JitterBuffer {
             } else {
                 // Still filling: an earlier packet may move the anchor back,
                 // as long as it stays inside the window and after what was played.
-                let by_window = self.highest.map(|h| (h + 1).saturating_sub(self.max_depth as u64));
+                let by_window = self
+                    .highest
+                    .map(|h| (h + 1).saturating_sub(self.max_depth as u64));
                 match (by_window, self.last_real) {
                     (Some(w), Some(r)) => Some(w.max(r + 1)),
                     (w, r) => w.or(r.map(|r| r + 1)),
@@ -465,7 +467,15 @@ mod tests {
         let got: Vec<Out> = (0..7).map(|_| pop(&mut jb)).collect();
         assert_eq!(
             got,
-            vec![Out::Plc, Out::Plc, Out::Plc, Out::Plc, Out::Plc, Out::Sil, Out::Pkt(11)]
+            vec![
+                Out::Plc,
+                Out::Plc,
+                Out::Plc,
+                Out::Plc,
+                Out::Plc,
+                Out::Sil,
+                Out::Pkt(11)
+            ]
         );
     }
 
@@ -508,7 +518,10 @@ mod tests {
     fn rejects_empty_and_oversized_payloads() {
         let mut jb = JitterBuffer::new(1);
         assert_eq!(jb.push(1, &[]), PushOutcome::Invalid);
-        assert_eq!(jb.push(1, &[0u8; MAX_AUDIO_PAYLOAD + 1]), PushOutcome::Invalid);
+        assert_eq!(
+            jb.push(1, &[0u8; MAX_AUDIO_PAYLOAD + 1]),
+            PushOutcome::Invalid
+        );
         assert_eq!(pop(&mut jb), Out::Sil);
     }
 
@@ -522,7 +535,7 @@ mod tests {
             x ^= x << 5;
             let len = (x % 40) as usize;
             jb.push((x >> 8) as u16, &vec![0u8; len]);
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 let _ = jb.pop();
             }
             assert!(jb.depth() <= 2 + MARGIN_FRAMES);

@@ -45,7 +45,10 @@ impl Rect {
 
     /// Whether `o` lies entirely inside `self`.
     pub fn contains(&self, o: &Rect) -> bool {
-        o.x >= self.x && o.y >= self.y && o.x + o.w <= self.x + self.w && o.y + o.h <= self.y + self.h
+        o.x >= self.x
+            && o.y >= self.y
+            && o.x + o.w <= self.x + self.w
+            && o.y + o.h <= self.y + self.h
     }
 
     /// The largest even-sized rectangle with the aspect ratio of a
@@ -53,7 +56,12 @@ impl Rect {
     /// (letterbox / pillarbox). Empty if either is empty.
     pub fn fit(&self, src_w: u32, src_h: u32) -> Rect {
         if src_w == 0 || src_h == 0 || self.w < 2 || self.h < 2 {
-            return Rect { x: self.x, y: self.y, w: 0, h: 0 };
+            return Rect {
+                x: self.x,
+                y: self.y,
+                w: 0,
+                h: 0,
+            };
         }
         let (sw, sh, w, h) = (
             u64::from(src_w),
@@ -140,13 +148,23 @@ fn speaker(n: usize, cw: u32, ch: u32, speaker_index: usize) -> Vec<Rect> {
     if n == 0 {
         return Vec::new();
     }
-    let full = Rect { x: 0, y: 0, w: even(cw), h: even(ch) };
+    let full = Rect {
+        x: 0,
+        y: 0,
+        w: even(cw),
+        h: even(ch),
+    };
     if n == 1 {
         return vec![full];
     }
     let s = speaker_index.min(n - 1);
     let big_h = even(ch * 3 / 4);
-    let big = Rect { x: 0, y: 0, w: full.w, h: big_h };
+    let big = Rect {
+        x: 0,
+        y: 0,
+        w: full.w,
+        h: big_h,
+    };
     let others = (n - 1) as u32;
     let cell_w = even(cw / others.max(MIN_STRIP_SLOTS));
     let strip_h = even(ch - big_h);
@@ -175,7 +193,12 @@ mod tests {
     const H: u32 = 360;
 
     fn check_common(rects: &[Rect], n: usize) {
-        let canvas = Rect { x: 0, y: 0, w: W, h: H };
+        let canvas = Rect {
+            x: 0,
+            y: 0,
+            w: W,
+            h: H,
+        };
         assert_eq!(rects.len(), n);
         for (i, r) in rects.iter().enumerate() {
             assert!(canvas.contains(r), "n={n} tile {i} {r:?} outside canvas");
@@ -185,7 +208,10 @@ mod tests {
                 "n={n} tile {i} {r:?} not even"
             );
             for (j, o) in rects.iter().enumerate().skip(i + 1) {
-                assert!(!r.intersects(o), "n={n} tiles {i} {r:?} and {j} {o:?} overlap");
+                assert!(
+                    !r.intersects(o),
+                    "n={n} tiles {i} {r:?} and {j} {o:?} overlap"
+                );
             }
         }
     }
@@ -214,14 +240,21 @@ mod tests {
                 assert_eq!((r.w, r.h), (cw, ch), "n={n}");
             }
             // Row-major order: first tile top-left-most row.
-            assert!(rects.windows(2).all(|p| (p[0].y, p[0].x) < (p[1].y, p[1].x)));
+            assert!(
+                rects
+                    .windows(2)
+                    .all(|p| (p[0].y, p[0].x) < (p[1].y, p[1].x))
+            );
             // A partial last row is centred.
             let last_row = n - (rows as usize - 1) * cols as usize;
             if last_row < cols as usize {
                 let row = &rects[n - last_row..];
                 let left = row[0].x;
                 let right = W - (row[last_row - 1].x + row[last_row - 1].w);
-                assert!(left.abs_diff(right) <= 4, "n={n} last row not centred: {left} vs {right}");
+                assert!(
+                    left.abs_diff(right) <= 4,
+                    "n={n} last row not centred: {left} vs {right}"
+                );
             }
         }
     }
@@ -241,17 +274,39 @@ mod tests {
             (10, 70),
             (25, 26),
         ];
-        assert_eq!(layout(1, Layout::Speaker, W, H, 0), vec![Rect { x: 0, y: 0, w: W, h: H }]);
+        assert_eq!(
+            layout(1, Layout::Speaker, W, H, 0),
+            vec![Rect {
+                x: 0,
+                y: 0,
+                w: W,
+                h: H
+            }]
+        );
         for &(n, small_w) in table {
             for s in [0, n / 2, n - 1] {
                 let rects = layout(n, Layout::Speaker, W, H, s);
                 check_common(&rects, n);
-                assert_eq!(rects[s], Rect { x: 0, y: 0, w: 640, h: 270 }, "n={n} s={s}");
+                assert_eq!(
+                    rects[s],
+                    Rect {
+                        x: 0,
+                        y: 0,
+                        w: 640,
+                        h: 270
+                    },
+                    "n={n} s={s}"
+                );
                 for (i, r) in rects.iter().enumerate().filter(|(i, _)| *i != s) {
                     assert_eq!((r.w, r.h, r.y), (small_w, 90, 270), "n={n} s={s} tile {i}");
                 }
                 // Strip in order, left to right, centred.
-                let strip: Vec<&Rect> = rects.iter().enumerate().filter(|(i, _)| *i != s).map(|(_, r)| r).collect();
+                let strip: Vec<&Rect> = rects
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != s)
+                    .map(|(_, r)| r)
+                    .collect();
                 assert!(strip.windows(2).all(|p| p[0].x < p[1].x));
                 let left = strip[0].x;
                 let right = W - (strip[strip.len() - 1].x + small_w);
@@ -274,7 +329,12 @@ mod tests {
 
     #[test]
     fn fit_preserves_aspect_and_centres() {
-        let cell = Rect { x: 100, y: 50, w: 212, h: 180 };
+        let cell = Rect {
+            x: 100,
+            y: 50,
+            w: 212,
+            h: 180,
+        };
         // 16:9 into a 212x180 cell: full width, letterboxed.
         let f = cell.fit(1280, 720);
         assert_eq!((f.w, f.h), (212, 118));

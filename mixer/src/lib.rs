@@ -18,6 +18,8 @@
 //! [`OpusEncoder`], [`OpusDecoder`], [`VoiceActivity`], [`SpeakerDetector`],
 //! [`tier_for_bandwidth`]. All `unsafe` code lives in the `vpx` module.
 #![deny(missing_docs)]
+// FFI stays in `vpx`, which opts back in.
+#![deny(unsafe_code)]
 
 pub mod activity;
 pub mod compositor;

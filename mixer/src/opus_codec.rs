@@ -170,7 +170,10 @@ mod tests {
         let mut enc = OpusEncoder::new(32_000, 5).expect("encoder");
         let p = enc.encode(&[0i16; FRAME_SAMPLES]).expect("encode");
         assert_eq!(opus::packet::get_nb_channels(&p).ok(), Some(Channels::Mono));
-        assert_eq!(opus::packet::get_nb_samples(&p, SAMPLE_RATE).ok(), Some(FRAME_SAMPLES));
+        assert_eq!(
+            opus::packet::get_nb_samples(&p, SAMPLE_RATE).ok(),
+            Some(FRAME_SAMPLES)
+        );
         assert!(enc.encode(&[0i16; 10]).is_err());
     }
 

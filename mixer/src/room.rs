@@ -399,9 +399,21 @@ impl MediaRoom {
         s.time_ms = self.now_ms;
         s.participants = self.participants.len();
         s.publishers = self.participants.iter().filter(|p| p.publishes).count();
-        s.audio_decoders = self.participants.iter().filter(|p| p.audio_in.is_some()).count();
-        s.audio_encoders = 1 + self.participants.iter().filter(|p| p.own_encoder.is_some()).count();
-        s.video_decoders = self.participants.iter().filter(|p| p.video_decoder.is_some()).count();
+        s.audio_decoders = self
+            .participants
+            .iter()
+            .filter(|p| p.audio_in.is_some())
+            .count();
+        s.audio_encoders = 1 + self
+            .participants
+            .iter()
+            .filter(|p| p.own_encoder.is_some())
+            .count();
+        s.video_decoders = self
+            .participants
+            .iter()
+            .filter(|p| p.video_decoder.is_some())
+            .count();
         s.video_encoders = self.tier_encoders.iter().flatten().count();
         s.visible_tiles = self.visible.len();
         s.active_speaker = self.speaker.active();
@@ -441,7 +453,11 @@ impl MediaRoom {
             .map(|p| (p.key, p.activity.is_speaking(), p.activity.level_dbov()));
         out.active_speaker = self.speaker.update(inputs);
         self.mix_audio(&mut out);
-        self.update_visibility();
+        // Membership and layout changes update visibility when they happen;
+        // the only other input is the active speaker.
+        if out.active_speaker.is_some() {
+            self.update_visibility();
+        }
         // Exact rational schedule: frame f is due at f * 1000 / fps ms.
         if now * u64::from(self.cfg.fps) >= self.video_frames * 1000 {
             self.video_frames += 1;
@@ -614,7 +630,11 @@ impl MediaRoom {
                     .and_then(|p| p.video_decoder.as_ref())
                     .and_then(|d| {
                         let view = I420View::from_video(d.picture()?).ok()?;
-                        Some(TileContent::Picture { source: *key, generation: d.generation(), view })
+                        Some(TileContent::Picture {
+                            source: *key,
+                            generation: d.generation(),
+                            view,
+                        })
                     })
                     .unwrap_or(TileContent::Placeholder);
                 Tile { rect, content }
@@ -718,12 +738,23 @@ mod tests {
     }
 
     #[test]
+    fn room_can_move_to_its_media_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MediaRoom>();
+        assert_send::<TickOutput>();
+    }
+
+    #[test]
     fn video_ticks_follow_fps_on_the_room_clock() {
         for (fps, expected_first) in [
             (15, vec![0, 80, 140, 200, 280, 340, 400]),
             (30, vec![0, 40, 80, 100, 140, 180, 200]),
         ] {
-            let mut room = MediaRoom::new(MediaConfig { fps, ..MediaConfig::default() }).expect("room");
+            let mut room = MediaRoom::new(MediaConfig {
+                fps,
+                ..MediaConfig::default()
+            })
+            .expect("room");
             let times: Vec<u64> = (0..500)
                 .map(|_| room.tick())
                 .filter(|o| o.video_tick)
@@ -747,8 +778,26 @@ mod tests {
         for t in 0..100u16 {
             let speaking = t >= 50;
             room.push_audio(0, t, u32::from(t) * 960, &silence);
-            room.push_audio(1, t, u32::from(t) * 960, if speaking { &loud1[t as usize] } else { &silence });
-            room.push_audio(2, t, u32::from(t) * 960, if speaking { &loud2[t as usize] } else { &silence });
+            room.push_audio(
+                1,
+                t,
+                u32::from(t) * 960,
+                if speaking {
+                    &loud1[t as usize]
+                } else {
+                    &silence
+                },
+            );
+            room.push_audio(
+                2,
+                t,
+                u32::from(t) * 960,
+                if speaking {
+                    &loud2[t as usize]
+                } else {
+                    &silence
+                },
+            );
             let out = room.tick();
             assert_eq!(out.audio.len(), 10, "every participant gets audio");
             let keys: Vec<u64> = out.audio.iter().map(|(k, _)| *k).collect();
@@ -763,7 +812,11 @@ mod tests {
                 assert_eq!(s.audio_encodes_last_tick, 3, "tick {t}");
                 let shared = &out.audio[0].1;
                 for (k, p) in &out.audio {
-                    assert_eq!(Arc::ptr_eq(p, shared), *k != 1 && *k != 2, "tick {t} key {k}");
+                    assert_eq!(
+                        Arc::ptr_eq(p, shared),
+                        *k != 1 && *k != 2,
+                        "tick {t} key {k}"
+                    );
                 }
                 assert!(!Arc::ptr_eq(&out.audio[1].1, &out.audio[2].1));
             }
@@ -788,7 +841,11 @@ mod tests {
         let o = video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 1);
         assert_eq!(o.video.len(), 4);
-        assert!(o.video.iter().all(|(_, d, kf)| *kf && Arc::ptr_eq(d, &o.video[0].1)));
+        assert!(
+            o.video
+                .iter()
+                .all(|(_, d, kf)| *kf && Arc::ptr_eq(d, &o.video[0].1))
+        );
         let o = video_tick(&mut room);
         assert!(o.video.iter().all(|(_, _, kf)| !kf));
 
@@ -798,8 +855,11 @@ mod tests {
         assert_eq!(room.tier_of(1), Some(2));
         let o = video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 2);
-        let by_key: HashMap<u64, (Arc<[u8]>, bool)> =
-            o.video.iter().map(|(k, d, kf)| (*k, (d.clone(), *kf))).collect();
+        let by_key: HashMap<u64, (Arc<[u8]>, bool)> = o
+            .video
+            .iter()
+            .map(|(k, d, kf)| (*k, (d.clone(), *kf)))
+            .collect();
         assert!(by_key[&1].1);
         assert!(!by_key[&0].1 && !by_key[&2].1 && !by_key[&3].1);
         assert!(!Arc::ptr_eq(&by_key[&1].0, &by_key[&0].0));
@@ -815,7 +875,11 @@ mod tests {
         room.set_bandwidth(1, None);
         let o = video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 1);
-        assert!(o.video.iter().all(|(_, d, _)| Arc::ptr_eq(d, &o.video[0].1)));
+        assert!(
+            o.video
+                .iter()
+                .all(|(_, d, _)| Arc::ptr_eq(d, &o.video[0].1))
+        );
         // Receiver 3 on a thin link: lowest tier.
         room.set_bandwidth(3, Some(100_000));
         video_tick(&mut room);
@@ -870,7 +934,10 @@ mod tests {
         // Speaker layout: speaker (first joiner, nobody spoke) + strip.
         room.set_layout(Layout::Speaker);
         assert_eq!(room.stats().video_decoders, 1 + MAX_STRIP_TILES);
-        assert_eq!(room.visible().0, &(0..=MAX_STRIP_TILES as u64).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            room.visible().0,
+            &(0..=MAX_STRIP_TILES as u64).collect::<Vec<_>>()[..]
+        );
         // Back to the grid: those coming back on screen need a keyframe.
         room.set_layout(Layout::Grid);
         let mut plis = Vec::new();
@@ -878,7 +945,38 @@ mod tests {
             plis.extend(room.tick().pli);
         }
         plis.sort_unstable();
-        assert_eq!(plis, ((1 + MAX_STRIP_TILES as u64)..MAX_GRID_TILES as u64).collect::<Vec<_>>());
+        assert_eq!(
+            plis,
+            ((1 + MAX_STRIP_TILES as u64)..MAX_GRID_TILES as u64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn grid_beyond_25_tiles_shows_the_active_speaker_in_the_last_tile() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        let n = MAX_GRID_TILES as u64 + 2;
+        for k in 0..n {
+            room.add_participant(k, true);
+        }
+        assert_eq!(
+            room.visible().0,
+            &(0..MAX_GRID_TILES as u64).collect::<Vec<_>>()[..]
+        );
+        let late = n - 1;
+        let packets = tone_packets(300.0, 5000.0, 20);
+        let mut change = None;
+        for (t, p) in packets.iter().enumerate() {
+            room.push_audio(late, t as u16, 0, p);
+            change = change.or(room.tick().active_speaker);
+        }
+        assert_eq!(change, Some(Some(late)));
+        let (visible, _) = room.visible();
+        assert_eq!(visible.len(), MAX_GRID_TILES);
+        assert_eq!(visible[MAX_GRID_TILES - 1], late);
+        assert_eq!(
+            &visible[..MAX_GRID_TILES - 1],
+            &(0..MAX_GRID_TILES as u64 - 1).collect::<Vec<_>>()[..]
+        );
     }
 
     #[test]
@@ -910,7 +1008,10 @@ mod tests {
             assert!(o.video.iter().all(|(k, _, _)| *k != 1));
         }
         let s = room.stats();
-        assert_eq!((s.participants, s.audio_decoders, s.visible_tiles), (2, 2, 2));
+        assert_eq!(
+            (s.participants, s.audio_decoders, s.visible_tiles),
+            (2, 2, 2)
+        );
         assert_eq!(room.visible().0, &[0, 2]);
     }
 }

@@ -57,7 +57,10 @@ impl Axis {
                 }
             }
             // Quantise so that the weights sum to exactly ONE.
-            let mut q: Vec<i32> = w.iter().map(|&v| (v * f64::from(ONE)).round() as i32).collect();
+            let mut q: Vec<i32> = w
+                .iter()
+                .map(|&v| (v * f64::from(ONE)).round() as i32)
+                .collect();
             let err = ONE - q.iter().sum::<i32>();
             if let Some(m) = q.iter_mut().max() {
                 *m += err;
@@ -73,7 +76,10 @@ impl Axis {
     #[inline]
     fn taps(&self, i: usize) -> (usize, &[i16]) {
         let o = self.offset[i] as usize;
-        (self.start[i] as usize, &self.weights[o..o + self.count[i] as usize])
+        (
+            self.start[i] as usize,
+            &self.weights[o..o + self.count[i] as usize],
+        )
     }
 }
 
@@ -138,12 +144,23 @@ pub struct Scaler {
 impl Scaler {
     /// A scaler from `src_w`x`src_h` (any size) to `dst_w`x`dst_h` (even).
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Result<Self, MixerError> {
-        if src_w == 0 || src_h == 0 || dst_w == 0 || dst_h == 0 || dst_w % 2 != 0 || dst_h % 2 != 0 {
+        if src_w == 0
+            || src_h == 0
+            || dst_w == 0
+            || dst_h == 0
+            || !dst_w.is_multiple_of(2)
+            || !dst_h.is_multiple_of(2)
+        {
             return Err(MixerError::InvalidFrame(format!(
                 "cannot scale {src_w}x{src_h} to {dst_w}x{dst_h}"
             )));
         }
-        let (sw, sh, dw, dh) = (src_w as usize, src_h as usize, dst_w as usize, dst_h as usize);
+        let (sw, sh, dw, dh) = (
+            src_w as usize,
+            src_h as usize,
+            dst_w as usize,
+            dst_h as usize,
+        );
         Ok(Self {
             src: (src_w, src_h),
             dst: (dst_w, dst_h),
@@ -191,9 +208,20 @@ mod tests {
 
     #[test]
     fn solid_colour_stays_solid_in_all_directions() {
-        let c = Yuv { y: 123, u: 45, v: 210 };
+        let c = Yuv {
+            y: 123,
+            u: 45,
+            v: 210,
+        };
         let src = I420Frame::new(320, 180, c).expect("src");
-        for (w, h) in [(212, 118), (640, 360), (26, 14), (320, 180), (2, 2), (998, 62)] {
+        for (w, h) in [
+            (212, 118),
+            (640, 360),
+            (26, 14),
+            (320, 180),
+            (2, 2),
+            (998, 62),
+        ] {
             let mut s = Scaler::new(320, 180, w, h).expect("scaler");
             let mut dst = I420Frame::new(w, h, Yuv::BLACK).expect("dst");
             s.scale(&src.view(), &mut dst).expect("scale");
@@ -208,7 +236,17 @@ mod tests {
         // Left half white, right half black: after halving, the boundary stays
         // at the middle and the averages are exact away from it.
         let mut src = I420Frame::new(64, 32, Yuv::BLACK).expect("src");
-        src.fill_rect(0, 0, 32, 32, Yuv { y: 235, u: 128, v: 128 });
+        src.fill_rect(
+            0,
+            0,
+            32,
+            32,
+            Yuv {
+                y: 235,
+                u: 128,
+                v: 128,
+            },
+        );
         let mut s = Scaler::new(64, 32, 32, 16).expect("scaler");
         let mut dst = I420Frame::new(32, 16, Yuv::BLACK).expect("dst");
         s.scale(&src.view(), &mut dst).expect("scale");

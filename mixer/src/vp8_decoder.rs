@@ -84,7 +84,10 @@ impl Vp8Decoder {
     /// On error the decoder is flushed; feed a keyframe next.
     pub fn decode(&mut self, data: &[u8]) -> Result<Option<&frame::Video>, MixerError> {
         if data.is_empty() || data.len() > MAX_VP8_FRAME {
-            return Err(MixerError::InvalidFrame(format!("vp8 frame of {} bytes", data.len())));
+            return Err(MixerError::InvalidFrame(format!(
+                "vp8 frame of {} bytes",
+                data.len()
+            )));
         }
         if let Some((w, h)) = vp8_keyframe_size(data)
             && (w == 0 || h == 0 || w > MAX_INPUT_WIDTH || h > MAX_INPUT_HEIGHT)
@@ -104,7 +107,11 @@ impl Vp8Decoder {
                     std::mem::swap(&mut self.scratch, &mut self.picture);
                     got = true;
                 }
-                Err(ffmpeg_next::Error::Other { errno }) if errno == ffmpeg_next::util::error::EAGAIN => break,
+                Err(ffmpeg_next::Error::Other { errno })
+                    if errno == ffmpeg_next::util::error::EAGAIN =>
+                {
+                    break;
+                }
                 Err(ffmpeg_next::Error::Eof) => break,
                 Err(e) => {
                     self.dec.flush();
@@ -116,7 +123,9 @@ impl Vp8Decoder {
             return Ok(None);
         }
         if self.picture.width() == 0 || self.picture.height() == 0 || self.picture.planes() < 3 {
-            return Err(MixerError::InvalidFrame("decoder returned an empty picture".into()));
+            return Err(MixerError::InvalidFrame(
+                "decoder returned an empty picture".into(),
+            ));
         }
         self.has_picture = true;
         self.generation += 1;
@@ -180,7 +189,9 @@ mod tests {
             }
         }
         // Truncated keyframe header with a valid start code.
-        let kf = [0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00, 0xff];
+        let kf = [
+            0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00, 0xff,
+        ];
         assert!(dec.decode(&kf).is_err());
     }
 }

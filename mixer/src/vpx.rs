@@ -8,6 +8,7 @@
 //! addresses for the C side) and live exactly as long as the wrapper; the
 //! image wraps the caller's [`I420Frame`] only for the duration of one
 //! `vpx_codec_encode` call.
+#![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
@@ -67,7 +68,6 @@ pub struct Vp8Encoder {
     img: Box<ffi::vpx_image_t>,
     config: Vp8EncoderConfig,
     force_kf: bool,
-    frames: i64,
     out: Vec<u8>,
 }
 
@@ -77,11 +77,17 @@ unsafe impl Send for Vp8Encoder {}
 
 impl std::fmt::Debug for Vp8Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vp8Encoder").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Vp8Encoder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
-fn check(ctx: &mut ffi::vpx_codec_ctx_t, err: ffi::vpx_codec_err_t, what: &str) -> Result<(), MixerError> {
+fn check(
+    ctx: &mut ffi::vpx_codec_ctx_t,
+    err: ffi::vpx_codec_err_t,
+    what: &str,
+) -> Result<(), MixerError> {
     if err == ffi::vpx_codec_err_t::VPX_CODEC_OK {
         return Ok(());
     }
@@ -103,8 +109,8 @@ impl Vp8Encoder {
     pub fn new(config: Vp8EncoderConfig) -> Result<Self, MixerError> {
         if config.width == 0
             || config.height == 0
-            || config.width % 2 != 0
-            || config.height % 2 != 0
+            || !config.width.is_multiple_of(2)
+            || !config.height.is_multiple_of(2)
             || config.width > 4096
             || config.height > 4096
             || config.fps == 0
@@ -164,7 +170,6 @@ impl Vp8Encoder {
                 img: Box::new(MaybeUninit::zeroed().assume_init()),
                 config,
                 force_kf: false,
-                frames: 0,
                 out: Vec::with_capacity(64 * 1024),
             };
             let err = ffi::vpx_codec_control_(
@@ -213,7 +218,11 @@ impl Vp8Encoder {
 
     /// Encodes one picture at `pts_ms` (room clock). Returns `None` if libvpx
     /// produced no frame for it.
-    pub fn encode(&mut self, frame: &I420Frame, pts_ms: i64) -> Result<Option<EncodedFrame>, MixerError> {
+    pub fn encode(
+        &mut self,
+        frame: &I420Frame,
+        pts_ms: i64,
+    ) -> Result<Option<EncodedFrame>, MixerError> {
         if (frame.width(), frame.height()) != (self.config.width, self.config.height) {
             return Err(MixerError::InvalidFrame(format!(
                 "encoder is {}x{}, frame is {}x{}",
@@ -223,7 +232,11 @@ impl Vp8Encoder {
                 frame.height()
             )));
         }
-        let flags: c_long = if self.force_kf { ffi::VPX_EFLAG_FORCE_KF as c_long } else { 0 };
+        let flags: c_long = if self.force_kf {
+            ffi::VPX_EFLAG_FORCE_KF as c_long
+        } else {
+            0
+        };
         let duration = (1000 / self.config.fps).max(1) as c_ulong;
         self.out.clear();
         let mut keyframe = false;
@@ -267,19 +280,24 @@ impl Vp8Encoder {
                 }
                 let f = (*pkt).data.frame;
                 if !f.buf.is_null() && f.sz > 0 {
-                    self.out.extend_from_slice(std::slice::from_raw_parts(f.buf as *const u8, f.sz as usize));
+                    self.out.extend_from_slice(std::slice::from_raw_parts(
+                        f.buf as *const u8,
+                        f.sz as usize,
+                    ));
                 }
                 keyframe |= f.flags & ffi::VPX_FRAME_IS_KEY != 0;
             }
         }
-        self.frames += 1;
         if self.out.is_empty() {
             return Ok(None);
         }
         if keyframe {
             self.force_kf = false;
         }
-        Ok(Some(EncodedFrame { data: Arc::from(&self.out[..]), keyframe }))
+        Ok(Some(EncodedFrame {
+            data: Arc::from(&self.out[..]),
+            keyframe,
+        }))
     }
 }
 
@@ -311,7 +329,10 @@ mod tests {
             if i == 6 {
                 enc.force_keyframe();
             }
-            let out = enc.encode(&frame, i * 66).expect("encode").expect("a frame");
+            let out = enc
+                .encode(&frame, i * 66)
+                .expect("encode")
+                .expect("a frame");
             kinds.push(out.keyframe);
             let pic = dec.decode(&out.data).expect("decode").expect("picture");
             let pic = I420Frame::from_video(pic).expect("copy");
@@ -321,7 +342,9 @@ mod tests {
         }
         assert_eq!(
             kinds,
-            vec![true, false, false, false, false, false, true, false, false, false]
+            vec![
+                true, false, false, false, false, false, true, false, false, false
+            ]
         );
         enc.set_bitrate(150).expect("reconfigure");
         assert_eq!(enc.config().bitrate_kbps, 150);
@@ -333,7 +356,8 @@ mod tests {
     fn rejects_bad_config_and_wrong_frame_size() {
         assert!(Vp8Encoder::new(Vp8EncoderConfig::realtime(321, 180, 15, 300)).is_err());
         assert!(Vp8Encoder::new(Vp8EncoderConfig::realtime(320, 180, 0, 300)).is_err());
-        let mut enc = Vp8Encoder::new(Vp8EncoderConfig::realtime(320, 180, 15, 300)).expect("encoder");
+        let mut enc =
+            Vp8Encoder::new(Vp8EncoderConfig::realtime(320, 180, 15, 300)).expect("encoder");
         let small = I420Frame::new(160, 90, Yuv::BLACK).expect("frame");
         assert!(enc.encode(&small, 0).is_err());
     }

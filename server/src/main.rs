@@ -31,6 +31,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
+    // Garbage VP8 from a peer makes FFmpeg log to stderr; our own logs say what happened.
+    mixer::ffmpeg_next::util::log::set_level(mixer::ffmpeg_next::util::log::Level::Fatal);
     let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
     config.dev |= cli.dev;
     if cli.print_config {
