@@ -8,14 +8,16 @@
 # Usage: tests/schemathesis.sh            (build first: cargo build -p server)
 # Env:   MCU_SERVER_BIN       server binary        (default: target/debug/mcu-server)
 #        SCHEMATHESIS_VENV    virtualenv to use/make (default: target/schemathesis-venv)
-#        SCHEMATHESIS_EXAMPLES  max examples per operation (default: 40)
+#        SCHEMATHESIS_EXAMPLES  max examples per operation (default: 300)
 #        SCHEMATHESIS_SEED    fixed seed for a reproducible run
+#        SCHEMATHESIS_DATABASE_URL  run against this (empty, throw-away) database instead of a
+#                             temporary SQLite file, e.g. a fresh PostgreSQL database
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${MCU_SERVER_BIN:-$ROOT/target/debug/mcu-server}"
 VENV="${SCHEMATHESIS_VENV:-$ROOT/target/schemathesis-venv}"
-EXAMPLES="${SCHEMATHESIS_EXAMPLES:-40}"
+EXAMPLES="${SCHEMATHESIS_EXAMPLES:-300}"
 
 if [[ ! -x "$BIN" ]]; then
     echo "schemathesis.sh: $BIN not found; run: cargo build -p server" >&2
@@ -47,7 +49,7 @@ API_KEY="schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))
 MCU_LISTEN="127.0.0.1:$PORT" \
 MCU_API_KEY="$API_KEY" \
 MCU_TOKEN_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')" \
-DATABASE_URL="sqlite://$WORK/mcu.db" \
+DATABASE_URL="${SCHEMATHESIS_DATABASE_URL:-sqlite://$WORK/mcu.db}" \
 MCU_RECORDINGS_DIR="$WORK/recordings" \
 MCU_WEB_DIR="$ROOT/web" \
 MCU_LOG="${MCU_LOG:-warn}" \
@@ -77,12 +79,14 @@ if [[ -n "${SCHEMATHESIS_SEED:-}" ]]; then
 fi
 
 status=0
+# Hypothesis keeps state in the working directory: keep it out of the repository.
+cd "$WORK"
 "$VENV/bin/schemathesis" run "$BASE/api/v1/openapi.json" \
     --url "$BASE" \
     --header "Authorization: Bearer $API_KEY" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples "$EXAMPLES" \
-    --phases examples,coverage,fuzzing \
+    --phases examples,coverage,fuzzing,stateful \
     --workers 2 \
     --request-timeout 10 \
     --no-color \

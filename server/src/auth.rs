@@ -234,7 +234,10 @@ mod tests {
         sig.push(last);
         let bad_sig = format!("{}.{}.{}", parts[0], parts[1], sig);
         assert!(matches!(keys.verify(&bad_sig), Err(TokenError::Invalid(_))));
-        assert!(matches!(keys.verify("not a jwt"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            keys.verify("not a jwt"),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -249,7 +252,11 @@ mod tests {
     fn alg_none_and_other_algorithms_are_rejected() {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
         let payload = b64(&serde_json::to_value(claims(now() + 60)).unwrap());
-        let none = format!("{}.{}.", b64(&serde_json::json!({"alg":"none","typ":"JWT"})), payload);
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg":"none","typ":"JWT"})),
+            payload
+        );
         assert!(matches!(keys.verify(&none), Err(TokenError::Invalid(_))));
         // Same secret, but HS512: still refused, only HS256 is accepted.
         let hs512 = jsonwebtoken::encode(

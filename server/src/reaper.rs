@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 /// How often the reaper looks for expired rooms.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Starts the reaper on the current actix/tokio runtime.
+/// Starts the reaper on the current tokio runtime (the actix System in `main` and in tests).
 pub fn spawn(state: actix_web::web::Data<AppState>) {
-    actix_web::rt::spawn(async move {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(REAP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
@@ -49,7 +49,9 @@ pub fn empty_for(
         RoomActivity::Live(_) => None,
         RoomActivity::EmptySince(t) => Some(now.saturating_duration_since(t)),
         RoomActivity::Unknown => {
-            let since_update = (now_utc - room.updated_at).to_std().unwrap_or(Duration::ZERO);
+            let since_update = (now_utc - room.updated_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
             Some(since_update.min(uptime))
         }
     }
@@ -128,7 +130,13 @@ mod tests {
             (10, 100, RoomActivity::Unknown, long, true),
             (10, 5, RoomActivity::Unknown, long, false),
             // Restarted 3 s ago: the room gets its full timeout from the start.
-            (10, 100, RoomActivity::Unknown, Duration::from_secs(3), false),
+            (
+                10,
+                100,
+                RoomActivity::Unknown,
+                Duration::from_secs(3),
+                false,
+            ),
             // 0 = never.
             (0, 100_000, RoomActivity::Unknown, long, false),
             (0, 100_000, RoomActivity::EmptySince(ago(1000)), long, false),

@@ -118,10 +118,16 @@ async fn expect_error(resp: reqwest::Response, status: StatusCode, code: &str) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    assert!(ct.starts_with("application/json"), "error content type {ct}");
+    assert!(
+        ct.starts_with("application/json"),
+        "error content type {ct}"
+    );
     let body: Value = resp.json().await.expect("error body is JSON");
     assert_eq!(body["error"]["code"], code, "{body}");
-    let msg = body["error"]["message"].as_str().expect("message").to_string();
+    let msg = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
     assert!(!msg.is_empty());
     msg
 }
@@ -183,13 +189,19 @@ async fn pagination(app: &App) {
 
     // Default page holds them all and says there is no more.
     let all: RoomList = app.get("/api/v1/rooms").await.json().await.unwrap();
-    assert_eq!(all.rooms.iter().map(|r| &r.name).collect::<Vec<_>>(), names.iter().collect::<Vec<_>>());
+    assert_eq!(
+        all.rooms.iter().map(|r| &r.name).collect::<Vec<_>>(),
+        names.iter().collect::<Vec<_>>()
+    );
     assert!(all.next_cursor.is_none());
 
     // A walk stays stable while rooms come and go: deleting a room already seen and adding one
     // neither repeats nor skips anything.
     let first: RoomList = app.get("/api/v1/rooms?limit=3").await.json().await.unwrap();
-    assert_eq!(app.delete("/api/v1/rooms/page-1").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete("/api/v1/rooms/page-1").await.status(),
+        StatusCode::NO_CONTENT
+    );
     let late = app.create_room(json!({"name": "page-late"})).await;
     let mut rest = Vec::new();
     let mut cursor = first.next_cursor.clone();
@@ -212,7 +224,10 @@ async fn pagination(app: &App) {
     expect_invalid(app.get("/api/v1/rooms?cursor=garbage").await, "cursor").await;
 
     for r in names.iter().filter(|n| *n != "page-1").chain([&late.name]) {
-        assert_eq!(app.delete(&format!("/api/v1/rooms/{r}")).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            app.delete(&format!("/api/v1/rooms/{r}")).await.status(),
+            StatusCode::NO_CONTENT
+        );
     }
     let empty: RoomList = app.get("/api/v1/rooms").await.json().await.unwrap();
     assert!(empty.rooms.is_empty() && empty.next_cursor.is_none());
@@ -223,7 +238,13 @@ async fn auth(app: &App) {
     let none = app.http.get(&url).send().await.unwrap();
     let msg = expect_error(none, StatusCode::UNAUTHORIZED, "unauthorized").await;
     assert!(msg.contains("Authorization"), "{msg}");
-    let wrong = app.http.get(&url).bearer_auth("not-the-key").send().await.unwrap();
+    let wrong = app
+        .http
+        .get(&url)
+        .bearer_auth("not-the-key")
+        .send()
+        .await
+        .unwrap();
     expect_error(wrong, StatusCode::UNAUTHORIZED, "unauthorized").await;
     let prefix = app
         .http
@@ -281,8 +302,16 @@ async fn create_and_validate(app: &App) {
     );
     let raw: Value = resp.json().await.unwrap();
     for field in [
-        "id", "name", "max_participants", "layout", "auto_record", "empty_timeout_s", "metadata",
-        "created_at", "active_participants", "recording_id",
+        "id",
+        "name",
+        "max_participants",
+        "layout",
+        "auto_record",
+        "empty_timeout_s",
+        "metadata",
+        "created_at",
+        "active_participants",
+        "recording_id",
     ] {
         assert!(raw.get(field).is_some(), "Room lacks {field}: {raw}");
     }
@@ -304,7 +333,12 @@ async fn create_and_validate(app: &App) {
         }))
         .await;
     assert_eq!(
-        (full.max_participants, full.layout, full.auto_record, full.empty_timeout_s),
+        (
+            full.max_participants,
+            full.layout,
+            full.auto_record,
+            full.empty_timeout_s
+        ),
         (8, Layout::Speaker, true, 0)
     );
     assert_eq!(full.metadata.as_deref(), Some("{\"topic\":\"x\"}"));
@@ -318,13 +352,31 @@ async fn create_and_validate(app: &App) {
         (json!({"name": ""}), "name"),
         (json!({"name": "x".repeat(65)}), "name"),
         (json!({}), "name"),
-        (json!({"name": "v", "max_participants": 0}), "max_participants"),
-        (json!({"name": "v", "max_participants": 1001}), "max_participants"),
-        (json!({"name": "v", "max_participants": "ten"}), "max_participants"),
+        (
+            json!({"name": "v", "max_participants": 0}),
+            "max_participants",
+        ),
+        (
+            json!({"name": "v", "max_participants": 1001}),
+            "max_participants",
+        ),
+        (
+            json!({"name": "v", "max_participants": "ten"}),
+            "max_participants",
+        ),
         (json!({"name": "v", "layout": "mosaic"}), "layout"),
-        (json!({"name": "v", "empty_timeout_s": -1}), "empty_timeout_s"),
-        (json!({"name": "v", "empty_timeout_s": 86401}), "empty_timeout_s"),
-        (json!({"name": "v", "metadata": "m".repeat(4097)}), "metadata"),
+        (
+            json!({"name": "v", "empty_timeout_s": -1}),
+            "empty_timeout_s",
+        ),
+        (
+            json!({"name": "v", "empty_timeout_s": 86401}),
+            "empty_timeout_s",
+        ),
+        (
+            json!({"name": "v", "metadata": "m".repeat(4097)}),
+            "metadata",
+        ),
         (json!({"name": "v", "metadata": 5}), "metadata"),
         (json!({"name": "v", "auto_record": "yes"}), "auto_record"),
         (json!({"name": "v", "colour": "red"}), "colour"),
@@ -338,8 +390,11 @@ async fn create_and_validate(app: &App) {
         .await;
     assert_eq!(edge.metadata.map(|m| m.len()), Some(4096));
     expect_invalid(
-        app.post("/api/v1/rooms", json!({"name": "v", "metadata": "é".repeat(2049)}))
-            .await,
+        app.post(
+            "/api/v1/rooms",
+            json!({"name": "v", "metadata": "é".repeat(2049)}),
+        )
+        .await,
         "metadata",
     )
     .await;
@@ -350,11 +405,17 @@ async fn create_and_validate(app: &App) {
             .body(body)
             .send()
     };
-    let malformed = raw_post("application/json", "{\"name\":".into()).await.unwrap();
+    let malformed = raw_post("application/json", "{\"name\":".into())
+        .await
+        .unwrap();
     expect_invalid(malformed, "JSON").await;
-    let trailing = raw_post("application/json", "{\"name\":\"t\"} x".into()).await.unwrap();
+    let trailing = raw_post("application/json", "{\"name\":\"t\"} x".into())
+        .await
+        .unwrap();
     expect_invalid(trailing, "JSON").await;
-    let text = raw_post("text/plain", "{\"name\":\"t\"}".into()).await.unwrap();
+    let text = raw_post("text/plain", "{\"name\":\"t\"}".into())
+        .await
+        .unwrap();
     expect_invalid(text, "Content-Type").await;
     let no_ct = app
         .admin(Method::POST, "/api/v1/rooms")
@@ -363,11 +424,17 @@ async fn create_and_validate(app: &App) {
         .await
         .unwrap();
     expect_invalid(no_ct, "Content-Type").await;
-    let with_charset = raw_post("application/json; charset=utf-8", "{\"name\":\"cs\"}".into())
-        .await
-        .unwrap();
+    let with_charset = raw_post(
+        "application/json; charset=utf-8",
+        "{\"name\":\"cs\"}".into(),
+    )
+    .await
+    .unwrap();
     assert_eq!(with_charset.status(), StatusCode::CREATED);
-    let huge = format!("{{\"name\":\"big\",\"metadata\":\"{}\"}}", "m".repeat(70 * 1024));
+    let huge = format!(
+        "{{\"name\":\"big\",\"metadata\":\"{}\"}}",
+        "m".repeat(70 * 1024)
+    );
     let big = raw_post("application/json", huge).await.unwrap();
     let msg = expect_error(big, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     assert!(msg.contains("65536"), "{msg}");
@@ -377,11 +444,50 @@ async fn create_and_validate(app: &App) {
         expect_error(r, StatusCode::NOT_FOUND, "room_not_found").await;
     }
     for n in ["Full_Room-2", "edge", "cs"] {
-        assert_eq!(app.delete(&format!("/api/v1/rooms/{n}")).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            app.delete(&format!("/api/v1/rooms/{n}")).await.status(),
+            StatusCode::NO_CONTENT
+        );
     }
-    // Unknown routes under the API answer with the error body too.
+    expect_invalid(
+        app.post("/api/v1/rooms", json!({"name": "v", "metadata": "a\u{0}b"}))
+            .await,
+        "metadata",
+    )
+    .await;
+    // Names no room can have are simply not found (PostgreSQL would choke on the NUL).
+    for p in [
+        "/api/v1/rooms/a%00b",
+        "/api/v1/rooms/%FF",
+        "/api/v1/rooms/a%20b/participants",
+    ] {
+        expect_error(app.get(p).await, StatusCode::NOT_FOUND, "room_not_found").await;
+    }
+    expect_error(
+        app.patch("/api/v1/rooms/a%00b", json!({"layout": "grid"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+    )
+    .await;
+    // Unknown routes and methods under the API answer with the error body too.
     let nope = app.get("/api/v1/no-such-thing").await;
     expect_error(nope, StatusCode::NOT_FOUND, "not_found").await;
+    let put = app
+        .call(Method::PUT, "/api/v1/rooms/alpha", Some(json!({})))
+        .await;
+    assert_eq!(
+        put.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, PATCH, DELETE")
+    );
+    expect_error(put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    let post_health = app.http.post(app.url("/healthz")).send().await.unwrap();
+    expect_error(
+        post_health,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
 }
 
 async fn get_patch_delete(app: &App) {
@@ -403,7 +509,12 @@ async fn get_patch_delete(app: &App) {
     assert_eq!(patched.created_at, alpha.created_at);
     assert!(patched.updated_at >= alpha.updated_at);
     assert_eq!(
-        (patched.layout, patched.max_participants, patched.auto_record, patched.empty_timeout_s),
+        (
+            patched.layout,
+            patched.max_participants,
+            patched.auto_record,
+            patched.empty_timeout_s
+        ),
         (Layout::Speaker, 5, true, 0)
     );
     assert_eq!(patched.metadata.as_deref(), Some("hello"));
@@ -425,22 +536,41 @@ async fn get_patch_delete(app: &App) {
         .json()
         .await
         .unwrap();
-    assert_eq!((p3.layout, p3.max_participants, p3.metadata), (Layout::Speaker, 5, None));
+    assert_eq!(
+        (p3.layout, p3.max_participants, p3.metadata),
+        (Layout::Speaker, 5, None)
+    );
 
-    expect_invalid(app.patch("/api/v1/rooms/alpha", json!({"name": "beta"})).await, "name").await;
     expect_invalid(
-        app.patch("/api/v1/rooms/alpha", json!({"max_participants": 0})).await,
+        app.patch("/api/v1/rooms/alpha", json!({"name": "beta"}))
+            .await,
+        "name",
+    )
+    .await;
+    expect_invalid(
+        app.patch("/api/v1/rooms/alpha", json!({"max_participants": 0}))
+            .await,
         "max_participants",
     )
     .await;
-    expect_invalid(app.patch("/api/v1/rooms/alpha", json!({"layout": "tiles"})).await, "layout").await;
-    let gone = app.patch("/api/v1/rooms/nope", json!({"layout": "grid"})).await;
+    expect_invalid(
+        app.patch("/api/v1/rooms/alpha", json!({"layout": "tiles"}))
+            .await,
+        "layout",
+    )
+    .await;
+    let gone = app
+        .patch("/api/v1/rooms/nope", json!({"layout": "grid"}))
+        .await;
     expect_error(gone, StatusCode::NOT_FOUND, "room_not_found").await;
 
     // DELETE disconnects whoever is in the room.
     app.create_room(json!({"name": "doomed"})).await;
     let (_h, _p, mut rx) = app.join("doomed", "carol");
-    assert_eq!(app.delete("/api/v1/rooms/doomed").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete("/api/v1/rooms/doomed").await.status(),
+        StatusCode::NO_CONTENT
+    );
     let events = drain(&mut rx);
     assert!(
         events
@@ -448,13 +578,28 @@ async fn get_patch_delete(app: &App) {
             .any(|e| matches!(e, SessionEvent::Close(CloseReason::RoomDeleted))),
         "{events:?}"
     );
-    expect_error(app.get("/api/v1/rooms/doomed").await, StatusCode::NOT_FOUND, "room_not_found").await;
-    expect_error(app.delete("/api/v1/rooms/doomed").await, StatusCode::NOT_FOUND, "room_not_found").await;
+    expect_error(
+        app.get("/api/v1/rooms/doomed").await,
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+    )
+    .await;
+    expect_error(
+        app.delete("/api/v1/rooms/doomed").await,
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+    )
+    .await;
 }
 
 async fn participants(app: &App) {
     app.create_room(json!({"name": "meet"})).await;
-    let empty: ParticipantList = app.get("/api/v1/rooms/meet/participants").await.json().await.unwrap();
+    let empty: ParticipantList = app
+        .get("/api/v1/rooms/meet/participants")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(empty.participants.is_empty());
     expect_error(
         app.get("/api/v1/rooms/nope/participants").await,
@@ -465,8 +610,17 @@ async fn participants(app: &App) {
 
     let (h_a, alice, mut rx_a) = app.join("meet", "alice");
     let (h_b, bob, mut rx_b) = app.join("meet", "bob");
-    let list: ParticipantList = app.get("/api/v1/rooms/meet/participants").await.json().await.unwrap();
-    let ids: Vec<&str> = list.participants.iter().map(|p| p.identity.as_str()).collect();
+    let list: ParticipantList = app
+        .get("/api/v1/rooms/meet/participants")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list
+        .participants
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
     assert_eq!(ids, ["alice", "bob"]);
     let room: Room = app.get("/api/v1/rooms/meet").await.json().await.unwrap();
     assert_eq!(room.active_participants, 2);
@@ -476,15 +630,26 @@ async fn participants(app: &App) {
     let resp = app.post(&path, json!({"audio": true})).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let p: Participant = resp.json().await.unwrap();
-    assert_eq!((p.id.as_str(), p.audio_muted, p.video_muted), (alice.id.as_str(), true, false));
+    assert_eq!(
+        (p.id.as_str(), p.audio_muted, p.video_muted),
+        (alice.id.as_str(), true, false)
+    );
     let told = drain(&mut rx_b);
     assert!(
         told.iter().any(|e| matches!(e, SessionEvent::Send(m)
             if m["type"] == "participant_updated" && m["participant"]["audio_muted"] == true)),
         "{told:?}"
     );
-    let p: Participant = app.post(&path, json!({"video": true})).await.json().await.unwrap();
-    assert!(p.audio_muted && p.video_muted, "audio stays muted, video now muted");
+    let p: Participant = app
+        .post(&path, json!({"video": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        p.audio_muted && p.video_muted,
+        "audio stays muted, video now muted"
+    );
     let p: Participant = app
         .post(&path, json!({"audio": false, "video": false}))
         .await
@@ -495,37 +660,70 @@ async fn participants(app: &App) {
     expect_invalid(app.post(&path, json!({"loud": true})).await, "loud").await;
     expect_invalid(app.post(&path, json!({"audio": "yes"})).await, "audio").await;
     let unknown = app
-        .post("/api/v1/rooms/meet/participants/PA_nobody/mute", json!({"audio": true}))
+        .post(
+            "/api/v1/rooms/meet/participants/PA_nobody/mute",
+            json!({"audio": true}),
+        )
         .await;
     let msg = expect_error(unknown, StatusCode::NOT_FOUND, "participant_not_found").await;
     assert!(msg.contains("PA_nobody"), "{msg}");
     let no_room = app
-        .post(&format!("/api/v1/rooms/nope/participants/{}/mute", alice.id), json!({}))
+        .post(
+            &format!("/api/v1/rooms/nope/participants/{}/mute", alice.id),
+            json!({}),
+        )
         .await;
     expect_error(no_room, StatusCode::NOT_FOUND, "room_not_found").await;
 
     // Kick: bob's session is told to close; others are untouched.
     drain(&mut rx_a);
     drain(&mut rx_b);
-    let kick = app.delete(&format!("/api/v1/rooms/meet/participants/{}", bob.id)).await;
+    let kick = app
+        .delete(&format!("/api/v1/rooms/meet/participants/{}", bob.id))
+        .await;
     assert_eq!(kick.status(), StatusCode::NO_CONTENT);
     let ev = drain(&mut rx_b);
     assert!(
-        ev.iter().any(|e| matches!(e, SessionEvent::Close(CloseReason::Kicked))),
+        ev.iter()
+            .any(|e| matches!(e, SessionEvent::Close(CloseReason::Kicked))),
         "{ev:?}"
     );
-    assert!(!drain(&mut rx_a).iter().any(|e| matches!(e, SessionEvent::Close(_))));
+    assert!(
+        !drain(&mut rx_a)
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Close(_)))
+    );
     drop(h_b); // the session ends, as the signaling side does on `closed`
-    let list: ParticipantList = app.get("/api/v1/rooms/meet/participants").await.json().await.unwrap();
+    let list: ParticipantList = app
+        .get("/api/v1/rooms/meet/participants")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list.participants.len(), 1);
-    let ghost = app.delete(&format!("/api/v1/rooms/meet/participants/{}", bob.id)).await;
+    let ghost = app
+        .delete(&format!("/api/v1/rooms/meet/participants/{}", bob.id))
+        .await;
     expect_error(ghost, StatusCode::NOT_FOUND, "participant_not_found").await;
-    let ghost_room = app.delete(&format!("/api/v1/rooms/nope/participants/{}", alice.id)).await;
+    let ghost_room = app
+        .delete(&format!("/api/v1/rooms/nope/participants/{}", alice.id))
+        .await;
     expect_error(ghost_room, StatusCode::NOT_FOUND, "room_not_found").await;
 
     // Metrics count the live participant.
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.lines().any(|l| l == "mcu_participants 1"), "{metrics}");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "mcu_participants 1"),
+        "{metrics}"
+    );
     assert!(metrics.lines().any(|l| l == "mcu_rooms 1"), "{metrics}");
     drop(h_a);
 }
@@ -541,7 +739,9 @@ async fn tokens(app: &App) {
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let t: TokenResponse = resp.json().await.unwrap();
-    let claims = keys.verify(&t.token).expect("token verifies with the server secret");
+    let claims = keys
+        .verify(&t.token)
+        .expect("token verifies with the server secret");
     assert_eq!(claims.room, "alpha");
     assert_eq!(claims.sub, "alice");
     assert_eq!(claims.name.as_deref(), Some("Alice A."));
@@ -549,7 +749,10 @@ async fn tokens(app: &App) {
     assert!(claims.iat >= before && claims.iat <= chrono::Utc::now().timestamp());
     assert_eq!(t.expires_at.timestamp(), claims.exp);
     assert!(claims.can_publish && claims.can_subscribe && !claims.is_admin);
-    assert_eq!(t.ws_url, format!("ws{}/api/v1/ws?token={}", &app.base[4..], t.token));
+    assert_eq!(
+        t.ws_url,
+        format!("ws{}/api/v1/ws?token={}", &app.base[4..], t.token)
+    );
     // A different secret does not accept it.
     assert!(matches!(
         TokenKeys::new(b"another-secret-another-secret-0123").verify(&t.token),
@@ -571,10 +774,15 @@ async fn tokens(app: &App) {
     assert_eq!((c2.room.as_str(), c2.sub.as_str()), ("beta", "mod"));
     assert!(!c2.can_publish && c2.can_subscribe && c2.is_admin);
     assert_eq!(c2.name, None);
-    assert_eq!(c2.exp - c2.iat, 6 * 3600, "default ttl from the configuration");
+    assert_eq!(
+        c2.exp - c2.iat,
+        6 * 3600,
+        "default ttl from the configuration"
+    );
 
     expect_error(
-        app.post("/api/v1/rooms/nope/tokens", json!({"identity": "x"})).await,
+        app.post("/api/v1/rooms/nope/tokens", json!({"identity": "x"}))
+            .await,
         StatusCode::NOT_FOUND,
         "room_not_found",
     )
@@ -583,7 +791,10 @@ async fn tokens(app: &App) {
         (json!({"identity": ""}), "identity"),
         (json!({"identity": "i".repeat(129)}), "identity"),
         (json!({}), "identity"),
-        (json!({"identity": "a", "display_name": "d".repeat(129)}), "display_name"),
+        (
+            json!({"identity": "a", "display_name": "d".repeat(129)}),
+            "display_name",
+        ),
         (json!({"identity": "a", "ttl_s": 0}), "ttl_s"),
         (json!({"identity": "a", "ttl_s": 86401}), "ttl_s"),
         (json!({"identity": "a", "room": "other"}), "room"),
@@ -593,13 +804,19 @@ async fn tokens(app: &App) {
     }
     // 128 characters (not bytes) is the limit.
     let ok = app
-        .post("/api/v1/rooms/alpha/tokens", json!({"identity": "é".repeat(128)}))
+        .post(
+            "/api/v1/rooms/alpha/tokens",
+            json!({"identity": "é".repeat(128)}),
+        )
         .await;
     assert_eq!(ok.status(), StatusCode::CREATED);
 
     // Expiry: valid now, expired after its one-second life.
     let short: TokenResponse = app
-        .post("/api/v1/rooms/alpha/tokens", json!({"identity": "brief", "ttl_s": 1}))
+        .post(
+            "/api/v1/rooms/alpha/tokens",
+            json!({"identity": "brief", "ttl_s": 1}),
+        )
         .await
         .json()
         .await
@@ -607,13 +824,19 @@ async fn tokens(app: &App) {
     assert_eq!(keys.verify(&short.token).unwrap().sub, "brief");
     actix_web::rt::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(keys.verify(&short.token), Err(TokenError::Expired));
-    assert_eq!(app.delete("/api/v1/rooms/beta").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.delete("/api/v1/rooms/beta").await.status(),
+        StatusCode::NO_CONTENT
+    );
 }
 
 async fn empty_room_timeout(app: &App) {
-    app.create_room(json!({"name": "ephemeral", "empty_timeout_s": 1})).await;
-    app.create_room(json!({"name": "busy", "empty_timeout_s": 1})).await;
-    app.create_room(json!({"name": "forever", "empty_timeout_s": 0})).await;
+    app.create_room(json!({"name": "ephemeral", "empty_timeout_s": 1}))
+        .await;
+    app.create_room(json!({"name": "busy", "empty_timeout_s": 1}))
+        .await;
+    app.create_room(json!({"name": "forever", "empty_timeout_s": 0}))
+        .await;
     let (busy_handle, _, _rx) = app.join("busy", "dave");
     let t0 = Instant::now();
     loop {
@@ -621,13 +844,19 @@ async fn empty_room_timeout(app: &App) {
         if r.status() == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "ephemeral room never reaped");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "ephemeral room never reaped"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(250)).await;
     }
     // Two more reaper passes: the occupied room and the never-closing one stay.
     actix_web::rt::time::sleep(Duration::from_millis(4500)).await;
     assert_eq!(app.get("/api/v1/rooms/busy").await.status(), StatusCode::OK);
-    assert_eq!(app.get("/api/v1/rooms/forever").await.status(), StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/rooms/forever").await.status(),
+        StatusCode::OK
+    );
     // Once the last one leaves, the timeout runs from then.
     drop(busy_handle);
     let left = Instant::now();
@@ -636,25 +865,44 @@ async fn empty_room_timeout(app: &App) {
         if r.status() == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(left.elapsed() < Duration::from_secs(10), "emptied room never reaped");
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "emptied room never reaped"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(left.elapsed() >= Duration::from_millis(900), "reaped before its timeout");
-    assert_eq!(app.delete("/api/v1/rooms/forever").await.status(), StatusCode::NO_CONTENT);
+    assert!(
+        left.elapsed() >= Duration::from_millis(900),
+        "reaped before its timeout"
+    );
+    assert_eq!(
+        app.delete("/api/v1/rooms/forever").await.status(),
+        StatusCode::NO_CONTENT
+    );
 }
 
 async fn health_metrics_openapi(app: &App) {
     let h = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(h.status(), StatusCode::OK);
-    assert_eq!(h.json::<Value>().await.unwrap(), json!({"status": "ok", "database": "ok"}));
+    assert_eq!(
+        h.json::<Value>().await.unwrap(),
+        json!({"status": "ok", "database": "ok"})
+    );
 
     let m = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(m.status(), StatusCode::OK);
     let ct = m.headers()["content-type"].to_str().unwrap().to_string();
     assert!(ct.starts_with("text/plain"), "{ct}");
     let text = m.text().await.unwrap();
-    for line in ["mcu_rooms 0", "mcu_participants 0", "# TYPE mcu_uptime_seconds gauge"] {
-        assert!(text.lines().any(|l| l == line), "missing '{line}' in {text}");
+    for line in [
+        "mcu_rooms 0",
+        "mcu_participants 0",
+        "# TYPE mcu_uptime_seconds gauge",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing '{line}' in {text}"
+        );
     }
     let uptime: f64 = text
         .lines()
@@ -662,9 +910,17 @@ async fn health_metrics_openapi(app: &App) {
         .and_then(|v| v.parse().ok())
         .expect("uptime value");
     assert!(uptime > 1.0, "uptime {uptime}");
-    assert!(text.contains("mcu_media_tick_seconds_count"), "media counters rendered");
+    assert!(
+        text.contains("mcu_media_tick_seconds_count"),
+        "media counters rendered"
+    );
 
-    let doc = app.http.get(app.url("/api/v1/openapi.json")).send().await.unwrap();
+    let doc = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(doc.status(), StatusCode::OK);
     let doc: Value = doc.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -680,9 +936,16 @@ async fn health_metrics_openapi(app: &App) {
         ("/api/v1/openapi.json", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), routes.len(), "no undocumented extras: {:?}", paths.keys());
+    assert_eq!(
+        paths.len(),
+        routes.len(),
+        "no undocumented extras: {:?}",
+        paths.keys()
+    );
     for (path, methods) in routes {
-        let item = paths.get(path).unwrap_or_else(|| panic!("{path} not documented"));
+        let item = paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} not documented"));
         for m in methods {
             let op = &item[*m];
             assert!(op.is_object(), "{m} {path} not documented");
@@ -715,7 +978,10 @@ async fn store_closed(app: &App) {
     assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = h.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
-    assert!(body["database"].as_str().unwrap().contains("unavailable"), "{body}");
+    assert!(
+        body["database"].as_str().unwrap().contains("unavailable"),
+        "{body}"
+    );
 }
 
 // ----- SQLite -----------------------------------------------------------------------------------
@@ -761,7 +1027,9 @@ async fn admin_connection(url: &str) -> Option<PgConnection> {
     if std::env::var_os("CI").is_some() {
         panic!("PostgreSQL at {url} is unreachable ({err}) and CI is set");
     }
-    eprintln!("NOTICE: skipping the PostgreSQL API tests: {url} unreachable ({err}); set MCU_TEST_PG_URL");
+    eprintln!(
+        "NOTICE: skipping the PostgreSQL API tests: {url} unreachable ({err}); set MCU_TEST_PG_URL"
+    );
     None
 }
 
@@ -785,9 +1053,15 @@ async fn database_goes_away(app: &App, admin: &mut PgConnection, db: &str) {
     let t0 = Instant::now();
     let r = app.get("/api/v1/rooms").await;
     let msg = expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
-    assert!(t0.elapsed() < Duration::from_secs(4), "503 took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "503 took {:?}",
+        t0.elapsed()
+    );
     assert!(msg.contains("unavailable"), "{msg}");
-    let r = app.post("/api/v1/rooms", json!({"name": "during-outage"})).await;
+    let r = app
+        .post("/api/v1/rooms", json!({"name": "during-outage"}))
+        .await;
     expect_error(r, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     let r = app
         .post("/api/v1/rooms/survivor/tokens", json!({"identity": "x"}))
@@ -798,7 +1072,10 @@ async fn database_goes_away(app: &App, admin: &mut PgConnection, db: &str) {
     let body: Value = h.json().await.unwrap();
     assert_eq!(body["status"], "degraded");
     assert!(
-        body["database"].as_str().unwrap().contains("not currently accepting connections"),
+        body["database"]
+            .as_str()
+            .unwrap()
+            .contains("not currently accepting connections"),
         "{body}"
     );
     // Unauthenticated metrics keep working without the database.
@@ -818,7 +1095,10 @@ async fn database_goes_away(app: &App, admin: &mut PgConnection, db: &str) {
             break;
         }
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(t1.elapsed() < Duration::from_secs(10), "API did not recover");
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "API did not recover"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
     let h = app.http.get(app.url("/healthz")).send().await.unwrap();
@@ -883,5 +1163,8 @@ fn database_url_rewrite() {
         with_database("postgres://u:p@h/test?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
-    assert_eq!(with_database("postgres://h:5432", "x"), "postgres://h:5432/x");
+    assert_eq!(
+        with_database("postgres://h:5432", "x"),
+        "postgres://h:5432/x"
+    );
 }

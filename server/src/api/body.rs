@@ -32,7 +32,12 @@ fn is_json(req: &HttpRequest) -> bool {
     let Ok(ct) = ct.to_str() else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
@@ -90,9 +95,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
             if declared.is_some_and(|n| n > MAX_BODY as u64) {
                 return Err(too_large());
             }
-            let mut buf = web::BytesMut::with_capacity(
-                declared.map_or(1024, |n| n as usize).min(MAX_BODY),
-            );
+            let mut buf =
+                web::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize).min(MAX_BODY));
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|e| {
                     ApiError::InvalidRequest(format!("cannot read the request body: {e}"))
@@ -114,9 +118,8 @@ pub fn configure_extractors(cfg: &mut web::ServiceConfig) {
             .limit(MAX_BODY)
             .error_handler(|e, _| {
                 let api = match &e {
-                    JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
-                        too_large()
-                    }
+                    JsonPayloadError::OverflowKnownLength { .. }
+                    | JsonPayloadError::Overflow { .. } => too_large(),
                     JsonPayloadError::ContentType => {
                         ApiError::InvalidRequest("Content-Type must be application/json".into())
                     }

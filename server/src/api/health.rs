@@ -1,6 +1,7 @@
 //! Unauthenticated operational endpoints: `GET /healthz` and `GET /metrics` (Prometheus text).
 
 use crate::AppState;
+use crate::api::rest;
 use crate::metrics::METRICS;
 use actix_web::{HttpResponse, http::header, web};
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,16 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 
 /// Routes of this module (at the root, outside `/api/v1`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics));
+    cfg.service(
+        web::resource("/healthz")
+            .route(web::get().to(healthz))
+            .default_service(rest::method_not_allowed("GET")),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics))
+            .default_service(rest::method_not_allowed("GET")),
+    );
 }
 
 /// Health of the process and its database.

@@ -13,7 +13,11 @@ use utoipa::{Modify, OpenApi};
 
 /// Routes of this module (inside the `/api/v1` scope).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi_json));
+    cfg.service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi_json))
+            .default_service(rest::method_not_allowed("GET")),
+    );
 }
 
 struct BearerAuth;
@@ -98,6 +102,22 @@ pub fn document(max_participants_limit: u32) -> serde_json::Value {
             prop.insert("maximum".into(), max_participants_limit.into());
         }
     }
+    // Links from the created room to the operations on it, so clients and stateful fuzzers know
+    // where a room's name leads.
+    let name = serde_json::json!({"name": "$response.body#/name"});
+    let links = serde_json::json!({
+        "GetRoom": {"operationId": "get_room", "parameters": name},
+        "UpdateRoom": {"operationId": "update_room", "parameters": name},
+        "DeleteRoom": {"operationId": "delete_room", "parameters": name},
+        "CreateToken": {"operationId": "create_token", "parameters": name},
+        "ListParticipants": {"operationId": "list_participants", "parameters": name},
+    });
+    if let Some(created) = doc
+        .pointer_mut("/paths/~1api~1v1~1rooms/post/responses/201")
+        .and_then(|r| r.as_object_mut())
+    {
+        created.insert("links".into(), links);
+    }
     doc
 }
 
@@ -132,9 +152,25 @@ mod tests {
             assert!(paths.contains_key(p), "{p} missing");
         }
         assert_eq!(
-            doc.pointer("/components/schemas/CreateRoomRequest/properties/max_participants/maximum"),
+            doc.pointer(
+                "/components/schemas/CreateRoomRequest/properties/max_participants/maximum"
+            ),
             Some(&serde_json::json!(77))
         );
         assert!(doc.pointer("/components/securitySchemes/bearer").is_some());
+        // Every link names an operation that exists.
+        let links = doc
+            .pointer("/paths/~1api~1v1~1rooms/post/responses/201/links")
+            .and_then(|l| l.as_object())
+            .unwrap();
+        let ops: Vec<&str> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        for link in links.values() {
+            let id = link["operationId"].as_str().unwrap();
+            assert!(ops.contains(&id), "{id} not an operation");
+        }
     }
 }

@@ -8,17 +8,15 @@
 use crate::AppState;
 use crate::api::body::{ApiJson, configure_extractors};
 use crate::auth::{AdminAuth, JoinClaims};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::model::{CloseReason, Layout, Participant};
-use crate::store::{NewRoom, RoomPatch, RoomRecord};
+use crate::store::{NewRoom, RoomPatch, RoomRecord, valid_room_name};
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-/// Longest room name.
-pub const NAME_MAX: usize = 64;
 /// Largest `metadata`, bytes.
 pub const METADATA_MAX: usize = 4096;
 /// Largest `empty_timeout_s` (a day).
@@ -38,24 +36,51 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/rooms")
             .route(web::post().to(create_room))
-            .route(web::get().to(list_rooms)),
+            .route(web::get().to(list_rooms))
+            .default_service(method_not_allowed("GET, POST")),
     )
     .service(
         web::resource("/rooms/{name}")
             .route(web::get().to(get_room))
             .route(web::patch().to(update_room))
-            .route(web::delete().to(delete_room)),
+            .route(web::delete().to(delete_room))
+            .default_service(method_not_allowed("GET, PATCH, DELETE")),
     )
-    .service(web::resource("/rooms/{name}/tokens").route(web::post().to(create_token)))
-    .service(web::resource("/rooms/{name}/participants").route(web::get().to(list_participants)))
     .service(
-        web::resource("/rooms/{name}/participants/{id}").route(web::delete().to(kick_participant)),
+        web::resource("/rooms/{name}/tokens")
+            .route(web::post().to(create_token))
+            .default_service(method_not_allowed("POST")),
+    )
+    .service(
+        web::resource("/rooms/{name}/participants")
+            .route(web::get().to(list_participants))
+            .default_service(method_not_allowed("GET")),
+    )
+    .service(
+        web::resource("/rooms/{name}/participants/{id}")
+            .route(web::delete().to(kick_participant))
+            .default_service(method_not_allowed("DELETE")),
     )
     .service(
         web::resource("/rooms/{name}/participants/{id}/mute")
-            .route(web::post().to(mute_participant)),
+            .route(web::post().to(mute_participant))
+            .default_service(method_not_allowed("POST")),
     )
     .default_service(web::to(not_found));
+}
+
+/// The fallback of a resource: 405 with `Allow` and the API error body.
+pub(crate) fn method_not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move |req: HttpRequest| async move {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, allow))
+            .json(ErrorBody {
+                error: ErrorDetail {
+                    code: "method_not_allowed".into(),
+                    message: format!("{} is not allowed here; use {allow}", req.method()),
+                },
+            })
+    })
 }
 
 /// Unknown path under `/api/v1`.
@@ -102,7 +127,12 @@ pub struct Room {
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomRequest {
     /// Unique name.
-    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64, example = "standup")]
+    #[schema(
+        pattern = "^[A-Za-z0-9_-]{1,64}$",
+        min_length = 1,
+        max_length = 64,
+        example = "standup"
+    )]
     pub name: String,
     /// Capacity; default from the configuration (`rooms.max_participants`), at most
     /// `rooms.max_participants_limit`.
@@ -218,15 +248,6 @@ pub struct MuteRequest {
 
 // ----- validation -----------------------------------------------------------------------------
 
-/// Is `name` a valid room name (`[A-Za-z0-9_-]{1,64}`)?
-pub fn valid_room_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= NAME_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 fn in_range(field: &str, v: i64, min: i64, max: i64) -> Result<u32, ApiError> {
     if (min..=max).contains(&v) {
         u32::try_from(v).map_err(|_| ApiError::InvalidRequest(format!("{field} out of range")))
@@ -243,6 +264,12 @@ fn check_metadata(m: &str) -> Result<(), ApiError> {
             "metadata must be at most {METADATA_MAX} bytes, got {}",
             m.len()
         )));
+    }
+    // PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+    if m.contains('\0') {
+        return Err(ApiError::InvalidRequest(
+            "metadata must not contain NUL characters".into(),
+        ));
     }
     Ok(())
 }
@@ -270,6 +297,10 @@ fn room_json(state: &AppState, r: RoomRecord) -> Room {
 }
 
 async fn existing_room(state: &AppState, name: &str) -> Result<RoomRecord, ApiError> {
+    // A name no room can have is not looked up (PostgreSQL would refuse e.g. a NUL in it).
+    if !valid_room_name(name) {
+        return Err(ApiError::RoomNotFound(name.to_string()));
+    }
     state
         .store
         .get_room(name)
@@ -459,6 +490,9 @@ pub async fn update_room(
         check_metadata(m)?;
     }
     patch.metadata = b.metadata;
+    if !valid_room_name(&name) {
+        return Err(ApiError::RoomNotFound(name));
+    }
     let rec = state
         .store
         .update_room(&name, &patch)
@@ -692,7 +726,10 @@ mod tests {
             .insert_header((header::HOST, "example.org:8080"))
             .to_http_request();
         assert_eq!(ws_base(None, &req), "ws://example.org:8080");
-        assert_eq!(ws_base(Some("https://mcu.example.com/"), &req), "wss://mcu.example.com");
+        assert_eq!(
+            ws_base(Some("https://mcu.example.com/"), &req),
+            "wss://mcu.example.com"
+        );
         assert_eq!(ws_base(Some("http://h/mcu"), &req), "ws://h/mcu");
     }
 }

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// A room with this name exists already.
     #[error("room '{0}' already exists")]
     RoomExists(String),
+    /// Not a valid room name (`[A-Za-z0-9_-]{1,64}`).
+    #[error("invalid room name '{0}': expected 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    InvalidRoomName(String),
     /// A pagination cursor that this store did not produce.
     #[error("cursor is invalid")]
     InvalidCursor,
@@ -61,6 +64,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::RoomExists(name) => ApiError::RoomExists(name),
             StoreError::InvalidCursor => ApiError::InvalidRequest("cursor is invalid".into()),
+            e @ StoreError::InvalidRoomName(_) => ApiError::InvalidRequest(e.to_string()),
             other => ApiError::Unexpected(anyhow::Error::new(other)),
         }
     }
@@ -85,7 +89,7 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code.starts_with("28")
-                
+                || code == "55000"
                 || code == "3D000";
             // SQLite primary result codes: BUSY 5, LOCKED 6, READONLY 8, IOERR 10, FULL 13,
             // CANTOPEN 14 (extended codes keep the primary code in the low byte).
@@ -101,6 +105,18 @@ pub(crate) fn classify(e: sqlx::Error) -> StoreError {
     } else {
         StoreError::Other(e)
     }
+}
+
+/// Longest room name.
+pub const ROOM_NAME_MAX: usize = 64;
+
+/// Is `name` a valid room name (`[A-Za-z0-9_-]{1,64}`)? Every stored room has one.
+pub fn valid_room_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ROOM_NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A room as stored.
@@ -217,7 +233,11 @@ impl Cursor {
     }
 
     pub(crate) fn encode(&self) -> String {
-        let raw = format!("{}.{}", self.created_at.timestamp_micros(), self.id.simple());
+        let raw = format!(
+            "{}.{}",
+            self.created_at.timestamp_micros(),
+            self.id.simple()
+        );
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -273,7 +293,10 @@ impl Store {
                 "expected sqlite://… or postgres://…".into(),
             ));
         };
-        tracing::info!(backend = store.backend(), "database ready, migrations applied");
+        tracing::info!(
+            backend = store.backend(),
+            "database ready, migrations applied"
+        );
         Ok(store)
     }
 
@@ -326,6 +349,10 @@ impl Store {
         name: &str,
         defaults: &RoomDefaults,
     ) -> Result<RoomRecord, StoreError> {
+        // Tokens minted elsewhere may name anything; only valid names become rooms.
+        if !valid_room_name(name) {
+            return Err(StoreError::InvalidRoomName(name.to_string()));
+        }
         if let Some(r) = self.get_room(name).await? {
             return Ok(r);
         }
@@ -466,8 +493,16 @@ mod tests {
         assert_eq!(patched.max_participants, defaults.max_participants);
         assert!(store.delete_room("r1").await.unwrap());
         assert!(!store.delete_room("r1").await.unwrap());
+        assert!(matches!(
+            store.ensure_room("bad name", &defaults).await,
+            Err(StoreError::InvalidRoomName(_))
+        ));
+        assert!(valid_room_name("Team-1_x") && !valid_room_name("a\0b") && !valid_room_name(""));
         let ensured = store.ensure_room("fresh", &defaults).await.unwrap();
-        assert_eq!(store.ensure_room("fresh", &defaults).await.unwrap(), ensured);
+        assert_eq!(
+            store.ensure_room("fresh", &defaults).await.unwrap(),
+            ensured
+        );
         store.close().await;
         assert!(matches!(
             store.ping().await,

@@ -3,11 +3,11 @@
 
 use super::{Cursor, RoomPatch, RoomRecord, StoreError, classify, to_layout, to_u32};
 use chrono::{DateTime, Utc};
+use sqlx::Row as _;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row as _;
 use std::str::FromStr as _;
 use std::time::Duration;
 use uuid::Uuid;
@@ -40,12 +40,14 @@ pub(super) async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT);
     let memory = url.contains(":memory:") || url.contains("mode=memory");
-    if !memory {
-        if let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
+    let dir = opts
+        .get_filename()
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty());
+    if let (false, Some(dir)) = (memory, dir) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
     }
     let pool_opts = SqlitePoolOptions::new().acquire_timeout(super::ACQUIRE_TIMEOUT);
     // An in-memory database lives as long as its connections: keep exactly one, forever.
@@ -132,7 +134,10 @@ pub(super) async fn insert_room(
     }
 }
 
-pub(super) async fn get_room(pool: &SqlitePool, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+pub(super) async fn get_room(
+    pool: &SqlitePool,
+    name: &str,
+) -> Result<Option<RoomRecord>, StoreError> {
     let sql = format!("{SELECT_ROOM} WHERE r.name = ?");
     let row = sqlx::query(&sql)
         .bind(name)
