@@ -37,6 +37,7 @@ pub struct Config {
 /// WebRTC transport settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct RtcConfig {
     /// IP the media sockets bind to and advertise (`MCU_RTC_BIND`); None = all interfaces.
     pub bind: Option<IpAddr>,
@@ -148,17 +149,6 @@ impl Default for RoomDefaults {
             max_participants_limit: 1000,
             empty_timeout_s: 300,
             token_ttl_s: 6 * 3600,
-        }
-    }
-}
-
-impl Default for RtcConfig {
-    fn default() -> Self {
-        RtcConfig {
-            bind: None,
-            public_ip: None,
-            udp_ports: None,
-            ice_servers: Vec::new(),
         }
     }
 }
@@ -275,12 +265,11 @@ impl Config {
             self.rtc.public_ip = Some(parse("MCU_PUBLIC_IP", &v)?);
         }
         if let Some(v) = get("MCU_UDP_PORTS") {
-            self.rtc.udp_ports = Some(PortRange::try_from(v).map_err(|message| {
-                ConfigError::Env {
+            self.rtc.udp_ports =
+                Some(PortRange::try_from(v).map_err(|message| ConfigError::Env {
                     var: "MCU_UDP_PORTS",
                     message,
-                }
-            })?);
+                })?);
         }
         if let Some(v) = get("MCU_ICE_SERVERS") {
             // Comma-separated STUN/TURN URLs without credentials, e.g. `stun:stun.example.org:3478`.
@@ -336,8 +325,8 @@ impl Config {
         let m = &self.media;
         if !(16..=1280).contains(&m.canvas_width)
             || !(16..=720).contains(&m.canvas_height)
-            || m.canvas_width % 2 != 0
-            || m.canvas_height % 2 != 0
+            || !m.canvas_width.is_multiple_of(2)
+            || !m.canvas_height.is_multiple_of(2)
         {
             return Err(ConfigError::Invalid(format!(
                 "canvas {}x{} out of range: even sizes up to 1280x720",
@@ -345,7 +334,10 @@ impl Config {
             )));
         }
         if !(1..=30).contains(&m.fps) {
-            return Err(ConfigError::Invalid(format!("fps {} out of range 1..=30", m.fps)));
+            return Err(ConfigError::Invalid(format!(
+                "fps {} out of range 1..=30",
+                m.fps
+            )));
         }
         if m.video_tiers_kbps.is_empty() || !m.video_tiers_kbps.windows(2).all(|w| w[0] < w[1]) {
             return Err(ConfigError::Invalid(
@@ -373,10 +365,10 @@ impl Config {
         };
         mask(&mut c.api_key);
         mask(&mut c.token_secret);
-        if let Some(i) = c.database_url.find('@') {
-            if let Some(s) = c.database_url.find("://") {
-                c.database_url.replace_range(s + 3..i, "********");
-            }
+        if let Some(i) = c.database_url.find('@')
+            && let Some(s) = c.database_url.find("://")
+        {
+            c.database_url.replace_range(s + 3..i, "********");
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render config: {e}"))
     }
@@ -387,7 +379,12 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -403,8 +400,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
-        assert_eq!(c.rtc.udp_ports, Some(PortRange { min: 40000, max: 40100 }));
-        assert_eq!((c.media.canvas_width, c.media.canvas_height, c.media.fps), (1280, 720, 30));
+        assert_eq!(
+            c.rtc.udp_ports,
+            Some(PortRange {
+                min: 40000,
+                max: 40100
+            })
+        );
+        assert_eq!(
+            (c.media.canvas_width, c.media.canvas_height, c.media.fps),
+            (1280, 720, 30)
+        );
         assert_eq!(c.media.video_tiers_kbps, vec![200, 600]);
     }
 
@@ -413,7 +419,10 @@ mod tests {
         let c = Config::default();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("MCU_API_KEY"), "{e}");
-        let dev = Config { dev: true, ..Config::default() };
+        let dev = Config {
+            dev: true,
+            ..Config::default()
+        };
         assert!(dev.validate().is_ok());
     }
 

@@ -27,7 +27,10 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MCU_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
     if cli.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
@@ -50,7 +53,10 @@ fn main() -> anyhow::Result<()> {
         if dev {
             println!("mcu-server (dev) on http://{}", running.addr);
             println!("  dev API key: {}", running.api_key);
-            println!("  open http://localhost:{}/ to join a room", running.addr.port());
+            println!(
+                "  open http://localhost:{}/ to join a room",
+                running.addr.port()
+            );
         }
         running.server.await?;
         anyhow::Ok(())

@@ -52,7 +52,10 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         let g = |a: &AtomicU64| a.load(Relaxed);
-        let _ = writeln!(out, "# HELP mcu_media_tick_seconds Duration of one 20 ms media tick.");
+        let _ = writeln!(
+            out,
+            "# HELP mcu_media_tick_seconds Duration of one 20 ms media tick."
+        );
         let _ = writeln!(out, "# TYPE mcu_media_tick_seconds histogram");
         for (b, bound) in self.tick_buckets.iter().zip(TICK_BUCKETS_US) {
             let _ = writeln!(
@@ -62,26 +65,74 @@ impl Metrics {
                 g(b)
             );
         }
-        let _ = writeln!(out, "mcu_media_tick_seconds_bucket{{le=\"+Inf\"}} {}", g(&self.ticks));
-        let _ = writeln!(out, "mcu_media_tick_seconds_sum {}", g(&self.tick_us_sum) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "mcu_media_tick_seconds_bucket{{le=\"+Inf\"}} {}",
+            g(&self.ticks)
+        );
+        let _ = writeln!(
+            out,
+            "mcu_media_tick_seconds_sum {}",
+            g(&self.tick_us_sum) as f64 / 1e6
+        );
         let _ = writeln!(out, "mcu_media_tick_seconds_count {}", g(&self.ticks));
         let counters = [
-            ("mcu_media_deadline_misses_total", "Media ticks that ran late.", &self.deadline_misses),
-            ("mcu_audio_encodes_total", "Opus frames encoded.", &self.audio_encodes),
-            ("mcu_video_encodes_total", "VP8 frames encoded.", &self.video_encodes),
-            ("mcu_media_bytes_in_total", "Media payload bytes received.", &self.bytes_in),
-            ("mcu_media_bytes_out_total", "Media payload bytes sent.", &self.bytes_out),
-            ("mcu_media_dropped_packets_total", "Media packets dropped on a full queue.", &self.dropped_packets),
+            (
+                "mcu_media_deadline_misses_total",
+                "Media ticks that ran late.",
+                &self.deadline_misses,
+            ),
+            (
+                "mcu_audio_encodes_total",
+                "Opus frames encoded.",
+                &self.audio_encodes,
+            ),
+            (
+                "mcu_video_encodes_total",
+                "VP8 frames encoded.",
+                &self.video_encodes,
+            ),
+            (
+                "mcu_media_bytes_in_total",
+                "Media payload bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "mcu_media_bytes_out_total",
+                "Media payload bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "mcu_media_dropped_packets_total",
+                "Media packets dropped on a full queue.",
+                &self.dropped_packets,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", g(v));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                g(v)
+            );
         }
         let gauges = [
-            ("mcu_audio_encoders", "Live Opus encoders.", &self.audio_encoders),
-            ("mcu_video_encoders", "Live VP8 encoders.", &self.video_encoders),
+            (
+                "mcu_audio_encoders",
+                "Live Opus encoders.",
+                &self.audio_encoders,
+            ),
+            (
+                "mcu_video_encoders",
+                "Live VP8 encoders.",
+                &self.video_encoders,
+            ),
         ];
         for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", g(v));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                g(v)
+            );
         }
     }
 }

@@ -924,7 +924,7 @@ async fn health_metrics_openapi(app: &App) {
     assert_eq!(doc.status(), StatusCode::OK);
     let doc: Value = doc.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let routes: [(&str, &[&str]); 9] = [
+    let routes: [(&str, &[&str]); 10] = [
         ("/api/v1/rooms", &["get", "post"]),
         ("/api/v1/rooms/{name}", &["get", "patch", "delete"]),
         ("/api/v1/rooms/{name}/tokens", &["post"]),
@@ -934,6 +934,7 @@ async fn health_metrics_openapi(app: &App) {
         ("/healthz", &["get"]),
         ("/metrics", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
+        ("/api/v1/dev/token", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(

@@ -156,10 +156,7 @@ async fn bad_frames_get_errors_and_the_others_do_not_notice() {
         assert_eq!(e["code"], code, "for {frame}: {e}");
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    mallory
-        .send(Message::Binary(vec![1, 2, 3]))
-        .await
-        .unwrap();
+    mallory.send(Message::Binary(vec![1, 2, 3])).await.unwrap();
     assert_eq!(
         expect_type(&mut mallory, "error").await["code"],
         "invalid_message"

@@ -8,8 +8,8 @@ pub mod web;
 pub mod ws;
 
 use crate::AppState;
-use actix_web::{App, HttpServer};
 use actix_web::web as aw;
+use actix_web::{App, HttpServer};
 
 /// Builds the actix server on an already bound listener.
 pub fn http_server(

@@ -59,6 +59,7 @@ impl Modify for BearerAuth {
         health::healthz,
         health::metrics,
         openapi_json,
+        super::web::dev_token,
     ),
     components(schemas(
         rest::Room,
@@ -70,6 +71,7 @@ impl Modify for BearerAuth {
         rest::ParticipantList,
         rest::MuteRequest,
         health::Health,
+        super::web::DevToken,
         Participant,
         Layout,
         ErrorBody,

@@ -8,13 +8,31 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
 /// Query of `GET /api/v1/dev/token`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct DevTokenQuery {
-    room: String,
+    /// Room to join, `[A-Za-z0-9_-]{1,64}`.
+    room: Option<String>,
+    /// Display name (at most 128 characters), default `Guest`.
     name: Option<String>,
 }
 
+/// A join token minted in `--dev`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DevToken {
+    /// The JWT to pass as `?token=` to the signaling WebSocket.
+    pub token: String,
+}
+
 /// `GET /api/v1/dev/token?room=&name=`: only with `--dev`; mints a join token for anybody.
+#[utoipa::path(
+    get, path = "/api/v1/dev/token", tag = "dev",
+    params(DevTokenQuery),
+    responses(
+        (status = 200, description = "A join token (development mode only)", body = DevToken),
+        (status = 400, description = "Bad room or name", body = crate::error::ErrorBody),
+        (status = 403, description = "The server does not run with --dev", body = crate::error::ErrorBody),
+    )
+)]
 pub async fn dev_token(
     state: web::Data<AppState>,
     q: web::Query<DevTokenQuery>,
@@ -25,22 +43,26 @@ pub async fn dev_token(
         ));
     }
     let q = q.into_inner();
+    let room = q.room.unwrap_or_default();
     let valid = |s: &str| {
         (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
-    if !valid(&q.room) {
+    if !valid(&room) {
         return Err(ApiError::InvalidRequest(
             "room: must match [A-Za-z0-9_-]{1,64}".into(),
         ));
     }
     let name = q.name.unwrap_or_else(|| "Guest".into());
     if name.chars().count() > 128 {
-        return Err(ApiError::InvalidRequest("name: at most 128 characters".into()));
+        return Err(ApiError::InvalidRequest(
+            "name: at most 128 characters".into(),
+        ));
     }
     let now = chrono::Utc::now().timestamp();
     let claims = JoinClaims {
-        room: q.room,
+        room,
         sub: format!("dev-{}", uuid::Uuid::new_v4().simple()),
         name: Some(name),
         iat: now,
@@ -49,7 +71,9 @@ pub async fn dev_token(
         can_subscribe: true,
         is_admin: false,
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "token": state.tokens.mint(&claims) })))
+    Ok(HttpResponse::Ok().json(DevToken {
+        token: state.tokens.mint(&claims),
+    }))
 }
 
 /// Static files of the web client (registered last: it matches every remaining path).

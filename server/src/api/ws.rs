@@ -10,7 +10,9 @@ use crate::auth::{JoinClaims, TokenError};
 use crate::model::CloseReason;
 use crate::room::manager::JoinError;
 use crate::room::media::{Command, OUTPUT_QUEUE};
-use crate::room::peer::{OfferError, PEER_EVENT_QUEUE, Peer, PeerContext, PeerEvent, summarize_offer};
+use crate::room::peer::{
+    OfferError, PEER_EVENT_QUEUE, Peer, PeerContext, PeerEvent, summarize_offer,
+};
 use crate::room::{ParticipantHandle, SessionEvent};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{CloseCode, CloseReason as WsClose};
@@ -92,19 +94,39 @@ async fn pump(
     let claims = match state.tokens.verify(&token) {
         Ok(c) => c,
         Err(TokenError::Expired) => {
-            return refuse(session, "token_expired", "the join token has expired".into(), 4001)
-                .await;
+            return refuse(
+                session,
+                "token_expired",
+                "the join token has expired".into(),
+                4001,
+            )
+            .await;
         }
         Err(TokenError::Invalid(e)) => {
-            return refuse(session, "unauthorized", format!("invalid join token: {e}"), 4001).await;
+            return refuse(
+                session,
+                "unauthorized",
+                format!("invalid join token: {e}"),
+                4001,
+            )
+            .await;
         }
     };
-    let room = match state.store.ensure_room(&claims.room, &state.config.rooms).await {
+    let room = match state
+        .store
+        .ensure_room(&claims.room, &state.config.rooms)
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, room = claims.room, "cannot load room for join");
-            return refuse(session, "unavailable", "the room store is unavailable".into(), 4503)
-                .await;
+            return refuse(
+                session,
+                "unavailable",
+                "the room store is unavailable".into(),
+                4503,
+            )
+            .await;
         }
     };
     let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
@@ -120,8 +142,13 @@ async fn pump(
     let (handle, me, others) = match joined {
         Ok(j) => j,
         Err(JoinError::RoomFull) => {
-            return refuse(session, "room_full", format!("room '{}' is full", room.name), 4009)
-                .await;
+            return refuse(
+                session,
+                "room_full",
+                format!("room '{}' is full", room.name),
+                4009,
+            )
+            .await;
         }
         Err(e @ JoinError::Media(_)) => {
             return refuse(session, "unavailable", e.to_string(), 4503).await;
@@ -245,10 +272,16 @@ fn parse_client(text: &str) -> Result<ClientMsg, String> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| msg_error("invalid_json", format!("not valid JSON: {e}")))?;
     let Some(t) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
-        return Err(msg_error("invalid_message", "a message needs a string field 'type'"));
+        return Err(msg_error(
+            "invalid_message",
+            "a message needs a string field 'type'",
+        ));
     };
     if !KNOWN_TYPES.contains(&t.as_str()) {
-        return Err(msg_error("unknown_type", format!("unknown message type '{t}'")));
+        return Err(msg_error(
+            "unknown_type",
+            format!("unknown message type '{t}'"),
+        ));
     }
     serde_json::from_value(v)
         .map_err(|e| msg_error("invalid_message", format!("bad '{t}' message: {e}")))
@@ -270,7 +303,11 @@ impl Core {
         let _ = self.out.try_send(Out::Text(msg_error(code, message)));
     }
 
-    async fn run(mut self, mut client: mpsc::Receiver<String>, mut room: mpsc::Receiver<SessionEvent>) {
+    async fn run(
+        mut self,
+        mut client: mpsc::Receiver<String>,
+        mut room: mpsc::Receiver<SessionEvent>,
+    ) {
         let (peer_tx, mut peer_rx) = mpsc::channel(PEER_EVENT_QUEUE);
         let expires_in = (self.claims.exp - chrono::Utc::now().timestamp()).max(0) as u64;
         let expiry = tokio::time::sleep(Duration::from_secs(expires_in));
@@ -297,7 +334,11 @@ impl Core {
         if let Some(mut p) = self.peer.take() {
             p.close().await;
         }
-        tracing::info!(room = self.handle.room, participant = self.handle.id, "session ended");
+        tracing::info!(
+            room = self.handle.room,
+            participant = self.handle.id,
+            "session ended"
+        );
         // self.handle drops here: the participant leaves the room.
     }
 
@@ -356,13 +397,18 @@ impl Core {
                 if audio.is_none() && video.is_none() {
                     self.error("invalid_message", "mute needs 'audio' and/or 'video'");
                 } else {
-                    self.state.rooms.set_muted(&self.handle.room, &self.handle.id, audio, video);
+                    self.state
+                        .rooms
+                        .set_muted(&self.handle.room, &self.handle.id, audio, video);
                 }
             }
             ClientMsg::Chat { text } => {
                 let text = text.trim();
                 if text.is_empty() || text.chars().count() > MAX_CHAT {
-                    self.error("invalid_message", format!("chat text must be 1..={MAX_CHAT} characters"));
+                    self.error(
+                        "invalid_message",
+                        format!("chat text must be 1..={MAX_CHAT} characters"),
+                    );
                 } else {
                     let msg = json!({"type": "chat", "from": self.handle.id, "text": text,
                         "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)});
@@ -370,7 +416,9 @@ impl Core {
                 }
             }
             ClientMsg::Leave => {
-                let _ = self.out.try_send(Out::Close(CloseCode::Normal, "leave".into()));
+                let _ = self
+                    .out
+                    .try_send(Out::Close(CloseCode::Normal, "leave".into()));
                 return false;
             }
         }
@@ -416,7 +464,9 @@ impl Core {
             Some((tx, rx)) => (Some(tx), Some(rx)),
             None => (None, None),
         };
-        let Some(peer) = self.peer.as_mut() else { return };
+        let Some(peer) = self.peer.as_mut() else {
+            return;
+        };
         match peer.answer(sdp, out_rx).await {
             Ok(answer) => {
                 self.send(json!({"type": "answer", "sdp": answer}));
@@ -425,21 +475,30 @@ impl Core {
                     media.command(Command::Add {
                         key: self.handle.key,
                         publishes: self.claims.can_publish,
-                        out: if self.claims.can_subscribe { tx } else { mpsc::channel(1).0 },
+                        out: if self.claims.can_subscribe {
+                            tx
+                        } else {
+                            mpsc::channel(1).0
+                        },
                     });
-                    if let Some(p) = self.state.rooms.participant(&self.handle.room, &self.handle.id) {
-                        if p.audio_muted || p.video_muted {
-                            media.command(Command::Mute { key: self.handle.key, audio: p.audio_muted, video: p.video_muted });
-                        }
+                    if let Some(p) = self
+                        .state
+                        .rooms
+                        .participant(&self.handle.room, &self.handle.id)
+                        && (p.audio_muted || p.video_muted)
+                    {
+                        media.command(Command::Mute {
+                            key: self.handle.key,
+                            audio: p.audio_muted,
+                            video: p.video_muted,
+                        });
                     }
                 }
             }
             Err(e) => {
                 tracing::info!(error = %e, "offer refused");
-                if first {
-                    if let Some(mut p) = self.peer.take() {
-                        p.close().await;
-                    }
+                if first && let Some(mut p) = self.peer.take() {
+                    p.close().await;
                 }
                 self.error("invalid_offer", e.to_string());
             }
@@ -452,17 +511,42 @@ mod tests {
     use super::*;
 
     fn code(e: String) -> String {
-        serde_json::from_str::<Value>(&e).unwrap()["code"].as_str().unwrap().to_string()
+        serde_json::from_str::<Value>(&e).unwrap()["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
     fn bad_frames_get_precise_error_codes() {
-        assert_eq!(code(parse_client("{not json").err().unwrap()), "invalid_json");
-        assert_eq!(code(parse_client("[1,2]").err().unwrap()), "invalid_message");
-        assert_eq!(code(parse_client(r#"{"type":"dance"}"#).err().unwrap()), "unknown_type");
-        assert_eq!(code(parse_client(r#"{"type":"offer"}"#).err().unwrap()), "invalid_message");
-        assert_eq!(code(parse_client(r#"{"type":"mute","audio":"yes"}"#).err().unwrap()), "invalid_message");
-        assert!(matches!(parse_client(r#"{"type":"leave"}"#), Ok(ClientMsg::Leave)));
+        assert_eq!(
+            code(parse_client("{not json").err().unwrap()),
+            "invalid_json"
+        );
+        assert_eq!(
+            code(parse_client("[1,2]").err().unwrap()),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(parse_client(r#"{"type":"dance"}"#).err().unwrap()),
+            "unknown_type"
+        );
+        assert_eq!(
+            code(parse_client(r#"{"type":"offer"}"#).err().unwrap()),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(
+                parse_client(r#"{"type":"mute","audio":"yes"}"#)
+                    .err()
+                    .unwrap()
+            ),
+            "invalid_message"
+        );
+        assert!(matches!(
+            parse_client(r#"{"type":"leave"}"#),
+            Ok(ClientMsg::Leave)
+        ));
         assert!(matches!(
             parse_client(r#"{"type":"candidate","candidate":null}"#),
             Ok(ClientMsg::Candidate { candidate: None })

@@ -355,14 +355,14 @@ impl RoomManager {
         let before = entry.info.clone();
         f(&mut entry.info);
         let after = entry.info.clone();
-        if (after.audio_muted, after.video_muted) != (before.audio_muted, before.video_muted) {
-            if let Some(m) = &live.media {
-                m.command(Command::Mute {
-                    key: entry.key,
-                    audio: after.audio_muted,
-                    video: after.video_muted,
-                });
-            }
+        if (after.audio_muted, after.video_muted) != (before.audio_muted, before.video_muted)
+            && let Some(m) = &live.media
+        {
+            m.command(Command::Mute {
+                key: entry.key,
+                audio: after.audio_muted,
+                video: after.video_muted,
+            });
         }
         if after != before {
             let msg = serde_json::json!({"type": "participant_updated", "participant": after});

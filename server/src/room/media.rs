@@ -183,9 +183,14 @@ impl MediaHandle {
         let (t, s) = (timing.clone(), stop.clone());
         let name = room.to_string();
         std::thread::Builder::new()
-            .name(format!("media-{}", room.chars().take(9).collect::<String>()))
+            .name(format!(
+                "media-{}",
+                room.chars().take(9).collect::<String>()
+            ))
             .spawn(move || run(name, media, control_rx, packets_rx, events, t, s))
-            .map_err(|e| mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}")))?;
+            .map_err(|e| {
+                mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}"))
+            })?;
         Ok(MediaHandle {
             control: MediaHandleRef(control),
             packets,
@@ -262,12 +267,18 @@ fn run(
         // Only what is already queued: packets arriving during the tick wait for the next one.
         for _ in 0..PACKET_QUEUE {
             match packets.try_recv() {
-                Ok(Packet::Audio { key, seq, ts, payload }) => {
-                    media.push_audio(key, seq, ts, &payload)
-                }
-                Ok(Packet::Video { key, ts, frame, complete }) => {
-                    media.push_video(key, ts, &frame, complete)
-                }
+                Ok(Packet::Audio {
+                    key,
+                    seq,
+                    ts,
+                    payload,
+                }) => media.push_audio(key, seq, ts, &payload),
+                Ok(Packet::Video {
+                    key,
+                    ts,
+                    frame,
+                    complete,
+                }) => media.push_video(key, ts, &frame, complete),
                 Err(_) => break,
             }
         }
@@ -308,13 +319,21 @@ fn run(
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
         if counts != last_counts {
             // Gauges are summed over rooms: apply this room's delta.
-            METRICS.audio_encoders.fetch_add(counts.0.wrapping_sub(last_counts.0), Relaxed);
-            METRICS.video_encoders.fetch_add(counts.1.wrapping_sub(last_counts.1), Relaxed);
+            METRICS
+                .audio_encoders
+                .fetch_add(counts.0.wrapping_sub(last_counts.0), Relaxed);
+            METRICS
+                .video_encoders
+                .fetch_add(counts.1.wrapping_sub(last_counts.1), Relaxed);
             last_counts = counts;
         }
-        METRICS.audio_encodes.fetch_add(stats.audio_encodes_last_tick as u64, Relaxed);
+        METRICS
+            .audio_encodes
+            .fetch_add(stats.audio_encodes_last_tick as u64, Relaxed);
         if video_tick {
-            METRICS.video_encodes.fetch_add(stats.video_encodes_last_video_tick as u64, Relaxed);
+            METRICS
+                .video_encodes
+                .fetch_add(stats.video_encodes_last_video_tick as u64, Relaxed);
         }
 
         let us = started.elapsed().as_micros() as u64;
@@ -330,7 +349,11 @@ fn run(
 
 fn apply(media: &mut MediaRoom, receivers: &mut HashMap<ParticipantKey, Receiver>, c: Command) {
     match c {
-        Command::Add { key, publishes, out } => {
+        Command::Add {
+            key,
+            publishes,
+            out,
+        } => {
             media.add_participant(key, publishes);
             receivers.insert(key, Receiver { out });
         }

@@ -17,7 +17,9 @@ use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
     CongestionFeedback, configure_congestion_control, configure_nack, configure_rtcp_reports,
 };
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
@@ -133,7 +135,9 @@ fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
         .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
         .find_map(|r| {
             let (pt, name) = r.split_once(' ')?;
-            name.to_ascii_lowercase().starts_with(&codec).then(|| pt.parse().ok())?
+            name.to_ascii_lowercase()
+                .starts_with(&codec)
+                .then(|| pt.parse().ok())?
         })
         .unwrap_or(fallback)
 }
@@ -155,13 +159,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let IPacket::Rtcp(pkts) = &msg.message.packet {
-            if pkts.iter().any(|p| {
+        if let IPacket::Rtcp(pkts) = &msg.message.packet
+            && pkts.iter().any(|p| {
                 let a = p.as_any();
                 a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
-            }) {
-                msg.message.add(Attribute::DeliverToApplication);
-            }
+            })
+        {
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.read.push_back(msg);
         Ok(())
@@ -196,14 +200,16 @@ struct PublishedEstimate {
 impl BandwidthEstimator for PublishedEstimate {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
-        self.target.store(self.inner.target_bitrate() as u64, Relaxed);
+        self.target
+            .store(self.inner.target_bitrate() as u64, Relaxed);
     }
     fn target_bitrate(&self) -> f64 {
         self.inner.target_bitrate()
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now);
-        self.target.store(self.inner.target_bitrate() as u64, Relaxed);
+        self.target
+            .store(self.inner.target_bitrate() as u64, Relaxed);
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.inner.poll_timeout()
@@ -276,7 +282,10 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
     let kind = track.kind().await;
     let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
     if !ctx.publishes {
-        tracing::debug!(key = ctx.key, "participant may not publish; ignoring its track");
+        tracing::debug!(
+            key = ctx.key,
+            "participant may not publish; ignoring its track"
+        );
     }
     if kind == RtpCodecKind::Video {
         *ctx.video_in.lock() = Some((track.clone(), ssrc));
@@ -399,7 +408,6 @@ impl Peer {
                 RTCRtpCodecParameters {
                     rtp_codec: opus_codec(),
                     payload_type: OPUS_PT,
-                    ..Default::default()
                 },
                 RtpCodecKind::Audio,
             )
@@ -408,7 +416,6 @@ impl Peer {
                 RTCRtpCodecParameters {
                     rtp_codec: vp8_codec(),
                     payload_type: VP8_PT,
-                    ..Default::default()
                 },
                 RtpCodecKind::Video,
             )
@@ -522,7 +529,8 @@ impl Peer {
         sdp: String,
         output: Option<mpsc::Receiver<Output>>,
     ) -> Result<String, OfferError> {
-        let offer = RTCSessionDescription::offer(sdp).map_err(|e| OfferError::Invalid(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| OfferError::Invalid(e.to_string()))?;
         self.pc
             .set_remote_description(offer)
             .await
@@ -535,7 +543,10 @@ impl Peer {
         }
         let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
         let sdp = answer.sdp.clone();
-        self.pc.set_local_description(answer).await.map_err(rtc_err)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(rtc_err)?;
         if let Some(rx) = output {
             let opus_pt = negotiated_pt(&sdp, "opus/48000", OPUS_PT);
             let vp8_pt = negotiated_pt(&sdp, "vp8/90000", VP8_PT);
@@ -670,18 +681,35 @@ m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264
     #[test]
     fn summarizes_a_browser_offer() {
         let s = summarize_offer(CHROME_LIKE).unwrap();
-        assert_eq!(s, OfferSummary { audio: true, opus: true, video: true, vp8: true });
+        assert_eq!(
+            s,
+            OfferSummary {
+                audio: true,
+                opus: true,
+                video: true,
+                vp8: true
+            }
+        );
     }
 
     #[test]
     fn rejects_offers_we_cannot_serve() {
-        assert!(matches!(summarize_offer("garbage"), Err(OfferError::Invalid(_))));
+        assert!(matches!(
+            summarize_offer("garbage"),
+            Err(OfferError::Invalid(_))
+        ));
         let dc_only = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n";
         assert!(matches!(summarize_offer(dc_only), Err(OfferError::NoMedia)));
         let h264_only = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\n";
-        assert!(matches!(summarize_offer(h264_only), Err(OfferError::NoCommonCodec(_))));
+        assert!(matches!(
+            summarize_offer(h264_only),
+            Err(OfferError::NoCommonCodec(_))
+        ));
         let pcmu = "v=0\r\nm=audio 9 RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
-        assert!(matches!(summarize_offer(pcmu), Err(OfferError::NoCommonCodec(_))));
+        assert!(matches!(
+            summarize_offer(pcmu),
+            Err(OfferError::NoCommonCodec(_))
+        ));
     }
 
     #[test]

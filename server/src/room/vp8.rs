@@ -142,7 +142,8 @@ impl FrameAssembler {
         if part.packets.iter().any(|p| p.0 == ext) {
             return out; // duplicate
         }
-        part.packets.push((ext, Bytes::copy_from_slice(&payload[hdr..])));
+        part.packets
+            .push((ext, Bytes::copy_from_slice(&payload[hdr..])));
         if starts {
             part.first = Some(ext);
         }
@@ -151,21 +152,30 @@ impl FrameAssembler {
         }
         self.pending.sort_by_key(Partial::min_seq);
         // Emit everything up to the newest complete frame; older open frames are lost.
-        if let Some(done) = (0..self.pending.len())
-            .rev()
-            .find(|&i| self.pending[i].first.is_some() && self.pending[i].last.is_some() && {
+        if let Some(done) = (0..self.pending.len()).rev().find(|&i| {
+            self.pending[i].first.is_some() && self.pending[i].last.is_some() && {
                 let p = &mut self.pending[i];
                 p.assemble().is_some()
-            })
-        {
+            }
+        }) {
             let drained: Vec<Partial> = self.pending.drain(..=done).collect();
             for mut p in drained {
                 let data = p.assemble();
-                let upto = p.last.unwrap_or_else(|| p.packets.iter().map(|x| x.0).max().unwrap_or(0));
+                let upto = p
+                    .last
+                    .unwrap_or_else(|| p.packets.iter().map(|x| x.0).max().unwrap_or(0));
                 self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
                 out.push(match data {
-                    Some(data) => Frame { ts: p.ts, data, complete: true },
-                    None => Frame { ts: p.ts, data: Bytes::new(), complete: false },
+                    Some(data) => Frame {
+                        ts: p.ts,
+                        data,
+                        complete: true,
+                    },
+                    None => Frame {
+                        ts: p.ts,
+                        data: Bytes::new(),
+                        complete: false,
+                    },
                 });
             }
         }
@@ -173,7 +183,11 @@ impl FrameAssembler {
             let p = self.pending.remove(0);
             let upto = p.packets.iter().map(|x| x.0).max().unwrap_or(0);
             self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
-            out.push(Frame { ts: p.ts, data: Bytes::new(), complete: false });
+            out.push(Frame {
+                ts: p.ts,
+                data: Bytes::new(),
+                complete: false,
+            });
         }
         out
     }
@@ -194,9 +208,16 @@ mod tests {
     fn descriptor_lengths() {
         assert_eq!(parse_descriptor(&[0x10, 0xaa]), Some((true, 1)));
         // X, I with 15-bit picture id, L, T/K.
-        assert_eq!(parse_descriptor(&[0x90, 0xf0, 0x81, 0x23, 0x05, 0x20, 0xaa]), Some((true, 6)));
+        assert_eq!(
+            parse_descriptor(&[0x90, 0xf0, 0x81, 0x23, 0x05, 0x20, 0xaa]),
+            Some((true, 6))
+        );
         assert_eq!(parse_descriptor(&[0x90, 0x80, 0x05, 0xaa]), Some((true, 3)));
-        assert_eq!(parse_descriptor(&[0x11, 0xaa]), Some((false, 1)), "pid 1 is not a frame start");
+        assert_eq!(
+            parse_descriptor(&[0x11, 0xaa]),
+            Some((false, 1)),
+            "pid 1 is not a frame start"
+        );
         assert_eq!(parse_descriptor(&[0x90]), None);
         assert_eq!(parse_descriptor(&[]), None);
     }
@@ -206,7 +227,14 @@ mod tests {
         let mut a = FrameAssembler::new();
         assert!(a.push(10, 100, false, &pkt(true, b"ab")).is_empty());
         let f = a.push(11, 100, true, &pkt(false, b"cd"));
-        assert_eq!(f, vec![Frame { ts: 100, data: Bytes::from_static(b"abcd"), complete: true }]);
+        assert_eq!(
+            f,
+            vec![Frame {
+                ts: 100,
+                data: Bytes::from_static(b"abcd"),
+                complete: true
+            }]
+        );
         let f = a.push(12, 200, true, &pkt(true, b"x"));
         assert_eq!(f[0].data, Bytes::from_static(b"x"));
     }
@@ -217,7 +245,14 @@ mod tests {
         assert!(a.push(12, 100, true, &pkt(false, b"3")).is_empty());
         assert!(a.push(10, 100, false, &pkt(true, b"1")).is_empty());
         let f = a.push(11, 100, false, &pkt(false, b"2"));
-        assert_eq!(f, vec![Frame { ts: 100, data: Bytes::from_static(b"123"), complete: true }]);
+        assert_eq!(
+            f,
+            vec![Frame {
+                ts: 100,
+                data: Bytes::from_static(b"123"),
+                complete: true
+            }]
+        );
     }
 
     #[test]
