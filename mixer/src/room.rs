@@ -137,8 +137,22 @@ struct Participant {
     wants_keyframe: bool,
 }
 
+/// A receive-only output, e.g. a recording: it gets the full mix (everyone)
+/// and the composite from a fixed bitrate tier, and has no tile and no voice.
+#[derive(Debug)]
+struct Sink {
+    key: ParticipantKey,
+    tier: usize,
+    wants_keyframe: bool,
+}
+
 /// The media engine of one room (see the module docs for its invariants).
 pub struct MediaRoom {
+    /// Receive-only outputs (recordings).
+    sinks: Vec<Sink>,
+    /// Bitrate of each tier encoder: the configured tiers, then tiers added
+    /// for sinks whose bitrate matches none of them.
+    tier_kbps: Vec<u32>,
     cfg: MediaConfig,
     layout: Layout,
     participants: Vec<Participant>,
@@ -184,6 +198,8 @@ impl MediaRoom {
             speaker_tile: 0,
             compositor: Compositor::new(cfg.canvas_width, cfg.canvas_height)?,
             tier_encoders: (0..cfg.video_tiers_kbps.len()).map(|_| None).collect(),
+            sinks: Vec::new(),
+            tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
             cfg,
         })
@@ -385,12 +401,54 @@ impl MediaRoom {
         if let Some(p) = self.get_mut(key) {
             p.wants_keyframe = true;
         }
+        if let Some(s) = self.sinks.iter_mut().find(|s| s.key == key) {
+            s.wants_keyframe = true;
+        }
     }
 
-    /// Bitrate tier index of a receiver.
+    /// Bitrate tier index of a receiver (or sink).
     pub fn tier_of(&self, key: ParticipantKey) -> Option<usize> {
+        if let Some(s) = self.sinks.iter().find(|s| s.key == key) {
+            return Some(s.tier);
+        }
         let i = *self.index.get(&key)?;
         self.participants.get(i).map(|p| p.tier)
+    }
+
+    /// Adds a receive-only output (a recording) that gets the full mix and
+    /// the composite at `kbps`. It shares the encoder of the tier with exactly
+    /// that bitrate; otherwise it gets one dedicated encoder. Its first video
+    /// frame is a keyframe. Adding an existing key replaces it.
+    pub fn add_sink(&mut self, key: ParticipantKey, kbps: u32) {
+        self.remove_sink(key);
+        let tier = match self.tier_kbps.iter().position(|&k| k == kbps) {
+            Some(t) => t,
+            None => {
+                self.tier_kbps.push(kbps);
+                self.tier_encoders.push(None);
+                self.tier_kbps.len() - 1
+            }
+        };
+        self.sinks.push(Sink {
+            key,
+            tier,
+            wants_keyframe: true,
+        });
+    }
+
+    /// Removes a sink; a dedicated tier nobody uses any more is dropped.
+    pub fn remove_sink(&mut self, key: ParticipantKey) {
+        self.sinks.retain(|s| s.key != key);
+        let configured = self.cfg.video_tiers_kbps.len();
+        while self.tier_kbps.len() > configured
+            && !self
+                .sinks
+                .iter()
+                .any(|s| s.tier == self.tier_kbps.len() - 1)
+        {
+            self.tier_kbps.pop();
+            self.tier_encoders.pop();
+        }
     }
 
     /// Counters and gauges.
@@ -479,6 +537,7 @@ impl MediaRoom {
     fn mix_audio(&mut self, out: &mut TickOutput) {
         let Self {
             participants,
+            sinks,
             mixer,
             mix_buf,
             shared_encoder,
@@ -532,6 +591,17 @@ impl MediaRoom {
                 Ok(pkt) => out.audio.push((p.key, pkt)),
                 Err(e) => tracing::error!(key = p.key, error = %e, "opus encode"),
             }
+        }
+        if !sinks.is_empty() && shared.is_none() {
+            mixer.render(None, &mut mix_buf[..]);
+            encodes += 1;
+            match shared_encoder.encode(&mix_buf[..]) {
+                Ok(s) => shared = Some(s),
+                Err(e) => tracing::error!(error = %e, "opus encode"),
+            }
+        }
+        if let Some(s) = &shared {
+            out.audio.extend(sinks.iter().map(|k| (k.key, s.clone())));
         }
         stats.audio_encodes_last_tick = encodes;
     }
@@ -590,6 +660,11 @@ impl MediaRoom {
             receivers[t] += 1;
             want_kf[t] |= p.wants_keyframe;
         }
+        for s in &self.sinks {
+            let t = s.tier.min(n_tiers - 1);
+            receivers[t] += 1;
+            want_kf[t] |= s.wants_keyframe;
+        }
         for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
             if receivers[t] == 0 {
                 *enc = None;
@@ -598,7 +673,7 @@ impl MediaRoom {
                     self.cfg.canvas_width,
                     self.cfg.canvas_height,
                     self.cfg.fps,
-                    self.cfg.video_tiers_kbps[t],
+                    self.tier_kbps[t],
                 );
                 match Vp8Encoder::new(c) {
                     Ok(e) => *enc = Some(e),
@@ -607,7 +682,7 @@ impl MediaRoom {
             }
         }
         self.stats.video_encodes_last_video_tick = 0;
-        if self.participants.is_empty() {
+        if self.participants.is_empty() && self.sinks.is_empty() {
             return;
         }
         let rects = layout(
@@ -664,6 +739,14 @@ impl MediaRoom {
                 out.video.push((p.key, f.data.clone(), f.keyframe));
                 if f.keyframe {
                     p.wants_keyframe = false;
+                }
+            }
+        }
+        for s in &mut self.sinks {
+            if let Some(f) = &encoded[s.tier.min(n_tiers - 1)] {
+                out.video.push((s.key, f.data.clone(), f.keyframe));
+                if f.keyframe {
+                    s.wants_keyframe = false;
                 }
             }
         }
@@ -824,6 +907,78 @@ mod tests {
         let s = room.stats();
         assert_eq!(s.audio_encoders, 3);
         assert_eq!(s.audio_decoders, 3);
+    }
+
+    #[test]
+    fn a_sink_hears_everyone_shares_a_matching_tier_and_has_no_tile() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(1, true);
+        room.add_participant(2, false);
+        let tone = tone_packets(500.0, 8000.0, 50);
+        // The sink matches the default tier (400): it shares that encoder.
+        room.add_sink(100, 400);
+        let mut heard = Vec::new();
+        let mut sink_video = Vec::new();
+        let mut receiver_video = Vec::new();
+        for (i, pkt) in tone.iter().enumerate() {
+            room.push_audio(1, i as u16, 0, pkt);
+            let o = room.tick();
+            let a: HashMap<u64, Arc<[u8]>> = o.audio.iter().cloned().collect();
+            assert!(a.contains_key(&100), "the sink gets audio every tick");
+            heard.push(a[&100].clone());
+            if o.video_tick {
+                let v: HashMap<u64, (Arc<[u8]>, bool)> = o
+                    .video
+                    .iter()
+                    .map(|(k, d, kf)| (*k, (d.clone(), *kf)))
+                    .collect();
+                sink_video.push(v[&100].clone());
+                receiver_video.push(v[&2].0.clone());
+            }
+        }
+        assert_eq!(room.visible().0, &[1, 2], "no tile for the sink");
+        assert_eq!(room.stats().video_encoders, 1, "sink shares the 400 tier");
+        assert!(sink_video[0].1, "the sink starts with a keyframe");
+        assert!(Arc::ptr_eq(&sink_video[3].0, &receiver_video[3]));
+        // The sink hears the publisher (whose own mix-minus would not contain it).
+        let mut dec = OpusDecoder::new().expect("dec");
+        let pcm: Vec<i16> = heard[10..]
+            .iter()
+            .flat_map(|p| {
+                let mut f = [0i16; FRAME_SAMPLES];
+                dec.decode(p, &mut f).expect("decode");
+                f.to_vec()
+            })
+            .collect();
+        let rms = (pcm.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / pcm.len() as f64).sqrt();
+        assert!(rms > 2000.0, "the sink hears the 500 Hz tone: rms {rms}");
+
+        // A bitrate that matches no tier gets one dedicated encoder, dropped with the sink.
+        room.add_sink(101, 1200);
+        assert_eq!(room.tier_of(101), Some(3));
+        let o = loop {
+            let o = room.tick();
+            if o.video_tick {
+                break o;
+            }
+        };
+        assert_eq!(room.stats().video_encoders, 2);
+        let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
+        assert!(
+            kf[&101] && !kf[&100],
+            "only the new tier starts with a keyframe"
+        );
+        room.remove_sink(101);
+        room.remove_sink(100);
+        assert_eq!(room.tier_of(101), None);
+        let o = loop {
+            let o = room.tick();
+            if o.video_tick {
+                break o;
+            }
+        };
+        assert_eq!(room.stats().video_encoders, 1);
+        assert!(o.video.iter().all(|(k, _, _)| *k == 1 || *k == 2));
     }
 
     #[test]
