@@ -73,3 +73,39 @@ pub enum CloseReason {
     /// The server is shutting down.
     ServerShutdown,
 }
+
+/// Lifecycle of a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingStatus {
+    /// Being written.
+    Recording,
+    /// Stopped normally: duration and cues written, seekable.
+    Completed,
+    /// The server died while recording; recovered at the next start (duration read from the file).
+    Interrupted,
+    /// A write error (e.g. disk full) ended it; the reason is in the log.
+    Failed,
+}
+
+impl RecordingStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingStatus::Recording => "recording",
+            RecordingStatus::Completed => "completed",
+            RecordingStatus::Interrupted => "interrupted",
+            RecordingStatus::Failed => "failed",
+        }
+    }
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<RecordingStatus> {
+        match s {
+            "recording" => Some(RecordingStatus::Recording),
+            "completed" => Some(RecordingStatus::Completed),
+            "interrupted" => Some(RecordingStatus::Interrupted),
+            "failed" => Some(RecordingStatus::Failed),
+            _ => None,
+        }
+    }
+}
