@@ -112,6 +112,10 @@ pub struct MediaSettings {
     pub opus_bitrate: i32,
     /// Opus encoder complexity 0..=10.
     pub opus_complexity: i32,
+    /// Video bitrate of recordings, kbit/s (`MCU_RECORDING_KBPS`). A recording shares the encoder
+    /// of the tier with this bitrate; a bitrate matching no tier costs one dedicated encoder.
+    /// Recordings have the composite's size and frame rate (`MCU_CANVAS`).
+    pub recording_kbps: u32,
 }
 
 impl Default for MediaSettings {
@@ -124,6 +128,7 @@ impl Default for MediaSettings {
             default_tier_kbps: 400,
             opus_bitrate: 32_000,
             opus_complexity: 5,
+            recording_kbps: 400,
         }
     }
 }
@@ -298,6 +303,9 @@ impl Config {
                 .map(|t| parse("MCU_VIDEO_TIERS", t))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(v) = get("MCU_RECORDING_KBPS") {
+            self.media.recording_kbps = parse("MCU_RECORDING_KBPS", &v)?;
+        }
         if let Some(v) = get("MCU_DEFAULT_TIER") {
             self.media.default_tier_kbps = parse("MCU_DEFAULT_TIER", &v)?;
         }
@@ -343,6 +351,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "video_tiers_kbps must be a non-empty ascending list".into(),
             ));
+        }
+        if !(50..=20_000).contains(&m.recording_kbps) {
+            return Err(ConfigError::Invalid(format!(
+                "recording_kbps {} out of range 50..=20000",
+                m.recording_kbps
+            )));
         }
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")

@@ -36,6 +36,13 @@ pub enum ApiError {
     /// 409 `recording_in_progress`.
     #[error("room '{0}' is already being recorded")]
     RecordingInProgress(String),
+    /// 409 `recording_in_progress`: the recording is still running (its file is not final).
+    #[error("recording '{0}' is still running; stop it first")]
+    RecordingRunning(uuid::Uuid),
+    /// 416 `range_not_satisfiable`: the byte range lies outside the file of this size; the
+    /// response carries `Content-Range: bytes */<size>`.
+    #[error("the requested range lies outside the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
     /// 413 `payload_too_large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -60,7 +67,10 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::RoomExists(_) => "room_exists",
             ApiError::RoomFull(_) => "room_full",
-            ApiError::RecordingInProgress(_) => "recording_in_progress",
+            ApiError::RecordingInProgress(_) | ApiError::RecordingRunning(_) => {
+                "recording_in_progress"
+            }
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal",
@@ -94,9 +104,11 @@ impl ResponseError for ApiError {
             | ApiError::RecordingNotFound(_)
             | ApiError::ParticipantNotFound(_)
             | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::RoomExists(_) | ApiError::RoomFull(_) | ApiError::RecordingInProgress(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::RoomExists(_)
+            | ApiError::RoomFull(_)
+            | ApiError::RecordingInProgress(_)
+            | ApiError::RecordingRunning(_) => StatusCode::CONFLICT,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,7 +123,14 @@ impl ResponseError for ApiError {
             }
             other => other.to_string(),
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::RangeNotSatisfiable(size) = self {
+            res.insert_header((
+                actix_web::http::header::CONTENT_RANGE,
+                format!("bytes */{size}"),
+            ));
+        }
+        res.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_string(),
                 message,

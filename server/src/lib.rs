@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod model;
 pub mod reaper;
+pub mod recording;
 pub mod room;
 pub mod store;
 
@@ -32,8 +33,12 @@ pub struct AppState {
     pub store: store::Store,
     /// Live rooms.
     pub rooms: RoomManager,
+    /// Recordings.
+    pub recordings: Arc<recording::Recordings>,
     /// Process start.
     pub started: Instant,
+    /// Set on SIGTERM: new joins are refused while rooms and recordings wind down.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// A started server.
@@ -67,13 +72,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let rooms = RoomManager::new(config.media.clone(), rtc_runtime().handle().clone());
+    let recordings = recording::Recordings::new(
+        store.clone(),
+        rooms.clone(),
+        config.recordings_dir.clone(),
+        config.media.clone(),
+    )
+    .with_context(|| format!("cannot create {}", config.recordings_dir.display()))?;
+    // Before serving: recordings a crash left behind become `interrupted`, repaired.
+    let recovered = recordings.recover_interrupted().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "recordings interrupted by the previous run were recovered"
+        );
+    }
     let state = actix_web::web::Data::new(AppState {
         config: Arc::new(config),
         api_key: api_key.clone(),
         tokens: auth::TokenKeys::new(token_secret.as_bytes()),
         store,
         rooms,
+        recordings: Arc::new(recordings),
         started: Instant::now(),
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
     });
     let server = api::http_server(state.clone(), listener)?;
     reaper::spawn(state.clone());
@@ -97,4 +119,21 @@ pub fn rtc_runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("cannot start the WebRTC runtime") // startup only: nothing works without it
     })
+}
+
+/// Graceful shutdown: refuse new joins, tell every participant `closed: server_shutdown`,
+/// finalize running recordings as `completed`, then stop the HTTP server.
+pub async fn shutdown(state: &AppState, http: &actix_web::dev::ServerHandle) {
+    use std::sync::atomic::Ordering;
+    if state.shutting_down.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (rooms, people) = state.rooms.counts();
+    tracing::info!(rooms, participants = people, "shutting down");
+    state.rooms.close_all(model::CloseReason::ServerShutdown);
+    let finalized = state.recordings.shutdown().await;
+    // Let the `closed` messages reach the sockets before the workers stop.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    http.stop(true).await;
+    tracing::info!(finalized, "stopped");
 }

@@ -58,6 +58,23 @@ fn main() -> anyhow::Result<()> {
                 running.addr.port()
             );
         }
+        let handle = running.server.handle();
+        let state = running.state.clone();
+        actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+            server::shutdown(&state, &handle).await;
+        });
         running.server.await?;
         anyhow::Ok(())
     })

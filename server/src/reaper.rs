@@ -79,6 +79,8 @@ pub async fn reap_once(state: &AppState) -> Result<Vec<String>, StoreError> {
         if !expired(&room, empty) {
             continue;
         }
+        // Like `DELETE /rooms/{name}`: the running recording is finalized first.
+        state.recordings.stop_room(&room.name).await;
         if state.store.delete_room(&room.name).await? {
             state.rooms.close_room(&room.name, CloseReason::RoomDeleted);
             tracing::info!(

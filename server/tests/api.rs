@@ -924,13 +924,18 @@ async fn health_metrics_openapi(app: &App) {
     assert_eq!(doc.status(), StatusCode::OK);
     let doc: Value = doc.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let routes: [(&str, &[&str]); 10] = [
+    let routes: [(&str, &[&str]); 15] = [
         ("/api/v1/rooms", &["get", "post"]),
         ("/api/v1/rooms/{name}", &["get", "patch", "delete"]),
         ("/api/v1/rooms/{name}/tokens", &["post"]),
         ("/api/v1/rooms/{name}/participants", &["get"]),
         ("/api/v1/rooms/{name}/participants/{id}", &["delete"]),
         ("/api/v1/rooms/{name}/participants/{id}/mute", &["post"]),
+        ("/api/v1/rooms/{name}/recordings", &["post"]),
+        ("/api/v1/recordings", &["get"]),
+        ("/api/v1/recordings/{id}", &["get", "delete"]),
+        ("/api/v1/recordings/{id}/stop", &["post"]),
+        ("/api/v1/recordings/{id}/media", &["get"]),
         ("/healthz", &["get"]),
         ("/metrics", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
@@ -950,7 +955,7 @@ async fn health_metrics_openapi(app: &App) {
         for m in methods {
             let op = &item[*m];
             assert!(op.is_object(), "{m} {path} not documented");
-            if path.starts_with("/api/v1/rooms") {
+            if path.starts_with("/api/v1/rooms") || path.starts_with("/api/v1/recordings") {
                 assert_eq!(op["security"], json!([{"bearer": []}]), "{m} {path}");
                 for code in ["401", "503"] {
                     assert!(op["responses"][code].is_object(), "{m} {path} lacks {code}");

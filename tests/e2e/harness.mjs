@@ -48,10 +48,10 @@ async function freePort() {
 }
 
 /** Starts the real server binary on loopback with a fresh SQLite database. */
-export async function startServer(extraEnv = {}) {
+export async function startServer(extraEnv = {}, reuse = null) {
   if (!existsSync(serverBin)) throw new Error(`${serverBin} missing: run cargo build first`);
-  const port = await freePort();
-  const dir = mkdtempSync(path.join(tmpdir(), 'mcu-e2e-'));
+  const port = reuse?.port ?? (await freePort());
+  const dir = reuse?.dir ?? mkdtempSync(path.join(tmpdir(), 'mcu-e2e-'));
   const apiKey = 'e2e-test-api-key-0123456789';
   const env = {
     ...process.env,
@@ -90,15 +90,17 @@ export async function startServer(extraEnv = {}) {
     return { status: r.status, body: text ? JSON.parse(text) : null };
   };
   return {
-    url, apiKey, logs, proc, api,
+    url, apiKey, logs, proc, api, dir, port, recordingsDir: `${dir}/recordings`,
     async token(room, identity, display_name = identity) {
       const r = await api('POST', `/rooms/${room}/tokens`, { identity, display_name });
       if (r.status !== 201) throw new Error(`token: ${r.status} ${JSON.stringify(r.body)}`);
       return r.body.token;
     },
-    async stop() {
-      proc.kill('SIGTERM');
-      await new Promise((r) => (proc.exitCode !== null ? r() : proc.once('exit', r)));
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill(signal);
+      await exited;
     },
   };
 }

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod health;
 pub mod openapi;
+pub mod recordings;
 pub mod rest;
 pub mod web;
 pub mod ws;
@@ -24,6 +25,10 @@ pub fn http_server(
             .configure(|cfg| web::configure_static(cfg, &dir))
     })
     .workers(2)
+    // SIGTERM/SIGINT are handled by `server::shutdown` (participants told, recordings
+    // finalized) before the HTTP server stops.
+    .disable_signals()
+    .shutdown_timeout(3)
     .listen(listener)?
     .run();
     Ok(server)
@@ -35,6 +40,7 @@ pub fn configure(cfg: &mut aw::ServiceConfig) {
     cfg.service(
         aw::scope("/api/v1")
             .configure(rest::configure)
+            .configure(recordings::configure)
             .configure(openapi::configure)
             .configure(ws::configure)
             .route("/dev/token", actix_web::web::get().to(web::dev_token)),

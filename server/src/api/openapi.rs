@@ -4,9 +4,9 @@
 //! server exactly.
 
 use crate::AppState;
-use crate::api::{health, rest};
+use crate::api::{health, recordings, rest};
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::model::{Layout, Participant};
+use crate::model::{Layout, Participant, RecordingStatus};
 use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -42,8 +42,8 @@ impl Modify for BearerAuth {
 #[openapi(
     info(
         title = "mcu-server",
-        description = "WebRTC MCU: rooms, join tokens, participants. Every non-2xx response has \
-                       the body `{\"error\": {\"code\", \"message\"}}`.",
+        description = "WebRTC MCU: rooms, join tokens, participants, recordings. Every non-2xx \
+                       response has the body `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
@@ -56,6 +56,12 @@ impl Modify for BearerAuth {
         rest::list_participants,
         rest::kick_participant,
         rest::mute_participant,
+        recordings::start_recording,
+        recordings::stop_recording,
+        recordings::list_recordings,
+        recordings::get_recording,
+        recordings::recording_media,
+        recordings::delete_recording,
         health::healthz,
         health::metrics,
         openapi_json,
@@ -70,6 +76,10 @@ impl Modify for BearerAuth {
         rest::TokenResponse,
         rest::ParticipantList,
         rest::MuteRequest,
+        recordings::Recording,
+        recordings::RecordingList,
+        recordings::StartRecordingRequest,
+        RecordingStatus,
         health::Health,
         super::web::DevToken,
         Participant,
@@ -82,6 +92,7 @@ impl Modify for BearerAuth {
         (name = "rooms", description = "Rooms"),
         (name = "tokens", description = "Join tokens for the signaling WebSocket"),
         (name = "participants", description = "Participants connected to a room"),
+        (name = "recordings", description = "Recordings of rooms (WebM files)"),
         (name = "health", description = "Operations (no authentication)"),
     )
 )]
@@ -104,6 +115,14 @@ pub fn document(max_participants_limit: u32) -> serde_json::Value {
             prop.insert("maximum".into(), max_participants_limit.into());
         }
     }
+    // `POST /rooms/{name}/recordings` takes `{}` or no body at all; utoipa cannot say "optional"
+    // without also allowing a JSON `null`.
+    if let Some(body) = doc
+        .pointer_mut("/paths/~1api~1v1~1rooms~1{name}~1recordings/post/requestBody")
+        .and_then(|b| b.as_object_mut())
+    {
+        body.insert("required".into(), false.into());
+    }
     // Links from the created room to the operations on it, so clients and stateful fuzzers know
     // where a room's name leads.
     let name = serde_json::json!({"name": "$response.body#/name"});
@@ -113,12 +132,26 @@ pub fn document(max_participants_limit: u32) -> serde_json::Value {
         "DeleteRoom": {"operationId": "delete_room", "parameters": name},
         "CreateToken": {"operationId": "create_token", "parameters": name},
         "ListParticipants": {"operationId": "list_participants", "parameters": name},
+        "StartRecording": {"operationId": "start_recording", "parameters": name},
     });
-    if let Some(created) = doc
-        .pointer_mut("/paths/~1api~1v1~1rooms/post/responses/201")
-        .and_then(|r| r.as_object_mut())
-    {
-        created.insert("links".into(), links);
+    // And from a started recording to the operations on it.
+    let id = serde_json::json!({"id": "$response.body#/id"});
+    let recording_links = serde_json::json!({
+        "GetRecording": {"operationId": "get_recording", "parameters": id},
+        "StopRecording": {"operationId": "stop_recording", "parameters": id},
+        "GetRecordingMedia": {"operationId": "recording_media", "parameters": id},
+        "DeleteRecording": {"operationId": "delete_recording", "parameters": id},
+    });
+    for (path, links) in [
+        ("/paths/~1api~1v1~1rooms/post/responses/201", links),
+        (
+            "/paths/~1api~1v1~1rooms~1{name}~1recordings/post/responses/201",
+            recording_links,
+        ),
+    ] {
+        if let Some(created) = doc.pointer_mut(path).and_then(|r| r.as_object_mut()) {
+            created.insert("links".into(), links);
+        }
     }
     doc
 }
@@ -147,6 +180,11 @@ mod tests {
             "/api/v1/rooms/{name}/participants",
             "/api/v1/rooms/{name}/participants/{id}",
             "/api/v1/rooms/{name}/participants/{id}/mute",
+            "/api/v1/rooms/{name}/recordings",
+            "/api/v1/recordings",
+            "/api/v1/recordings/{id}",
+            "/api/v1/recordings/{id}/stop",
+            "/api/v1/recordings/{id}/media",
             "/healthz",
             "/metrics",
             "/api/v1/openapi.json",
@@ -161,18 +199,36 @@ mod tests {
         );
         assert!(doc.pointer("/components/securitySchemes/bearer").is_some());
         // Every link names an operation that exists.
-        let links = doc
-            .pointer("/paths/~1api~1v1~1rooms/post/responses/201/links")
-            .and_then(|l| l.as_object())
-            .unwrap();
         let ops: Vec<&str> = paths
             .values()
             .flat_map(|item| item.as_object().unwrap().values())
             .filter_map(|op| op["operationId"].as_str())
             .collect();
-        for link in links.values() {
-            let id = link["operationId"].as_str().unwrap();
-            assert!(ops.contains(&id), "{id} not an operation");
+        for (from, n) in [
+            ("/paths/~1api~1v1~1rooms/post/responses/201/links", 6),
+            (
+                "/paths/~1api~1v1~1rooms~1{name}~1recordings/post/responses/201/links",
+                4,
+            ),
+        ] {
+            let links = doc.pointer(from).and_then(|l| l.as_object()).unwrap();
+            assert_eq!(links.len(), n, "{from}");
+            for link in links.values() {
+                let id = link["operationId"].as_str().unwrap();
+                assert!(ops.contains(&id), "{id} not an operation");
+            }
         }
+        // The media download is binary WebM, its range error documented.
+        let media = &doc["paths"]["/api/v1/recordings/{id}/media"]["get"]["responses"];
+        for code in ["200", "206"] {
+            assert!(media[code]["content"]["video/webm"].is_object(), "{code}");
+        }
+        assert!(media["416"]["headers"]["Content-Range"].is_object());
+        let start = &doc["paths"]["/api/v1/rooms/{name}/recordings"]["post"]["requestBody"];
+        assert_eq!(start["required"], serde_json::json!(false));
+        assert_eq!(
+            start["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/StartRecordingRequest"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Admin REST handlers under `/api/v1`: rooms, join tokens, participants.
+//! Admin REST handlers under `/api/v1`: rooms, join tokens, participants (recordings are in
+//! [`recordings`](super::recordings)).
 //!
 //! Every handler takes [`AdminAuth`] first, so a call without the API key is answered 401 before
 //! its body is read. Rooms live in the store; who is connected comes from the live
@@ -25,9 +26,9 @@ pub const EMPTY_TIMEOUT_MAX: i64 = 86_400;
 pub const TOKEN_TTL_MAX: i64 = 86_400;
 /// Longest identity / display name, characters.
 pub const IDENTITY_MAX: usize = 128;
-/// Default and largest page size of `GET /rooms`.
+/// Default page size of `GET /rooms` and `GET /recordings`.
 pub const PAGE_DEFAULT: u32 = 50;
-/// Largest page size of `GET /rooms`.
+/// Largest page size of `GET /rooms` and `GET /recordings`.
 pub const PAGE_MAX: u32 = 100;
 
 /// Routes of this module (inside the `/api/v1` scope).
@@ -258,6 +259,20 @@ fn in_range(field: &str, v: i64, min: i64, max: i64) -> Result<u32, ApiError> {
     }
 }
 
+/// The `limit` query parameter of a list: [`PAGE_DEFAULT`] when absent or empty, else
+/// 1..=[`PAGE_MAX`].
+pub(crate) fn page_limit(raw: Option<&str>) -> Result<u32, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(PAGE_DEFAULT),
+        Some(s) => {
+            let v: i64 = s.parse().map_err(|_| {
+                ApiError::InvalidRequest(format!("limit must be an integer, got '{s}'"))
+            })?;
+            in_range("limit", v, 1, i64::from(PAGE_MAX))
+        }
+    }
+}
+
 fn check_metadata(m: &str) -> Result<(), ApiError> {
     if m.len() > METADATA_MAX {
         return Err(ApiError::InvalidRequest(format!(
@@ -407,15 +422,7 @@ pub async fn list_rooms(
     query: web::Query<ListRoomsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let limit = match q.limit.as_deref().map(str::trim) {
-        None | Some("") => PAGE_DEFAULT,
-        Some(s) => {
-            let v: i64 = s.parse().map_err(|_| {
-                ApiError::InvalidRequest(format!("limit must be an integer, got '{s}'"))
-            })?;
-            in_range("limit", v, 1, i64::from(PAGE_MAX))?
-        }
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
     let page = state.store.list_rooms(limit, cursor).await?;
     let rooms = page
@@ -505,12 +512,13 @@ pub async fn update_room(
     Ok(HttpResponse::Ok().json(room_json(&state, rec)))
 }
 
-/// Delete a room: everyone in it is disconnected (`closed: room_deleted`).
+/// Delete a room: everyone in it is disconnected (`closed: room_deleted`) and a running recording
+/// is finalized (`completed`; the recording stays listed).
 #[utoipa::path(
     delete, path = "/api/v1/rooms/{name}", tag = "rooms",
     params(("name" = String, Path, description = "Room name")),
     responses(
-        (status = 204, description = "Deleted; participants disconnected"),
+        (status = 204, description = "Deleted; participants disconnected, recording finalized"),
         (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
@@ -525,6 +533,8 @@ pub async fn delete_room(
 ) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
     existing_room(&state, &name).await?;
+    // Finalize the file while the room's media still runs, then disconnect everyone.
+    state.recordings.stop_room(&name).await;
     state.rooms.close_room(&name, CloseReason::RoomDeleted);
     if !state.store.delete_room(&name).await? {
         // Deleted concurrently (another call, the empty-room reaper): same outcome for the caller.

@@ -162,11 +162,16 @@ async fn pump(
         "layout": room.layout,
         "ice_servers": state.config.rtc.ice_servers,
         "participants": others,
+        "recording_id": state.recordings.active_in(&room.name),
     });
     if session.text(welcome.to_string()).await.is_err() {
         return; // gone already; dropping the handle leaves the room
     }
 
+    if room.auto_record {
+        let (recordings, name) = (state.recordings.clone(), room.name.clone());
+        crate::rtc_runtime().spawn(async move { recordings.start_auto(&name).await });
+    }
     let (client_tx, client_rx) = mpsc::channel::<String>(CLIENT_QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
     let core = Core {

@@ -58,8 +58,10 @@ struct LiveRoom {
     max_participants: u32,
     layout: Layout,
     empty_since: Option<Instant>,
-    /// Running while anybody is connected; dropped (thread stops) when the room empties.
+    /// Running while anybody is connected or a recording runs; dropped (thread stops) otherwise.
     media: Option<MediaHandle>,
+    /// Recording sinks attached to the media thread.
+    sinks: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -263,9 +265,52 @@ impl RoomManager {
         }
         if live.participants.is_empty() {
             live.empty_since = Some(Instant::now());
-            live.media = None; // stops the thread: an empty room costs nothing
+            if live.sinks.is_empty() {
+                live.media = None; // stops the thread: an empty room costs nothing
+            }
         }
         tracing::info!(room, participant = id, "participant left");
+    }
+
+    /// Attaches a recording sink to the room's media (starting the media thread if nobody is
+    /// connected: an empty room records silence and a black canvas). Returns the sink's key.
+    pub fn add_sink(
+        &self,
+        room: &str,
+        layout: Layout,
+        kbps: u32,
+        out: std::sync::mpsc::SyncSender<media::SinkPacket>,
+    ) -> Result<u64, JoinError> {
+        let mut inner = self.inner.lock();
+        let live = inner.rooms.entry(room.to_string()).or_default();
+        if live.media.is_none() {
+            live.layout = layout;
+            live.media = Some(self.start_media(room, layout)?);
+            if live.participants.is_empty() && live.empty_since.is_none() {
+                live.empty_since = Some(Instant::now());
+            }
+        }
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(m) = &live.media {
+            m.command(Command::AddSink { key, kbps, out });
+        }
+        live.sinks.push(key);
+        Ok(key)
+    }
+
+    /// Detaches a recording sink (its writer then finishes); stops the media of an empty room.
+    pub fn remove_sink(&self, room: &str, key: u64) {
+        let mut inner = self.inner.lock();
+        let Some(live) = inner.rooms.get_mut(room) else {
+            return;
+        };
+        live.sinks.retain(|k| *k != key);
+        if let Some(m) = &live.media {
+            m.command(Command::RemoveSink(key));
+        }
+        if live.participants.is_empty() && live.sinks.is_empty() {
+            live.media = None;
+        }
     }
 
     /// The participants of a live room (empty when nobody is connected).

@@ -53,8 +53,44 @@ pub enum Output {
     Pli,
 }
 
+/// Capacity of a recording sink's queue (~4 s of audio and video). The writer thread drains it
+/// continuously; when the disk stalls longer than that, packets are dropped and counted.
+pub const SINK_QUEUE: usize = 320;
+
+/// Encoded media for a recording, stamped with the room clock.
+#[derive(Debug, Clone)]
+pub enum SinkPacket {
+    /// 20 ms of the full mix, Opus.
+    Audio {
+        /// Room clock, ms.
+        pts_ms: u64,
+        /// The packet.
+        data: Arc<[u8]>,
+    },
+    /// One composite frame, VP8.
+    Video {
+        /// Room clock, ms.
+        pts_ms: u64,
+        /// The frame.
+        data: Arc<[u8]>,
+        /// Whether it is a keyframe.
+        keyframe: bool,
+    },
+}
+
 /// Commands from the control plane.
 pub enum Command {
+    /// A receive-only output (a recording) at a fixed video bitrate.
+    AddSink {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// Video bitrate, kbit/s.
+        kbps: u32,
+        /// Where its media goes (a writer thread).
+        out: stdmpsc::SyncSender<SinkPacket>,
+    },
+    /// Removes a sink; its queue closes, which tells the writer to finish.
+    RemoveSink(ParticipantKey),
     /// A participant's media joins.
     Add {
         /// Mixer key.
@@ -238,6 +274,7 @@ fn run(
 ) {
     tracing::info!(room, "media thread started");
     let mut receivers: HashMap<ParticipantKey, Receiver> = HashMap::new();
+    let mut sinks: HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>> = HashMap::new();
     let mut next = Instant::now() + TICK;
     let mut last_counts = (0u64, 0u64);
     'ticks: loop {
@@ -259,7 +296,7 @@ fn run(
 
         loop {
             match control.try_recv() {
-                Ok(c) => apply(&mut media, &mut receivers, c),
+                Ok(c) => apply(&mut media, &mut receivers, &mut sinks, c),
                 Err(stdmpsc::TryRecvError::Empty) => break,
                 Err(stdmpsc::TryRecvError::Disconnected) => break 'ticks,
             }
@@ -285,9 +322,17 @@ fn run(
 
         let out = media.tick();
         let video_tick = out.video_tick;
+        let now_ms = out.time_ms;
+        let mut dead_sinks = Vec::new();
         let mut bytes_out = 0u64;
         for (key, pkt) in out.audio {
-            if let Some(r) = receivers.get(&key) {
+            if let Some(s) = sinks.get(&key) {
+                let p = SinkPacket::Audio {
+                    pts_ms: now_ms,
+                    data: pkt,
+                };
+                feed_sink(key, s, p, &mut dead_sinks);
+            } else if let Some(r) = receivers.get(&key) {
                 bytes_out += pkt.len() as u64;
                 if r.out.try_send(Output::Audio(pkt)).is_err() {
                     METRICS.dropped_packets.fetch_add(1, Relaxed);
@@ -295,7 +340,14 @@ fn run(
             }
         }
         for (key, data, keyframe) in out.video {
-            if let Some(r) = receivers.get(&key) {
+            if let Some(s) = sinks.get(&key) {
+                let p = SinkPacket::Video {
+                    pts_ms: now_ms,
+                    data,
+                    keyframe,
+                };
+                feed_sink(key, s, p, &mut dead_sinks);
+            } else if let Some(r) = receivers.get(&key) {
                 bytes_out += data.len() as u64;
                 if r.out.try_send(Output::Video { data, keyframe }).is_err() {
                     METRICS.dropped_packets.fetch_add(1, Relaxed);
@@ -306,6 +358,11 @@ fn run(
             if let Some(r) = receivers.get(&key) {
                 let _ = r.out.try_send(Output::Pli);
             }
+        }
+        for key in dead_sinks {
+            // The writer is gone (it failed or finished): stop producing for it.
+            sinks.remove(&key);
+            media.remove_sink(key);
         }
         if let Some(s) = out.active_speaker {
             let _ = events.try_send(Event::ActiveSpeaker(s));
@@ -347,8 +404,36 @@ fn run(
     tracing::info!(room, "media thread stopped");
 }
 
-fn apply(media: &mut MediaRoom, receivers: &mut HashMap<ParticipantKey, Receiver>, c: Command) {
+fn feed_sink(
+    key: ParticipantKey,
+    sink: &stdmpsc::SyncSender<SinkPacket>,
+    p: SinkPacket,
+    dead: &mut Vec<ParticipantKey>,
+) {
+    match sink.try_send(p) {
+        Ok(()) => {}
+        Err(stdmpsc::TrySendError::Full(_)) => {
+            METRICS.dropped_packets.fetch_add(1, Relaxed);
+        }
+        Err(stdmpsc::TrySendError::Disconnected(_)) => dead.push(key),
+    }
+}
+
+fn apply(
+    media: &mut MediaRoom,
+    receivers: &mut HashMap<ParticipantKey, Receiver>,
+    sinks: &mut HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>>,
+    c: Command,
+) {
     match c {
+        Command::AddSink { key, kbps, out } => {
+            media.add_sink(key, kbps);
+            sinks.insert(key, out);
+        }
+        Command::RemoveSink(key) => {
+            media.remove_sink(key);
+            sinks.remove(&key);
+        }
         Command::Add {
             key,
             publishes,

@@ -1,4 +1,4 @@
-//! The metadata store (sqlx): rooms now, recordings next.
+//! The metadata store (sqlx): rooms and recordings.
 //!
 //! Two backends behind one [`Store`]: SQLite (default, a file under `./data/`, WAL, foreign keys,
 //! busy timeout) and PostgreSQL. Each has its own migration directory (`migrations/sqlite`,
@@ -9,6 +9,9 @@
 //!   RFC 3339 text, which sorts like time), so what a write returns equals what a read returns.
 //! - Room lists are ordered by `(created_at, id)`; the cursor encodes the last row's pair, so a
 //!   page walk sees every room that existed throughout exactly once even while rooms are added.
+//!   Recording lists work the same way on `(started_at, id)`.
+//! - At most one recording per room has status `recording` (a partial unique index); a second
+//!   [`Store::create_recording`] for the room fails with `StoreError::RecordingInProgress`.
 //! - The pool waits at most [`ACQUIRE_TIMEOUT`] for a connection: an unreachable database answers
 //!   `StoreError::Unavailable` quickly instead of hanging requests.
 
@@ -17,7 +20,7 @@ mod sqlite;
 
 use crate::config::RoomDefaults;
 use crate::error::ApiError;
-use crate::model::Layout;
+use crate::model::{Layout, RecordingStatus};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -38,6 +41,9 @@ pub enum StoreError {
     /// Not a valid room name (`[A-Za-z0-9_-]{1,64}`).
     #[error("invalid room name '{0}': expected 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'")]
     InvalidRoomName(String),
+    /// The room has a recording with status `recording` already.
+    #[error("room '{0}' is already being recorded")]
+    RecordingInProgress(String),
     /// A pagination cursor that this store did not produce.
     #[error("cursor is invalid")]
     InvalidCursor,
@@ -63,6 +69,7 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable("database unavailable, try again later".into())
             }
             StoreError::RoomExists(name) => ApiError::RoomExists(name),
+            StoreError::RecordingInProgress(room) => ApiError::RecordingInProgress(room),
             StoreError::InvalidCursor => ApiError::InvalidRequest("cursor is invalid".into()),
             e @ StoreError::InvalidRoomName(_) => ApiError::InvalidRequest(e.to_string()),
             other => ApiError::Unexpected(anyhow::Error::new(other)),
@@ -217,7 +224,63 @@ pub struct RoomPage {
     pub next_cursor: Option<String>,
 }
 
-/// Position after a row in `(created_at, id)` order. Opaque to clients.
+/// A recording as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRecord {
+    /// Stable id.
+    pub id: Uuid,
+    /// Name of the recorded room (the room may have been deleted since).
+    pub room: String,
+    /// Lifecycle state.
+    pub status: RecordingStatus,
+    /// When recording began.
+    pub started_at: DateTime<Utc>,
+    /// When it ended; `None` while recording.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Media duration in milliseconds, once known.
+    pub duration_ms: Option<u64>,
+    /// File size in bytes, once known.
+    pub size_bytes: Option<u64>,
+    /// The file's name inside the recordings directory (never exposed by the API).
+    pub file_name: String,
+    /// Why it failed or was interrupted.
+    pub error: Option<String>,
+}
+
+/// How a recording ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingEnd {
+    /// Final status (`completed`, `interrupted` or `failed`).
+    pub status: RecordingStatus,
+    /// End time.
+    pub ended_at: DateTime<Utc>,
+    /// Media duration in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// File size in bytes.
+    pub size_bytes: Option<u64>,
+    /// Why it failed or was interrupted.
+    pub error: Option<String>,
+}
+
+/// One page of recordings.
+#[derive(Debug, Clone)]
+pub struct RecordingPage {
+    /// Recordings in `(started_at, id)` order.
+    pub recordings: Vec<RecordingRecord>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of a recording list.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RecordingFilter<'a> {
+    pub room: Option<&'a str>,
+    pub status: Option<RecordingStatus>,
+    pub after: Option<Cursor>,
+}
+
+/// Position after a row in `(created_at, id)` order (`(started_at, id)` for recordings).
+/// Opaque to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Cursor {
     pub created_at: DateTime<Utc>,
@@ -229,6 +292,13 @@ impl Cursor {
         Cursor {
             created_at: room.created_at,
             id: room.id,
+        }
+    }
+
+    pub(crate) fn after_recording(rec: &RecordingRecord) -> Cursor {
+        Cursor {
+            created_at: rec.started_at,
+            id: rec.id,
         }
     }
 
@@ -257,13 +327,33 @@ impl Cursor {
 
 /// Now, truncated to the microsecond precision both backends store.
 pub(crate) fn now_micros() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    to_micros(Utc::now())
 }
 
 /// Checked conversion of a stored integer to the model's `u32`.
 pub(crate) fn to_u32(v: i64, field: &str) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} = {v} out of range")))
+}
+
+/// Checked conversion of a stored integer to the model's `u64`.
+pub(crate) fn to_u64(v: i64, field: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} = {v} out of range")))
+}
+
+/// Checked conversion of a model `u64` to the stored `BIGINT`.
+pub(crate) fn to_i64(v: u64, field: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{field} = {v} too large to store")))
+}
+
+/// Parses a stored recording status.
+pub(crate) fn to_status(s: &str) -> Result<RecordingStatus, StoreError> {
+    RecordingStatus::parse(s)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown recording status '{s}'")))
+}
+
+/// Truncates `t` to the microsecond precision both backends store.
+pub(crate) fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 /// Parses a stored layout name.
@@ -422,6 +512,116 @@ impl Store {
             Store::Postgres(p) => postgres::rooms_with_empty_timeout(p).await,
         }
     }
+
+    /// Inserts a running recording (status `recording`) of `room`; `RecordingInProgress` if the
+    /// room has one already. The room itself is not checked (recordings outlive rooms).
+    pub async fn create_recording(
+        &self,
+        id: Uuid,
+        room: &str,
+        file_name: &str,
+        started_at: DateTime<Utc>,
+    ) -> Result<RecordingRecord, StoreError> {
+        let rec = RecordingRecord {
+            id,
+            room: room.to_string(),
+            status: RecordingStatus::Recording,
+            started_at: to_micros(started_at),
+            ended_at: None,
+            duration_ms: None,
+            size_bytes: None,
+            file_name: file_name.to_string(),
+            error: None,
+        };
+        match self {
+            Store::Sqlite(p) => sqlite::insert_recording(p, &rec).await?,
+            Store::Postgres(p) => postgres::insert_recording(p, &rec).await?,
+        }
+        Ok(rec)
+    }
+
+    /// The recording `id`.
+    pub async fn get_recording(&self, id: Uuid) -> Result<Option<RecordingRecord>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::get_recording(p, id).await,
+            Store::Postgres(p) => postgres::get_recording(p, id).await,
+        }
+    }
+
+    /// Records how `id` ended (status, end time, duration, size, error), whatever its status
+    /// was; `None` if there is no such recording.
+    pub async fn end_recording(
+        &self,
+        id: Uuid,
+        end: &RecordingEnd,
+    ) -> Result<Option<RecordingRecord>, StoreError> {
+        let end = RecordingEnd {
+            ended_at: to_micros(end.ended_at),
+            ..end.clone()
+        };
+        match self {
+            Store::Sqlite(p) => sqlite::end_recording(p, id, &end).await,
+            Store::Postgres(p) => postgres::end_recording(p, id, &end).await,
+        }
+    }
+
+    /// Every recording with `status`, in `(started_at, id)` order (crash recovery).
+    pub async fn recordings_with_status(
+        &self,
+        status: RecordingStatus,
+    ) -> Result<Vec<RecordingRecord>, StoreError> {
+        let filter = RecordingFilter {
+            status: Some(status),
+            ..RecordingFilter::default()
+        };
+        match self {
+            Store::Sqlite(p) => sqlite::list_recordings(p, filter, None).await,
+            Store::Postgres(p) => postgres::list_recordings(p, filter, None).await,
+        }
+    }
+
+    /// One page of recordings after `cursor`, at most `limit` long, optionally only those of
+    /// `room` and/or with `status`.
+    pub async fn list_recordings(
+        &self,
+        room: Option<&str>,
+        status: Option<RecordingStatus>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<RecordingPage, StoreError> {
+        let filter = RecordingFilter {
+            room,
+            status,
+            after: cursor.map(Cursor::decode).transpose()?,
+        };
+        let limit = limit.max(1);
+        // One extra row tells whether another page follows.
+        let fetch = Some(i64::from(limit) + 1);
+        let mut recordings = match self {
+            Store::Sqlite(p) => sqlite::list_recordings(p, filter, fetch).await?,
+            Store::Postgres(p) => postgres::list_recordings(p, filter, fetch).await?,
+        };
+        let next_cursor = if recordings.len() > limit as usize {
+            recordings.truncate(limit as usize);
+            recordings
+                .last()
+                .map(|r| Cursor::after_recording(r).encode())
+        } else {
+            None
+        };
+        Ok(RecordingPage {
+            recordings,
+            next_cursor,
+        })
+    }
+
+    /// Deletes the recording row; false if there was none. The file is the caller's business.
+    pub async fn delete_recording(&self, id: Uuid) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::delete_recording(p, id).await,
+            Store::Postgres(p) => postgres::delete_recording(p, id).await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -508,5 +708,235 @@ mod tests {
             store.ping().await,
             Err(StoreError::Unavailable(_))
         ));
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + secs, 123_456_789).unwrap()
+    }
+
+    /// The recording API of one backend, on a fresh database.
+    async fn recordings_crud(store: &Store) {
+        use RecordingStatus::*;
+        // Five recordings over three rooms; two share a start time (the id breaks the tie).
+        let mut ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        ids[1..3].sort();
+        let plan = [("a", 0), ("b", 1), ("c", 1), ("a", 2), ("d", 3)];
+        let mut recs = Vec::new();
+        for (i, (room, t)) in plan.iter().enumerate() {
+            if i == 3 {
+                // "a" is still recording: a second running one is refused.
+                let dup = store
+                    .create_recording(Uuid::new_v4(), room, "x.webm", at(*t))
+                    .await;
+                assert!(matches!(&dup, Err(StoreError::RecordingInProgress(r)) if r == "a"));
+                assert!(matches!(
+                    ApiError::from(dup.unwrap_err()),
+                    ApiError::RecordingInProgress(r) if r == "a"
+                ));
+                let ended = store
+                    .end_recording(
+                        ids[0],
+                        &RecordingEnd {
+                            status: Completed,
+                            ended_at: at(1),
+                            duration_ms: Some(1000),
+                            size_bytes: Some(u64::from(u32::MAX) + 7),
+                            error: None,
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(ended.status, Completed);
+                assert_eq!(ended.ended_at, Some(to_micros(at(1))));
+                assert_eq!(ended.size_bytes, Some(u64::from(u32::MAX) + 7));
+                assert_eq!(
+                    store.get_recording(ids[0]).await.unwrap(),
+                    Some(ended.clone())
+                );
+                recs[0] = ended;
+            }
+            let file = format!("{}.webm", ids[i]);
+            let r = store
+                .create_recording(ids[i], room, &file, at(*t))
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    r.status,
+                    r.started_at,
+                    r.ended_at,
+                    r.duration_ms,
+                    r.size_bytes
+                ),
+                (Recording, to_micros(at(*t)), None, None, None)
+            );
+            assert_eq!(r.file_name, file);
+            assert_eq!(store.get_recording(ids[i]).await.unwrap(), Some(r.clone()));
+            recs.push(r);
+        }
+        assert_eq!(store.get_recording(Uuid::new_v4()).await.unwrap(), None);
+
+        // The room row shows its running recording.
+        store
+            .create_room(&NewRoom::with_defaults("a", &RoomDefaults::default()))
+            .await
+            .unwrap();
+        let room = store.get_room("a").await.unwrap().unwrap();
+        assert_eq!(room.recording_id, Some(ids[3]));
+
+        // Fail one: status, error and missing numbers are kept as given.
+        let failed = store
+            .end_recording(
+                ids[2],
+                &RecordingEnd {
+                    status: Failed,
+                    ended_at: at(5),
+                    duration_ms: None,
+                    size_bytes: Some(10),
+                    error: Some("disk full".into()),
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (failed.status, failed.error.as_deref(), failed.duration_ms),
+            (Failed, Some("disk full"), None)
+        );
+        recs[2] = failed;
+        let missing = RecordingEnd {
+            status: Completed,
+            ended_at: at(9),
+            duration_ms: None,
+            size_bytes: None,
+            error: None,
+        };
+        assert_eq!(
+            store.end_recording(Uuid::new_v4(), &missing).await.unwrap(),
+            None
+        );
+
+        let running = store.recordings_with_status(Recording).await.unwrap();
+        assert_eq!(
+            running,
+            vec![recs[1].clone(), recs[3].clone(), recs[4].clone()]
+        );
+
+        // Paging: every recording exactly once, in (started_at, id) order, whatever the size.
+        for limit in [1, 2, 3, 5, 100] {
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = store
+                    .list_recordings(None, None, limit, cursor.as_deref())
+                    .await
+                    .unwrap();
+                assert!(page.recordings.len() <= limit as usize);
+                seen.extend(page.recordings);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, recs, "limit {limit}");
+        }
+        // Filters, alone and together, also across pages.
+        let page = store
+            .list_recordings(Some("a"), None, 1, None)
+            .await
+            .unwrap();
+        assert_eq!(page.recordings, vec![recs[0].clone()]);
+        let page = store
+            .list_recordings(Some("a"), None, 1, page.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(page.recordings, vec![recs[3].clone()]);
+        assert!(page.next_cursor.is_none());
+        let page = store
+            .list_recordings(None, Some(Completed), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(page.recordings, vec![recs[0].clone()]);
+        let page = store
+            .list_recordings(Some("a"), Some(Recording), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(page.recordings, vec![recs[3].clone()]);
+        let page = store
+            .list_recordings(Some("nope"), None, 10, None)
+            .await
+            .unwrap();
+        assert!(page.recordings.is_empty() && page.next_cursor.is_none());
+        assert!(matches!(
+            store.list_recordings(None, None, 10, Some("garbage")).await,
+            Err(StoreError::InvalidCursor)
+        ));
+
+        assert!(store.delete_recording(ids[0]).await.unwrap());
+        assert!(!store.delete_recording(ids[0]).await.unwrap());
+        assert_eq!(store.get_recording(ids[0]).await.unwrap(), None);
+        // Ending the running one frees the room for a new recording.
+        store
+            .end_recording(ids[3], &missing)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.get_room("a").await.unwrap().unwrap().recording_id,
+            None
+        );
+        store
+            .create_recording(Uuid::new_v4(), "a", "y.webm", at(10))
+            .await
+            .unwrap();
+    }
+
+    #[actix_web::test]
+    async fn sqlite_recordings() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        recordings_crud(&store).await;
+    }
+
+    /// The same on a fresh PostgreSQL database (`MCU_TEST_PG_URL`, default the local `test`
+    /// database); skipped with a notice when PostgreSQL is unreachable, unless `CI` is set.
+    #[actix_web::test]
+    async fn postgres_recordings() {
+        use sqlx::{Connection as _, Executor as _};
+        let admin_url = std::env::var("MCU_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("NOTICE: skipping the PostgreSQL store test: {e}");
+                return;
+            }
+            Err(e) => panic!("PostgreSQL unreachable: {e}"),
+        };
+        let db = format!("mcu_store_test_{}", Uuid::new_v4().simple());
+        admin
+            .execute(format!("CREATE DATABASE {db}").as_str())
+            .await
+            .unwrap();
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let url = format!("{base}/{db}{query}");
+        // In a task, so that a failed assertion still lets us drop the database.
+        let run = actix_web::rt::spawn(async move {
+            let store = Store::connect(&url).await.unwrap();
+            recordings_crud(&store).await;
+            store.close().await;
+        })
+        .await;
+        admin
+            .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+            .await
+            .unwrap();
+        if let Err(e) = run {
+            std::panic::resume_unwind(e.into_panic());
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! PostgreSQL backend: native `uuid`, `timestamptz` (microseconds), `boolean`, `bigint`.
 
-use super::{Cursor, RoomPatch, RoomRecord, StoreError, classify, to_layout, to_u32};
+use super::{
+    Cursor, RecordingEnd, RecordingFilter, RecordingRecord, RoomPatch, RoomRecord, StoreError,
+    classify, to_i64, to_layout, to_status, to_u32, to_u64,
+};
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -167,4 +170,130 @@ pub(super) async fn rooms_with_empty_timeout(pool: &PgPool) -> Result<Vec<RoomRe
     let sql = format!("{SELECT_ROOM} WHERE r.empty_timeout_s > 0 ORDER BY r.created_at, r.id");
     let rows = sqlx::query(&sql).fetch_all(pool).await.map_err(classify)?;
     rows.iter().map(room_from_row).collect()
+}
+
+const RECORDING_COLUMNS: &str =
+    "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error";
+
+fn recording_from_row(row: &PgRow) -> Result<RecordingRecord, StoreError> {
+    let get_opt_i = |c: &'static str| -> Result<Option<u64>, StoreError> {
+        row.try_get::<Option<i64>, _>(c)
+            .map_err(classify)?
+            .map(|v| to_u64(v, c))
+            .transpose()
+    };
+    Ok(RecordingRecord {
+        id: row.try_get("id").map_err(classify)?,
+        room: row.try_get("room_name").map_err(classify)?,
+        status: to_status(&row.try_get::<String, _>("status").map_err(classify)?)?,
+        started_at: row.try_get("started_at").map_err(classify)?,
+        ended_at: row.try_get("ended_at").map_err(classify)?,
+        duration_ms: get_opt_i("duration_ms")?,
+        size_bytes: get_opt_i("size_bytes")?,
+        file_name: row.try_get("file_name").map_err(classify)?,
+        error: row.try_get("error").map_err(classify)?,
+    })
+}
+
+/// Inserts a running recording; the one-running-per-room index turns a second one into
+/// `RecordingInProgress` (the random id cannot realistically collide).
+pub(super) async fn insert_recording(
+    pool: &PgPool,
+    rec: &RecordingRecord,
+) -> Result<(), StoreError> {
+    let res = sqlx::query(
+        "INSERT INTO recordings (id, room_name, status, started_at, file_name) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(rec.id)
+    .bind(&rec.room)
+    .bind(rec.status.as_str())
+    .bind(rec.started_at)
+    .bind(&rec.file_name)
+    .execute(pool)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::RecordingInProgress(rec.room.clone()))
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+pub(super) async fn get_recording(
+    pool: &PgPool,
+    id: Uuid,
+) -> Result<Option<RecordingRecord>, StoreError> {
+    let sql = format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE id = $1");
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(recording_from_row).transpose()
+}
+
+pub(super) async fn end_recording(
+    pool: &PgPool,
+    id: Uuid,
+    end: &RecordingEnd,
+) -> Result<Option<RecordingRecord>, StoreError> {
+    let sql = format!(
+        "UPDATE recordings SET status = $1, ended_at = $2, duration_ms = $3, size_bytes = $4, \
+         error = $5 WHERE id = $6 RETURNING {RECORDING_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(end.status.as_str())
+        .bind(end.ended_at)
+        .bind(
+            end.duration_ms
+                .map(|v| to_i64(v, "duration_ms"))
+                .transpose()?,
+        )
+        .bind(
+            end.size_bytes
+                .map(|v| to_i64(v, "size_bytes"))
+                .transpose()?,
+        )
+        .bind(end.error.as_deref())
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(recording_from_row).transpose()
+}
+
+/// Recordings matching `filter` in `(started_at, id)` order; at most `limit` (all if `None`).
+pub(super) async fn list_recordings(
+    pool: &PgPool,
+    filter: RecordingFilter<'_>,
+    limit: Option<i64>,
+) -> Result<Vec<RecordingRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RECORDING_COLUMNS} FROM recordings \
+         WHERE ($1::text IS NULL OR room_name = $1) AND ($2::text IS NULL OR status = $2) \
+         AND ($3::timestamptz IS NULL OR (started_at, id) > ($3, $4::uuid)) \
+         ORDER BY started_at, id LIMIT $5"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(filter.room)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.after.map(|c| c.created_at))
+        .bind(filter.after.map(|c| c.id))
+        // LIMIT NULL is no limit.
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+    rows.iter().map(recording_from_row).collect()
+}
+
+pub(super) async fn delete_recording(pool: &PgPool, id: Uuid) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM recordings WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(res.rows_affected() == 1)
 }

@@ -1,7 +1,10 @@
 //! SQLite backend. Timestamps are fixed-width RFC 3339 text (`…T…:…:….ffffffZ`), ids hyphenated
 //! UUID text, so `ORDER BY created_at, id` is time order and matches PostgreSQL's order.
 
-use super::{Cursor, RoomPatch, RoomRecord, StoreError, classify, to_layout, to_u32};
+use super::{
+    Cursor, RecordingEnd, RecordingFilter, RecordingRecord, RoomPatch, RoomRecord, StoreError,
+    classify, to_i64, to_layout, to_status, to_u32, to_u64,
+};
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 use sqlx::sqlite::{
@@ -220,4 +223,132 @@ pub(super) async fn rooms_with_empty_timeout(
     let sql = format!("{SELECT_ROOM} WHERE r.empty_timeout_s > 0 ORDER BY r.created_at, r.id");
     let rows = sqlx::query(&sql).fetch_all(pool).await.map_err(classify)?;
     rows.iter().map(room_from_row).collect()
+}
+
+const RECORDING_COLUMNS: &str =
+    "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error";
+
+fn recording_from_row(row: &SqliteRow) -> Result<RecordingRecord, StoreError> {
+    let get_s = |c: &str| row.try_get::<String, _>(c).map_err(classify);
+    let get_opt_i = |c: &'static str| -> Result<Option<u64>, StoreError> {
+        row.try_get::<Option<i64>, _>(c)
+            .map_err(classify)?
+            .map(|v| to_u64(v, c))
+            .transpose()
+    };
+    let ended_at: Option<String> = row.try_get("ended_at").map_err(classify)?;
+    Ok(RecordingRecord {
+        id: parse_uuid(&get_s("id")?, "recordings.id")?,
+        room: get_s("room_name")?,
+        status: to_status(&get_s("status")?)?,
+        started_at: parse_ts(&get_s("started_at")?, "started_at")?,
+        ended_at: ended_at.map(|s| parse_ts(&s, "ended_at")).transpose()?,
+        duration_ms: get_opt_i("duration_ms")?,
+        size_bytes: get_opt_i("size_bytes")?,
+        file_name: get_s("file_name")?,
+        error: row.try_get("error").map_err(classify)?,
+    })
+}
+
+/// Inserts a running recording; the one-running-per-room index turns a second one into
+/// `RecordingInProgress` (the random id cannot realistically collide).
+pub(super) async fn insert_recording(
+    pool: &SqlitePool,
+    rec: &RecordingRecord,
+) -> Result<(), StoreError> {
+    let res = sqlx::query(
+        "INSERT INTO recordings (id, room_name, status, started_at, file_name) \
+         VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(rec.id.to_string())
+    .bind(&rec.room)
+    .bind(rec.status.as_str())
+    .bind(ts(rec.started_at))
+    .bind(&rec.file_name)
+    .execute(pool)
+    .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(StoreError::RecordingInProgress(rec.room.clone()))
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+pub(super) async fn get_recording(
+    pool: &SqlitePool,
+    id: Uuid,
+) -> Result<Option<RecordingRecord>, StoreError> {
+    let sql = format!("SELECT {RECORDING_COLUMNS} FROM recordings WHERE id = ?");
+    let row = sqlx::query(&sql)
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(recording_from_row).transpose()
+}
+
+pub(super) async fn end_recording(
+    pool: &SqlitePool,
+    id: Uuid,
+    end: &RecordingEnd,
+) -> Result<Option<RecordingRecord>, StoreError> {
+    let sql = format!(
+        "UPDATE recordings SET status = ?, ended_at = ?, duration_ms = ?, size_bytes = ?, \
+         error = ? WHERE id = ? RETURNING {RECORDING_COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(end.status.as_str())
+        .bind(ts(end.ended_at))
+        .bind(
+            end.duration_ms
+                .map(|v| to_i64(v, "duration_ms"))
+                .transpose()?,
+        )
+        .bind(
+            end.size_bytes
+                .map(|v| to_i64(v, "size_bytes"))
+                .transpose()?,
+        )
+        .bind(end.error.as_deref())
+        .bind(id.to_string())
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.as_ref().map(recording_from_row).transpose()
+}
+
+/// Recordings matching `filter` in `(started_at, id)` order; at most `limit` (all if `None`).
+pub(super) async fn list_recordings(
+    pool: &SqlitePool,
+    filter: RecordingFilter<'_>,
+    limit: Option<i64>,
+) -> Result<Vec<RecordingRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {RECORDING_COLUMNS} FROM recordings \
+         WHERE (?1 IS NULL OR room_name = ?1) AND (?2 IS NULL OR status = ?2) \
+         AND (?3 IS NULL OR started_at > ?3 OR (started_at = ?3 AND id > ?4)) \
+         ORDER BY started_at, id LIMIT ?5"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(filter.room)
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.after.map(|c| ts(c.created_at)))
+        .bind(filter.after.map(|c| c.id.to_string()))
+        // A negative LIMIT is no limit in SQLite.
+        .bind(limit.unwrap_or(-1))
+        .fetch_all(pool)
+        .await
+        .map_err(classify)?;
+    rows.iter().map(recording_from_row).collect()
+}
+
+pub(super) async fn delete_recording(pool: &SqlitePool, id: Uuid) -> Result<bool, StoreError> {
+    let res = sqlx::query("DELETE FROM recordings WHERE id = ?")
+        .bind(id.to_string())
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(res.rows_affected() == 1)
 }

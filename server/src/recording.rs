@@ -1,0 +1,468 @@
+//! The recording service: start/stop of a room's recording, the writer thread that owns the
+//! WebM file, crash recovery at start-up, finalization at shutdown.
+//!
+//! A recording is a receive-only sink of the room's media thread: it gets the full mix and the
+//! composite from the tier encoder with the recording's bitrate (no extra encode when a tier
+//! matches) stamped with the room clock, so audio and video share one timeline by construction.
+//! The writer runs on its own OS thread (file I/O never touches the media tick); the sink queue
+//! between them is bounded ([`SINK_QUEUE`]).
+//!
+//! Lifecycle: `recording` → `completed` (stopped, room deleted, auto-record room emptied,
+//! shutdown) | `failed` (write error: the meeting goes on) | `interrupted` (the process died;
+//! found and repaired at the next start).
+
+use crate::config::MediaSettings;
+use crate::error::ApiError;
+use crate::model::RecordingStatus;
+use crate::room::RoomManager;
+use crate::room::media::{SINK_QUEUE, SinkPacket};
+use crate::store::{RecordingEnd, RecordingRecord, Store};
+use chrono::Utc;
+use parking_lot::Mutex;
+use recorder::{AudioParams, VideoParams, WebmWriter};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+/// How long `stop` waits for the writer to finish the file.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Active {
+    room: String,
+    key: u64,
+    auto: bool,
+    done: watch::Receiver<Option<RecordingRecord>>,
+}
+
+struct Inner {
+    store: Store,
+    rooms: RoomManager,
+    dir: PathBuf,
+    media: MediaSettings,
+    active: Mutex<HashMap<Uuid, Active>>,
+}
+
+/// The recording service (one per process). Cheap to clone.
+#[derive(Clone)]
+pub struct Recordings(Arc<Inner>);
+
+/// What the writer thread reports when it ends.
+struct WriterOutcome {
+    error: Option<String>,
+    duration_ms: u64,
+    size_bytes: Option<u64>,
+}
+
+impl Recordings {
+    /// The service writing into `dir` (created if missing).
+    pub fn new(
+        store: Store,
+        rooms: RoomManager,
+        dir: PathBuf,
+        media: MediaSettings,
+    ) -> std::io::Result<Recordings> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Recordings(Arc::new(Inner {
+            store,
+            rooms,
+            dir,
+            media,
+            active: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// The file of a recording. Names come from the store, where only `<uuid>.webm` is ever
+    /// written; anything else falls back to the id so that a path can never escape the directory.
+    pub fn path_of(&self, rec: &RecordingRecord) -> PathBuf {
+        let safe = rec.file_name.len() <= 64
+            && !rec.file_name.starts_with('.')
+            && rec
+                .file_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if safe {
+            self.0.dir.join(&rec.file_name)
+        } else {
+            self.0.dir.join(format!("{}.webm", rec.id))
+        }
+    }
+
+    /// Whether `room` is being recorded, and by which recording.
+    pub fn active_in(&self, room: &str) -> Option<Uuid> {
+        let active = self.0.active.lock();
+        active
+            .iter()
+            .find(|(_, a)| a.room == room)
+            .map(|(id, _)| *id)
+    }
+
+    /// Starts recording `room` (404 `room_not_found`, 409 `recording_in_progress`).
+    pub async fn start(&self, room: &str) -> Result<RecordingRecord, ApiError> {
+        self.start_inner(room, false).await
+    }
+
+    /// Starts an auto-record recording when the first participant joins (no-op if one runs).
+    pub async fn start_auto(&self, room: &str) {
+        if self.active_in(room).is_some() {
+            return;
+        }
+        match self.start_inner(room, true).await {
+            Ok(r) => tracing::info!(room, recording = %r.id, "auto-record started"),
+            Err(ApiError::RecordingInProgress(_)) => {}
+            Err(e) => tracing::error!(room, error = %e, "auto-record could not start"),
+        }
+    }
+
+    async fn start_inner(&self, room: &str, auto: bool) -> Result<RecordingRecord, ApiError> {
+        let inner = &self.0;
+        let record = inner
+            .store
+            .get_room(room)
+            .await?
+            .ok_or_else(|| ApiError::RoomNotFound(room.to_string()))?;
+        if self.active_in(room).is_some() {
+            return Err(ApiError::RecordingInProgress(room.to_string()));
+        }
+        let id = Uuid::new_v4();
+        let file_name = format!("{id}.webm");
+        let rec = inner
+            .store
+            .create_recording(id, room, &file_name, Utc::now())
+            .await?;
+        let path = self.path_of(&rec);
+        let m = &inner.media;
+        let video = VideoParams {
+            width: m.canvas_width,
+            height: m.canvas_height,
+            fps: m.fps,
+        };
+        let created = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                WebmWriter::create(&path, video, AudioParams::default())
+            })
+            .await
+        };
+        let writer = match created {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                let why = format!("cannot create the recording file: {e}");
+                self.end(id, RecordingStatus::Failed, 0, None, Some(why.clone()))
+                    .await;
+                return Err(ApiError::Unexpected(anyhow::anyhow!(why)));
+            }
+            Err(e) => return Err(ApiError::Unexpected(anyhow::anyhow!("writer task: {e}"))),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
+        let key = match inner
+            .rooms
+            .add_sink(room, record.layout, m.recording_kbps, tx)
+        {
+            Ok(k) => k,
+            Err(e) => {
+                drop(writer);
+                let _ = std::fs::remove_file(&path);
+                let why = format!("room media unavailable: {e}");
+                self.end(id, RecordingStatus::Failed, 0, None, Some(why.clone()))
+                    .await;
+                return Err(ApiError::Unavailable(why));
+            }
+        };
+        let (done_tx, done_rx) = watch::channel(None);
+        inner.active.lock().insert(
+            id,
+            Active {
+                room: room.to_string(),
+                key,
+                auto,
+                done: done_rx,
+            },
+        );
+        let (res_tx, res_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("rec-{}", &id.simple().to_string()[..8]))
+            .spawn(move || {
+                let _ = res_tx.send(write_loop(writer, rx, &path));
+            });
+        if let Err(e) = thread {
+            // Without its thread the sink's queue closes at once and the outcome below fails.
+            tracing::error!(error = %e, "cannot start the recording writer thread");
+        }
+        let this = self.clone();
+        let room_name = room.to_string();
+        tokio::spawn(async move { this.supervise(id, room_name, key, res_rx, done_tx).await });
+        tracing::info!(room, recording = %id, auto, kbps = m.recording_kbps, "recording started");
+        inner.rooms.broadcast(
+            room,
+            &serde_json::json!({"type": "recording", "status": "started", "recording_id": id}),
+            None,
+        );
+        Ok(rec)
+    }
+
+    /// Waits for the writer, then records how the recording ended.
+    async fn supervise(
+        self,
+        id: Uuid,
+        room: String,
+        key: u64,
+        res: oneshot::Receiver<WriterOutcome>,
+        done: watch::Sender<Option<RecordingRecord>>,
+    ) {
+        let outcome = res.await.unwrap_or(WriterOutcome {
+            error: Some("the writer thread ended unexpectedly".into()),
+            duration_ms: 0,
+            size_bytes: None,
+        });
+        let status = match &outcome.error {
+            None => RecordingStatus::Completed,
+            Some(e) => {
+                tracing::error!(room, recording = %id, error = %e, "recording failed; the meeting goes on");
+                RecordingStatus::Failed
+            }
+        };
+        // Whatever ended it, the media thread must stop producing for it.
+        self.0.rooms.remove_sink(&room, key);
+        let rec = self
+            .end(
+                id,
+                status,
+                outcome.duration_ms,
+                outcome.size_bytes,
+                outcome.error,
+            )
+            .await;
+        self.0.active.lock().remove(&id);
+        tracing::info!(room, recording = %id, ?status, duration_ms = outcome.duration_ms,
+            size_bytes = outcome.size_bytes, "recording ended");
+        self.0.rooms.broadcast(
+            &room,
+            &serde_json::json!({"type": "recording", "status": "stopped", "recording_id": id}),
+            None,
+        );
+        let _ = done.send(Some(rec.unwrap_or_else(|| placeholder(id, &room, status))));
+    }
+
+    /// Writes the end of a recording, retrying while the database is briefly unavailable (if it
+    /// stays away, the row stays `recording` and the next start marks it `interrupted`).
+    async fn end(
+        &self,
+        id: Uuid,
+        status: RecordingStatus,
+        duration_ms: u64,
+        size_bytes: Option<u64>,
+        error: Option<String>,
+    ) -> Option<RecordingRecord> {
+        let end = RecordingEnd {
+            status,
+            ended_at: Utc::now(),
+            duration_ms: Some(duration_ms),
+            size_bytes,
+            error,
+        };
+        for attempt in 0..5 {
+            match self.0.store.end_recording(id, &end).await {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(recording = %id, attempt, error = %e, "cannot store the end of a recording");
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops a recording and returns it finished (404 `recording_not_found`). Stopping one that
+    /// already ended returns it as it is.
+    pub async fn stop(&self, id: Uuid) -> Result<RecordingRecord, ApiError> {
+        let running = {
+            let active = self.0.active.lock();
+            active
+                .get(&id)
+                .map(|a| (a.room.clone(), a.key, a.done.clone()))
+        };
+        let Some((room, key, mut done)) = running else {
+            return self
+                .0
+                .store
+                .get_recording(id)
+                .await?
+                .ok_or_else(|| ApiError::RecordingNotFound(id.to_string()));
+        };
+        self.0.rooms.remove_sink(&room, key);
+        let finished = tokio::time::timeout(STOP_TIMEOUT, done.wait_for(Option::is_some)).await;
+        match finished {
+            Ok(Ok(r)) => r
+                .clone()
+                .ok_or_else(|| ApiError::Unexpected(anyhow::anyhow!("no recording result"))),
+            _ => Err(ApiError::Unavailable(
+                "the recording is still being finalized; ask again".into(),
+            )),
+        }
+    }
+
+    /// Finalizes the running recording of `room`, if any (room deleted).
+    pub async fn stop_room(&self, room: &str) {
+        if let Some(id) = self.active_in(room)
+            && let Err(e) = self.stop(id).await
+        {
+            tracing::error!(room, recording = %id, error = %e, "cannot finalize recording");
+        }
+    }
+
+    /// Stops the room's recording if auto-record started it (the room emptied).
+    pub async fn stop_auto(&self, room: &str) {
+        let id = {
+            let active = self.0.active.lock();
+            active
+                .iter()
+                .find(|(_, a)| a.room == room && a.auto)
+                .map(|(id, _)| *id)
+        };
+        if let Some(id) = id {
+            tracing::info!(room, recording = %id, "room empty: auto-record stops");
+            if let Err(e) = self.stop(id).await {
+                tracing::error!(room, recording = %id, error = %e, "cannot stop auto-record");
+            }
+        }
+    }
+
+    /// Deletes a recording: stops it if running, removes the file and the row (404).
+    pub async fn delete(&self, id: Uuid) -> Result<(), ApiError> {
+        let rec = self.stop(id).await?;
+        let path = self.path_of(&rec);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::Unexpected(anyhow::anyhow!(
+                    "cannot remove recording file: {e}"
+                )));
+            }
+        }
+        if !self.0.store.delete_recording(id).await? {
+            return Err(ApiError::RecordingNotFound(id.to_string()));
+        }
+        tracing::info!(recording = %id, "recording deleted");
+        Ok(())
+    }
+
+    /// Finalizes every running recording as `completed` (SIGTERM). Returns how many.
+    pub async fn shutdown(&self) -> usize {
+        let ids: Vec<Uuid> = self.0.active.lock().keys().copied().collect();
+        let stops = ids.iter().map(|id| self.stop(*id));
+        let n = futures_util::future::join_all(stops)
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count();
+        if n > 0 {
+            tracing::info!(n, "recordings finalized for shutdown");
+        }
+        n
+    }
+
+    /// At start-up: recordings a previous process left in `recording` are repaired (duration
+    /// and cues written), marked `interrupted` with their duration, and stay downloadable.
+    pub async fn recover_interrupted(&self) -> anyhow::Result<usize> {
+        let left = self
+            .0
+            .store
+            .recordings_with_status(RecordingStatus::Recording)
+            .await?;
+        let n = left.len();
+        for rec in left {
+            let path = self.path_of(&rec);
+            let p = path.clone();
+            let repaired = tokio::task::spawn_blocking(move || recover_file(&p)).await;
+            let (status, duration, size, error) = match repaired {
+                Ok(Ok(f)) => (
+                    RecordingStatus::Interrupted,
+                    f.duration_ms,
+                    Some(f.size_bytes),
+                    None,
+                ),
+                Ok(Err((e, size))) if size.is_some() => {
+                    (RecordingStatus::Interrupted, 0, size, Some(e))
+                }
+                Ok(Err((e, _))) => (RecordingStatus::Failed, 0, None, Some(e)),
+                Err(e) => (RecordingStatus::Failed, 0, None, Some(e.to_string())),
+            };
+            tracing::warn!(recording = %rec.id, room = rec.room, ?status, duration_ms = duration,
+                error = error.as_deref().unwrap_or(""), "recording left by a previous run recovered");
+            self.end(rec.id, status, duration, size, error).await;
+        }
+        Ok(n)
+    }
+}
+
+/// A stand-in when the store could not be updated (the row is fixed at the next start).
+fn placeholder(id: Uuid, room: &str, status: RecordingStatus) -> RecordingRecord {
+    RecordingRecord {
+        id,
+        room: room.to_string(),
+        status,
+        started_at: Utc::now(),
+        ended_at: Some(Utc::now()),
+        duration_ms: None,
+        size_bytes: None,
+        file_name: format!("{id}.webm"),
+        error: Some("the database was unavailable when the recording ended".into()),
+    }
+}
+
+fn recover_file(path: &Path) -> Result<recorder::Finished, (String, Option<u64>)> {
+    let size = std::fs::metadata(path).ok().map(|m| m.len());
+    recorder::recover(path).map_err(|e| (e.to_string(), size))
+}
+
+/// The writer thread: drains the sink queue into the file until the queue closes (stop) or a
+/// write fails (then the queue is dropped, which detaches the sink from the room).
+fn write_loop(
+    mut writer: WebmWriter,
+    rx: std::sync::mpsc::Receiver<SinkPacket>,
+    path: &Path,
+) -> WriterOutcome {
+    let mut error = None;
+    while let Ok(p) = rx.recv() {
+        let r = match p {
+            SinkPacket::Audio { pts_ms, data } => writer.write_audio(pts_ms, &data),
+            SinkPacket::Video {
+                pts_ms,
+                data,
+                keyframe,
+            } => writer.write_video(pts_ms, &data, keyframe),
+        };
+        if let Err(e) = r {
+            error = Some(format!("write failed: {e}"));
+            break;
+        }
+    }
+    drop(rx);
+    let duration_ms = writer.duration_ms();
+    match error {
+        None => match writer.finish() {
+            Ok(f) => WriterOutcome {
+                error: None,
+                duration_ms: f.duration_ms,
+                size_bytes: Some(f.size_bytes),
+            },
+            Err(e) => WriterOutcome {
+                error: Some(format!("finishing the file failed: {e}")),
+                duration_ms,
+                size_bytes: std::fs::metadata(path).ok().map(|m| m.len()),
+            },
+        },
+        Some(e) => {
+            drop(writer);
+            WriterOutcome {
+                error: Some(e),
+                duration_ms,
+                size_bytes: std::fs::metadata(path).ok().map(|m| m.len()),
+            }
+        }
+    }
+}
