@@ -133,19 +133,27 @@ export async function watchFrames(page) {
   });
 }
 
-/** Waits until the page decodes composite video and plays the mixed audio. */
+/** Waits until the page decodes composite video and plays the mixed audio. (Polls with
+ * evaluate: waitForFunction would take an async predicate's Promise for a truthy answer.) */
 export async function waitForMedia(page, timeout = 20000) {
-  await page.waitForFunction(async () => {
-    const pc = window.mcu?.pc;
-    if (!pc) return false;
-    const stats = await pc.getStats();
-    let frames = 0, samples = 0;
-    stats.forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0;
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') samples = s.totalSamplesReceived || 0;
+  const deadline = Date.now() + timeout;
+  let last = null;
+  while (Date.now() < deadline) {
+    last = await page.evaluate(async () => {
+      const pc = window.mcu?.pc;
+      if (!pc) return { frames: 0, samples: 0 };
+      const stats = await pc.getStats();
+      let frames = 0, samples = 0;
+      stats.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') frames = s.framesDecoded || 0;
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') samples = s.totalSamplesReceived || 0;
+      });
+      return { frames, samples };
     });
-    return frames > 10 && samples > 48000;
-  }, null, { timeout, polling: 250 });
+    if (last.frames > 10 && last.samples > 48000) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`no media within ${timeout} ms: ${JSON.stringify(last)}`);
 }
 
 /** Counts of remote tracks by kind and inbound stats. */

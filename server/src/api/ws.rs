@@ -344,7 +344,11 @@ impl Core {
             participant = self.handle.id,
             "session ended"
         );
-        // self.handle drops here: the participant leaves the room.
+        let room = self.handle.room.clone();
+        drop(self.handle); // leaves the room
+        if self.state.rooms.active_count(&room) == 0 {
+            self.state.recordings.stop_auto(&room).await;
+        }
     }
 
     fn close(&self, reason: CloseReason) {

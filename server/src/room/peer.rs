@@ -251,6 +251,8 @@ struct PeerContextShared {
     packets: PacketSender,
     /// The publisher's video track, for PLI.
     video_in: parking_lot::Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
+    /// DTLS/SRTP is up: before that, writing media only fails (and the stack logs each one).
+    connected: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -269,6 +271,8 @@ impl PeerConnectionEventHandler for Handler {
         }
     }
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let up = state == RTCPeerConnectionState::Connected;
+        self.ctx.connected.store(up, Relaxed);
         let _ = self.events.try_send(PeerEvent::State(state));
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -399,6 +403,7 @@ impl Peer {
             publishes: ctx.publishes,
             packets: ctx.packets,
             video_in: parking_lot::Mutex::new(None),
+            connected: std::sync::atomic::AtomicBool::new(false),
         });
         let target_bps = Arc::new(AtomicU64::new(0));
         let mut last_err = None;
@@ -606,6 +611,9 @@ async fn send_output(
 ) {
     let frame = Duration::from_micros(1_000_000 / fps.max(1) as u64);
     while let Some(o) = rx.recv().await {
+        if !ctx.connected.load(Relaxed) {
+            continue; // not yet (or no longer) connected: drop rather than queue stale media
+        }
         let r = match o {
             Output::Audio(data) => {
                 let s = sample(&data, Duration::from_millis(20));
