@@ -1,6 +1,7 @@
 //! The crate's only FFI: the `AVCodecParameters` fields ffmpeg-next 9 has no
 //! safe setters for (frame size, sample rate, channel layout, extradata,
-//! codec delay, seek pre-roll).
+//! codec delay, seek pre-roll), and the one it has no getter for (codec
+//! delay).
 //!
 //! Invariant: every function returns an owned [`codec::Parameters`] whose
 //! pointers (extradata) were allocated with `av_malloc`, so that
@@ -79,6 +80,14 @@ pub(crate) fn opus_parameters(
     Ok(p)
 }
 
+/// The stream's codec delay in samples (`initial_padding`; for Opus in
+/// Matroska, the CodecDelay element read back by the demuxer).
+pub(crate) fn initial_padding(params: &codec::Parameters) -> i32 {
+    // SAFETY: ffmpeg-next keeps `params` pointing at a live
+    // AVCodecParameters (owned, or kept alive by its owner); a plain read.
+    unsafe { params.as_ptr().as_ref() }.map_or(0, |p| p.initial_padding)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +110,7 @@ mod tests {
             assert_eq!(extra, b"OpusHead\x01\x01");
         }
         assert!(vp8_parameters(u32::MAX, 2).is_err());
+        assert_eq!(initial_padding(&a), 312);
+        assert_eq!(initial_padding(&v), 0);
     }
 }

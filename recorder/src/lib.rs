@@ -27,7 +27,6 @@ mod writer;
 
 pub use error::RecorderError;
 pub use mux::{CLUSTER_SIZE_LIMIT_BYTES, CLUSTER_TIME_LIMIT_MS};
-pub use writer::REORDER_WINDOW_MS;
-pub use opus::{OPUS_HEAD_LEN, opus_head, packet_samples};
 pub use recover::{probe_duration_ms, recover};
+pub use writer::REORDER_WINDOW_MS;
 pub use writer::{AudioParams, Finished, VideoParams, WebmWriter, WriterStats};

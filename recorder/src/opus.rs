@@ -3,7 +3,7 @@
 //! packet read from its TOC byte (RFC 6716 §3.1).
 
 /// Length of an `OpusHead` with channel mapping family 0.
-pub const OPUS_HEAD_LEN: usize = 19;
+pub(crate) const OPUS_HEAD_LEN: usize = 19;
 
 /// Longest duration one Opus packet may carry: 120 ms at 48 kHz.
 const MAX_PACKET_SAMPLES: u32 = 5760;
@@ -12,7 +12,7 @@ const MAX_PACKET_SAMPLES: u32 = 5760;
 ///
 /// `input_rate` is informational (decoders always run at 48 kHz); the
 /// output gain is 0 dB.
-pub fn opus_head(channels: u8, pre_skip: u16, input_rate: u32) -> [u8; OPUS_HEAD_LEN] {
+pub(crate) fn opus_head(channels: u8, pre_skip: u16, input_rate: u32) -> [u8; OPUS_HEAD_LEN] {
     let mut h = [0u8; OPUS_HEAD_LEN];
     h[..8].copy_from_slice(b"OpusHead");
     h[8] = 1; // version
@@ -25,7 +25,7 @@ pub fn opus_head(channels: u8, pre_skip: u16, input_rate: u32) -> [u8; OPUS_HEAD
 
 /// Samples at 48 kHz carried by one Opus packet, from its TOC byte and
 /// frame count; `None` if the packet is empty or malformed.
-pub fn packet_samples(packet: &[u8]) -> Option<u32> {
+pub(crate) fn packet_samples(packet: &[u8]) -> Option<u32> {
     let toc = *packet.first()?;
     let config = toc >> 3;
     // Frame size in units of 2.5 ms (120 samples at 48 kHz).
@@ -66,18 +66,18 @@ mod tests {
         // (packet, samples)
         let table: &[(&[u8], Option<u32>)] = &[
             (&[], None),
-            (&[0x08], Some(960)),            // SILK NB 20 ms, 1 frame
-            (&[0x18], Some(2880)),           // SILK NB 60 ms
-            (&[0x09], Some(1920)),           // SILK 20 ms, 2 frames (code 1)
-            (&[0x78], Some(960)),            // hybrid FB 20 ms (config 15)
-            (&[0x70], Some(480)),            // hybrid FB 10 ms (config 14)
-            (&[0xf8], Some(960)),            // CELT FB 20 ms (config 31)
-            (&[0xe0], Some(120)),            // CELT FB 2.5 ms (config 28)
-            (&[0xfb, 0x03], Some(2880)),     // code 3, 3 frames of 20 ms
-            (&[0xfb], None),                 // code 3 without count byte
-            (&[0xfb, 0x00], None),           // code 3, 0 frames
-            (&[0xfb, 0x07], None),           // 7 x 20 ms > 120 ms
-            (&[0xe3, 0x30], Some(5760)),     // 48 x 2.5 ms = 120 ms
+            (&[0x08], Some(960)),        // SILK NB 20 ms, 1 frame
+            (&[0x18], Some(2880)),       // SILK NB 60 ms
+            (&[0x09], Some(1920)),       // SILK 20 ms, 2 frames (code 1)
+            (&[0x78], Some(960)),        // hybrid FB 20 ms (config 15)
+            (&[0x70], Some(480)),        // hybrid FB 10 ms (config 14)
+            (&[0xf8], Some(960)),        // CELT FB 20 ms (config 31)
+            (&[0xe0], Some(120)),        // CELT FB 2.5 ms (config 28)
+            (&[0xfb, 0x03], Some(2880)), // code 3, 3 frames of 20 ms
+            (&[0xfb], None),             // code 3 without count byte
+            (&[0xfb, 0x00], None),       // code 3, 0 frames
+            (&[0xfb, 0x07], None),       // 7 x 20 ms > 120 ms
+            (&[0xe3, 0x30], Some(5760)), // 48 x 2.5 ms = 120 ms
         ];
         for (packet, want) in table {
             assert_eq!(packet_samples(packet), *want, "packet {packet:02x?}");

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use ffmpeg_next::{Packet, Rational, Rescale, format, media};
 
 use crate::mux::{self, Muxer};
-use crate::{Finished, RecorderError};
+use crate::{Finished, RecorderError, ffi};
 
 /// Consecutive unreadable packets after which the rest of the file is
 /// given up on (a truncated tail yields a few, then EOF).
@@ -99,12 +99,8 @@ pub fn probe_duration_ms(path: &Path) -> Result<u64, RecorderError> {
             end = Some(end.map_or(e, |x| x.max(e)));
         }
     }
-    let end = end.ok_or_else(|| {
-        no_media(
-            path,
-            r.stopped_by.unwrap_or_else(|| "no packet".to_owned()),
-        )
-    })?;
+    let end =
+        end.ok_or_else(|| no_media(path, r.stopped_by.unwrap_or_else(|| "no packet".to_owned())))?;
     Ok(u64::try_from(end).unwrap_or(0))
 }
 
@@ -171,11 +167,13 @@ fn temp_path(path: &Path) -> Result<PathBuf, RecorderError> {
     Ok(path.with_file_name(tmp))
 }
 
-/// Per input stream: output index, input and output time bases, last dts.
+/// Per input stream: output index, input and output time bases, shift
+/// (input tb), last dts written.
 struct Mapped {
     out: usize,
     in_tb: Rational,
     out_tb: Rational,
+    shift: i64,
     last_dts: Option<i64>,
 }
 
@@ -193,11 +191,30 @@ fn copy(
         let m = if kind == media::Type::Video || kind == media::Type::Audio {
             let rate = s.avg_frame_rate();
             let fps = (rate.1 > 0 && rate.0 > 0).then(|| (rate.0 / rate.1).max(1) as u32);
-            let out = mux.add_stream(params, if kind == media::Type::Video { fps } else { None })?;
+            let in_tb = s.time_base();
+            // The demuxer returns Opus blocks CodecDelay early. A muxer
+            // that does not add it back (libavformat 59) must get the block
+            // times, or it shifts every track (see `mux`).
+            let padding = ffi::initial_padding(&params);
+            let shift =
+                if kind == media::Type::Audio && padding > 0 && !mux::muxer_adds_codec_delay() {
+                    i64::from(padding).rescale(Rational(1, 48_000), in_tb)
+                } else {
+                    0
+                };
+            let out = mux.add_stream(
+                params,
+                if kind == media::Type::Video {
+                    fps
+                } else {
+                    None
+                },
+            )?;
             Some(Mapped {
                 out,
-                in_tb: s.time_base(),
+                in_tb,
                 out_tb: Rational(1, 1000),
+                shift,
                 last_dts: None,
             })
         } else {
@@ -214,6 +231,10 @@ fn copy(
     while let Some(mut p) = next {
         if let Some(Some(m)) = map.get_mut(p.stream()) {
             end = end.max(end_ms(&p, m.in_tb).unwrap_or(0));
+            if m.shift != 0 {
+                p.set_pts(p.pts().map(|t| t + m.shift));
+                p.set_dts(p.dts().map(|t| t + m.shift));
+            }
             p.rescale_ts(m.in_tb, m.out_tb);
             // Same rule as the writer: strictly increasing per stream.
             let dts = p.dts().or(p.pts()).unwrap_or(0);

@@ -8,12 +8,24 @@
 //!   are dropped and counted);
 //! - per stream, timestamps strictly increase: a packet at or before the
 //!   previous one of its stream is moved to previous + 1 ms (counted, logged);
-//! - audio timestamps carry the Opus pre-skip the way libavformat expects
-//!   (first packet at `-pre_skip` samples, written back to 0 with a CodecDelay
-//!   element), so players trim the encoder delay and A/V stay in sync;
+//! - an Opus packet of room time T is stored as a block at T with the
+//!   track's CodecDelay = pre-skip: players decode it, drop the pre-skip
+//!   samples, and the first real sample plays at T, in sync with the video
+//!   frame of T. (libavformat 59, FFmpeg 5.1, stores a block at the packet's
+//!   pts, so the writer passes T; from libavformat 60 the muxer adds the
+//!   CodecDelay itself, so the writer passes T - pre-skip. Passing T -
+//!   pre-skip to 5.1 makes negative timestamps, which it "fixes" by
+//!   shifting every track, video included, 7 ms late.)
+//! - packets are interleaved by file time through a reorder window of
+//!   [`REORDER_WINDOW_MS`]: a packet is handed to the muxer once a packet
+//!   at least that much newer has arrived (or at `finish`), so a caller
+//!   whose audio and video come from different queues may be slightly out
+//!   of order across streams;
 //! - after a failed write the writer refuses everything
 //!   ([`RecorderError::Unusable`]); it never panics.
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::path::Path;
 
 use ffmpeg_next::{Packet, Rational, Rescale, packet};
@@ -30,6 +42,14 @@ const OPUS_RATE: u32 = 48_000;
 const VP8_MAX_DIM: u32 = 16_383;
 /// Milliseconds, the unit of every timestamp in the API.
 const MS: Rational = Rational(1, 1000);
+/// How long (ms of media time) a packet waits for older packets of the
+/// other stream before it goes to the muxer. The room clock gives audio
+/// and video of one tick together; this absorbs a few ticks of skew between
+/// the caller's queues. Part of what a crash can lose.
+pub const REORDER_WINDOW_MS: u64 = 100;
+/// Hard bound on the reorder queue (a caller sending many packets with the
+/// same timestamp cannot grow it): the oldest goes out first.
+const MAX_QUEUED: usize = 256;
 
 /// The composite video stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +110,31 @@ pub struct WriterStats {
     pub pts_fixups: u64,
 }
 
+/// A packet waiting in the reorder window, ordered oldest first.
+struct Queued {
+    t: u64,
+    seq: u64,
+    packet: Packet,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    /// Reversed: `BinaryHeap` is a max-heap and the oldest must come first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
 #[derive(Debug)]
 struct Track {
     index: usize,
@@ -107,13 +152,16 @@ struct Track {
 /// trailer (best effort, logged).
 ///
 /// [`CLUSTER_TIME_LIMIT_MS`]: crate::CLUSTER_TIME_LIMIT_MS
-#[derive(Debug)]
 pub struct WebmWriter {
     mux: Option<Muxer>,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    newest_ms: u64,
     video: Track,
     audio: Track,
     frame_ms: u64,
-    pre_skip: i64,
+    /// Samples subtracted from audio pts so that blocks land at T.
+    pts_shift: i64,
     origin_ms: Option<u64>,
     keyframe_seen: bool,
     duration_ms: u64,
@@ -130,7 +178,10 @@ fn validate(video: &VideoParams, audio: &AudioParams) -> Result<(), RecorderErro
         return bad(format!("video fps {}", video.fps));
     }
     if audio.sample_rate != OPUS_RATE {
-        return bad(format!("opus sample rate {} (must be 48000)", audio.sample_rate));
+        return bad(format!(
+            "opus sample rate {} (must be 48000)",
+            audio.sample_rate
+        ));
     }
     if !(1..=2).contains(&audio.channels) {
         return bad(format!("opus channels {} (1 or 2)", audio.channels));
@@ -191,6 +242,9 @@ impl WebmWriter {
         let audio_tb = time_base(audio_index)?;
         Ok(Self {
             mux: Some(mux),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            newest_ms: 0,
             video: Track {
                 index: video_index,
                 time_base: video_tb,
@@ -202,7 +256,11 @@ impl WebmWriter {
                 last_ms: None,
             },
             frame_ms: (1000 / u64::from(video.fps)).max(1),
-            pre_skip: i64::from(audio.pre_skip),
+            pts_shift: if mux::muxer_adds_codec_delay() {
+                i64::from(audio.pre_skip)
+            } else {
+                0
+            },
             origin_ms: None,
             keyframe_seen: false,
             duration_ms: 0,
@@ -226,7 +284,11 @@ impl WebmWriter {
         let t = pts_ms.checked_sub(origin);
         if t.is_none() {
             self.stats.dropped_before_origin += 1;
-            tracing::debug!(pts_ms, origin, "packet older than the recording start dropped");
+            tracing::debug!(
+                pts_ms,
+                origin,
+                "packet older than the recording start dropped"
+            );
         }
         t
     }
@@ -252,14 +314,39 @@ impl WebmWriter {
         }
     }
 
-    fn write_packet(&mut self, packet: &Packet) -> Result<(), RecorderError> {
+    /// Queues a packet at file time `t`, then hands the muxer every packet
+    /// that has left the reorder window.
+    fn enqueue(&mut self, t: u64, packet: Packet) -> Result<(), RecorderError> {
+        self.queue.push(Queued {
+            t,
+            seq: self.seq,
+            packet,
+        });
+        self.seq += 1;
+        self.newest_ms = self.newest_ms.max(t);
+        self.release(false)
+    }
+
+    /// Writes the queued packets that are old enough (all if `all`).
+    fn release(&mut self, all: bool) -> Result<(), RecorderError> {
         let Some(mux) = self.mux.as_mut() else {
             return Err(RecorderError::Unusable("already finished".into()));
         };
-        mux.write(packet).inspect_err(|e| {
-            tracing::error!(path = %mux.path().display(), error = %e, "recording write failed");
-            self.failed = Some(e.to_string());
-        })
+        while let Some(top) = self.queue.peek() {
+            let due =
+                all || top.t + REORDER_WINDOW_MS <= self.newest_ms || self.queue.len() > MAX_QUEUED;
+            if !due {
+                break;
+            }
+            let Some(q) = self.queue.pop() else { break };
+            if let Err(e) = mux.write(&q.packet) {
+                tracing::error!(path = %mux.path().display(), error = %e, "recording write failed");
+                self.failed = Some(e.to_string());
+                self.queue.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Writes one VP8 frame at `pts_ms` of the room clock. Until the first
@@ -274,6 +361,12 @@ impl WebmWriter {
         self.check_usable()?;
         if data.is_empty() {
             return Err(RecorderError::InvalidPacket("empty video frame".into()));
+        }
+        if keyframe && !is_vp8_keyframe(data) {
+            // A file must not start on a frame no decoder can start from.
+            return Err(RecorderError::InvalidPacket(
+                "flagged keyframe is not a VP8 keyframe".into(),
+            ));
         }
         if !self.keyframe_seen && !keyframe {
             self.stats.dropped_before_keyframe += 1;
@@ -293,7 +386,7 @@ impl WebmWriter {
         if keyframe {
             p.set_flags(packet::Flags::KEY);
         }
-        self.write_packet(&p)?;
+        self.enqueue(t, p)?;
         self.keyframe_seen = true;
         self.video.last_ms = Some(t);
         self.stats.video_packets += 1;
@@ -315,10 +408,8 @@ impl WebmWriter {
         let t = Self::monotonic(&mut self.stats, &self.audio, t, "audio");
         let rate = Rational(1, OPUS_RATE as i32);
         let tb = self.audio.time_base;
-        // libavformat's convention: the first packet of an encoder with
-        // delay D starts at -D; the muxer writes CodecDelay = D and shifts
-        // the blocks back to 0.
-        let start = to_i64(t).saturating_mul(i64::from(OPUS_RATE) / 1000) - self.pre_skip;
+        // See the module doc: the block must land at T.
+        let start = to_i64(t).saturating_mul(i64::from(OPUS_RATE) / 1000) - self.pts_shift;
         let mut p = Packet::copy(data);
         p.set_stream(self.audio.index);
         let ts = start.rescale(rate, tb);
@@ -326,7 +417,7 @@ impl WebmWriter {
         p.set_dts(Some(ts));
         p.set_duration(i64::from(samples).rescale(rate, tb));
         p.set_flags(packet::Flags::KEY);
-        self.write_packet(&p)?;
+        self.enqueue(t, p)?;
         self.audio.last_ms = Some(t);
         self.stats.audio_packets += 1;
         let dur_ms = (u64::from(samples) * 1000).div_ceil(u64::from(OPUS_RATE));
@@ -359,6 +450,7 @@ impl WebmWriter {
     /// the file and its directory. Returns final duration_ms and size.
     pub fn finish(mut self) -> Result<Finished, RecorderError> {
         self.check_usable()?;
+        self.release(true)?;
         let Some(mux) = self.mux.take() else {
             return Err(RecorderError::Unusable("already finished".into()));
         };
@@ -372,14 +464,30 @@ impl WebmWriter {
     }
 }
 
+impl std::fmt::Debug for WebmWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebmWriter")
+            .field("mux", &self.mux)
+            .field("queued", &self.queue.len())
+            .field("origin_ms", &self.origin_ms)
+            .field("duration_ms", &self.duration_ms)
+            .field("stats", &self.stats)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for WebmWriter {
     fn drop(&mut self) {
+        if self.failed.is_some() || self.mux.is_none() {
+            return;
+        }
+        if self.release(true).is_err() {
+            return;
+        }
         let Some(mux) = self.mux.take() else {
             return;
         };
-        if self.failed.is_some() {
-            return;
-        }
         let path = mux.path().to_owned();
         match mux.finish() {
             Ok(size) => tracing::warn!(
@@ -396,6 +504,87 @@ impl Drop for WebmWriter {
     }
 }
 
+/// A VP8 keyframe: frame tag bit 0 clear and the start code 9d 01 2a
+/// (RFC 6386 §9.1).
+fn is_vp8_keyframe(data: &[u8]) -> bool {
+    data.len() >= 10 && data[0] & 1 == 0 && data[3..6] == [0x9d, 0x01, 0x2a]
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const fn assert_send<T: Send>() {}
+    const _: () = assert_send::<WebmWriter>();
+
+    fn params() -> (VideoParams, AudioParams) {
+        (
+            VideoParams {
+                width: 64,
+                height: 64,
+                fps: 15,
+            },
+            AudioParams::default(),
+        )
+    }
+
+    /// A real "disk full": /dev/full fails every write with ENOSPC. The
+    /// header is flushed to the kernel inside `create`, so it fails there.
+    #[test]
+    fn disk_full_is_an_io_error() {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            eprintln!("NOTICE: /dev/full not available, skipped");
+            return;
+        };
+        let (v, a) = params();
+        let err = WebmWriter::with_file(full, Path::new("/dev/full"), v, a)
+            .expect_err("ENOSPC must surface");
+        match err {
+            RecorderError::Io { source, .. } => {
+                assert_eq!(source.raw_os_error(), Some(28), "ENOSPC: {source}");
+            }
+            other => panic!("expected Io, got {other}"),
+        }
+    }
+
+    /// The reorder window puts slightly out-of-order streams back in order
+    /// and holds no more than the window.
+    #[test]
+    fn reorder_window_sorts_and_releases() {
+        let dir = std::env::temp_dir().join(format!("recorder-reorder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (v, a) = params();
+        let mut w = WebmWriter::create(&dir.join("r.webm"), v, a).expect("create");
+        let opus = [0xf8u8, 0xff, 0xfe]; // CELT 20 ms
+        let key = [0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 64, 0, 64, 0];
+        assert!(
+            w.write_video(0, &[0x11, 0x02, 0x00], true).is_err(),
+            "not a keyframe"
+        );
+        w.write_video(0, &key, true).expect("video");
+        for t in (0..=200).step_by(20) {
+            w.write_audio(t, &opus).expect("audio");
+        }
+        // Everything older than 200 - REORDER_WINDOW_MS has gone out.
+        assert!(w.queue.iter().all(|q| q.t + REORDER_WINDOW_MS > 200));
+        // A video frame 60 ms late still goes in order.
+        w.write_video(140, &[0x11, 0x02, 0x00], false)
+            .expect("late video");
+        let mut ts: Vec<u64> = w.queue.iter().map(|q| q.t).collect();
+        ts.sort_unstable();
+        assert_eq!(ts, [120, 140, 140, 160, 180, 200]);
+        let popped: Vec<u64> = std::iter::from_fn(|| w.queue.pop().map(|q| q.t)).collect();
+        assert_eq!(
+            popped,
+            [120, 140, 140, 160, 180, 200],
+            "oldest first, stable"
+        );
+        drop(w);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use mixer::{FRAME_SAMPLES, I420Frame, OpusEncoder, SAMPLE_RATE, Vp8Encoder, Vp8EncoderConfig, Yuv};
+use mixer::{
+    FRAME_SAMPLES, I420Frame, OpusEncoder, SAMPLE_RATE, Vp8Encoder, Vp8EncoderConfig, Yuv,
+};
 use recorder::{AudioParams, VideoParams, WebmWriter};
 
 pub const W: u32 = 640;
@@ -19,8 +21,15 @@ pub const TONES: [f64; 2] = [440.0, 880.0];
 /// One packet of room output, in room-clock order.
 #[derive(Clone)]
 pub enum Media {
-    Audio { pts_ms: u64, data: Arc<[u8]> },
-    Video { pts_ms: u64, data: Arc<[u8]>, keyframe: bool },
+    Audio {
+        pts_ms: u64,
+        data: Arc<[u8]>,
+    },
+    Video {
+        pts_ms: u64,
+        data: Arc<[u8]>,
+        keyframe: bool,
+    },
 }
 
 impl Media {
@@ -75,10 +84,13 @@ pub fn room_output(start_ms: u64, duration_ms: u64, red_ms: u64) -> (Vec<Media>,
         });
         if t * u64::from(FPS) >= next_frame * 1000 {
             frame.fill(if t < red_ms { red } else { blue });
-            if next_frame % (2 * u64::from(FPS)) == 0 {
+            if next_frame.is_multiple_of(2 * u64::from(FPS)) {
                 vp8.force_keyframe();
             }
-            if let Some(f) = vp8.encode(&frame, (start_ms + t) as i64).expect("vp8 encode") {
+            if let Some(f) = vp8
+                .encode(&frame, (start_ms + t) as i64)
+                .expect("vp8 encode")
+            {
                 out.push(Media::Video {
                     pts_ms: start_ms + t,
                     data: f.data,
@@ -107,8 +119,26 @@ pub fn audio_params(pre_skip: u16) -> AudioParams {
     }
 }
 
-/// A fresh empty directory under cargo's per-test temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh empty directory under cargo's per-test temp dir, removed when
+/// the test passes (kept for inspection when it fails).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn temp_dir(name: &str) -> TempDir {
     static N: AtomicU32 = AtomicU32::new(0);
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "recorder-{name}-{}-{}",
@@ -117,7 +147,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    TempDir(d)
 }
 
 /// Whether the ffmpeg CLI is usable. Missing tools fail the test under CI
@@ -192,8 +222,19 @@ pub fn decode_audio(path: &Path) -> Vec<i16> {
     let out = run(
         "ffmpeg",
         &[
-            "-v", "error", "-i", path.to_str().expect("utf-8 path"), "-map", "0:a:0", "-f",
-            "s16le", "-ac", "1", "-ar", "48000", "-",
+            "-v",
+            "error",
+            "-i",
+            path.to_str().expect("utf-8 path"),
+            "-map",
+            "0:a:0",
+            "-f",
+            "s16le",
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "-",
         ],
     );
     out.chunks_exact(2)
@@ -207,8 +248,19 @@ pub fn frame_at(path: &Path, at_s: f64) -> Option<Vec<u8>> {
     let out = run(
         "ffmpeg",
         &[
-            "-v", "error", "-ss", &at, "-i", path.to_str().expect("utf-8 path"), "-frames:v",
-            "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+            "-v",
+            "error",
+            "-ss",
+            &at,
+            "-i",
+            path.to_str().expect("utf-8 path"),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-",
         ],
     );
     (out.len() == (W * H * 3) as usize).then_some(out)
@@ -244,11 +296,24 @@ pub fn goertzel_share(pcm: &[i16], freq: f64) -> f64 {
     let power = s1 * s1 + s2 * s2 - k * s1 * s2;
     let total: f64 = pcm.iter().map(|&x| f64::from(x).powi(2)).sum();
     // A pure tone of energy E gives Goertzel power E * n / 2.
-    if total == 0.0 { 0.0 } else { power / (total * n / 2.0) }
+    if total == 0.0 {
+        0.0
+    } else {
+        power / (total * n / 2.0)
+    }
 }
 
-/// Whether mkvinfo lists a Cues element.
-pub fn has_cues(path: &Path) -> Option<bool> {
-    let o = Command::new("mkvinfo").arg(path).output().ok()?;
-    Some(String::from_utf8_lossy(&o.stdout).contains("Cues"))
+/// Number of cue points mkvinfo lists (`None` if mkvinfo is missing).
+pub fn cue_points(path: &Path) -> Option<usize> {
+    let o = Command::new("mkvinfo")
+        .args(["-v", "-v"])
+        .arg(path)
+        .output()
+        .ok()?;
+    Some(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.contains("+ Cue point"))
+            .count(),
+    )
 }
