@@ -324,6 +324,7 @@ fn run(
         let video_tick = out.video_tick;
         let now_ms = out.time_ms;
         let mut dead_sinks = Vec::new();
+        let mut lagging_sinks = Vec::new();
         let mut bytes_out = 0u64;
         for (key, pkt) in out.audio {
             if let Some(s) = sinks.get(&key) {
@@ -331,7 +332,7 @@ fn run(
                     pts_ms: now_ms,
                     data: pkt,
                 };
-                feed_sink(key, s, p, &mut dead_sinks);
+                feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
             } else if let Some(r) = receivers.get(&key) {
                 bytes_out += pkt.len() as u64;
                 if r.out.try_send(Output::Audio(pkt)).is_err() {
@@ -346,7 +347,7 @@ fn run(
                     data,
                     keyframe,
                 };
-                feed_sink(key, s, p, &mut dead_sinks);
+                feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
             } else if let Some(r) = receivers.get(&key) {
                 bytes_out += data.len() as u64;
                 if r.out.try_send(Output::Video { data, keyframe }).is_err() {
@@ -358,6 +359,9 @@ fn run(
             if let Some(r) = receivers.get(&key) {
                 let _ = r.out.try_send(Output::Pli);
             }
+        }
+        for key in lagging_sinks {
+            media.request_keyframe(key);
         }
         for key in dead_sinks {
             // The writer is gone (it failed or finished): stop producing for it.
@@ -409,11 +413,15 @@ fn feed_sink(
     sink: &stdmpsc::SyncSender<SinkPacket>,
     p: SinkPacket,
     dead: &mut Vec<ParticipantKey>,
+    lagging: &mut Vec<ParticipantKey>,
 ) {
     match sink.try_send(p) {
         Ok(()) => {}
         Err(stdmpsc::TrySendError::Full(_)) => {
+            // The disk stalled for seconds. A lost video frame breaks decoding of the file until
+            // the next keyframe: ask for one right away (see `lagging`).
             METRICS.dropped_packets.fetch_add(1, Relaxed);
+            lagging.push(key);
         }
         Err(stdmpsc::TrySendError::Disconnected(_)) => dead.push(key),
     }
