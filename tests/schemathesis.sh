@@ -15,7 +15,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${MCU_SERVER_BIN:-$ROOT/target/debug/mcu-server}"
+BIN="${MCU_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/mcu-server}"
 VENV="${SCHEMATHESIS_VENV:-$ROOT/target/schemathesis-venv}"
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-300}"
 

@@ -58,6 +58,17 @@ fn main() -> anyhow::Result<()> {
                 running.addr.port()
             );
         }
+        // A file-size limit (RLIMIT_FSIZE) must fail the recording that hit it (EFBIG), not kill
+        // the server: SIGXFSZ's default action terminates the process. Handling it is enough.
+        if let Ok(mut xfsz) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+        {
+            actix_web::rt::spawn(async move {
+                while xfsz.recv().await.is_some() {
+                    tracing::warn!("SIGXFSZ: a file reached the size limit; its write fails");
+                }
+            });
+        }
         let handle = running.server.handle();
         let state = running.state.clone();
         actix_web::rt::spawn(async move {

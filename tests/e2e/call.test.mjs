@@ -108,6 +108,36 @@ test('a fourth participant joins and leaves without stalling the others', async 
   PEOPLE.forEach((q, i) => assert.ok(close(px[i], q.rgb), `after leave, tile ${i} is ${q.name}: ${px[i]}`));
 });
 
+test('an admin mute through REST takes the tone out of the mix within a second, unmute brings it back', async () => {
+  const [red, green] = joined;
+  const list = (await server.api('GET', '/rooms/e2e/participants')).body.participants;
+  const redId = list.find((p) => p.identity === 'red').id;
+  const muted = await server.api('POST', `/rooms/e2e/participants/${redId}/mute`, { audio: true });
+  assert.equal(muted.status, 200);
+  assert.equal(muted.body.audio_muted, true);
+  await new Promise((r) => setTimeout(r, 1000));
+  let [redLevel, blueLevel] = await toneLevels(green.page, [red.freq, joined[2].freq]);
+  assert.ok(blueLevel - redLevel > 20, `muted red is gone from green's mix: red ${redLevel.toFixed(1)} dB, blue ${blueLevel.toFixed(1)} dB`);
+  await red.page.waitForFunction(() => [...window.mcu.participants.values()].some((p) => p.identity === 'red' && p.audio_muted));
+  assert.equal((await server.api('POST', `/rooms/e2e/participants/${redId}/mute`, { audio: false })).status, 200);
+  await new Promise((r) => setTimeout(r, 1000));
+  [redLevel] = await toneLevels(green.page, [red.freq]);
+  assert.ok(redLevel > -70, `red is heard again: ${redLevel.toFixed(1)} dB`);
+});
+
+test('a kick through REST ends that call with closed: kicked, the others see them leave', async () => {
+  const blue = joined[2];
+  const list = (await server.api('GET', '/rooms/e2e/participants')).body.participants;
+  const blueId = list.find((p) => p.identity === 'blue').id;
+  assert.equal((await server.api('DELETE', `/rooms/e2e/participants/${blueId}`)).status, 204);
+  await blue.page.waitForFunction(() => window.mcu.events.some((e) => e.type === 'closed' && e.reason === 'kicked'), null, { timeout: 2000 });
+  await joined[0].page.waitForFunction((id) => !window.mcu.participants.has(id), blueId, { timeout: 2000 });
+  assert.match(await blue.page.evaluate(() => document.getElementById('status').textContent), /kicked/);
+  const after = (await server.api('GET', '/rooms/e2e/participants')).body.participants;
+  assert.deepEqual(after.map((p) => p.identity).sort(), ['green', 'red']);
+  assert.equal((await server.api('DELETE', `/rooms/e2e/participants/${blueId}`)).status, 404);
+});
+
 test('no console errors in any page', () => {
   for (const p of joined) assert.deepEqual(p.errors, [], `${p.name} page errors`);
 });

@@ -3,7 +3,9 @@
 // mid-recording leaves a playable file that the next start marks `interrupted`; auto-record.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, existsSync, statSync } from 'node:fs';
+import { writeFileSync, existsSync, statSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { startServer, makeMedia, launchParticipant, waitForMedia } from './harness.mjs';
 import { probe, lastPacketTime, decodeAudio, goertzel, frameAt } from './media.mjs';
@@ -130,4 +132,54 @@ test('auto_record starts with the first participant and stops when the room empt
   assert.equal(rec.body.status, 'completed');
   assert.ok(rec.body.duration_ms >= 1500, `duration ${rec.body.duration_ms}`);
   assert.equal((await server.api('GET', '/rooms/auto')).body.recording_id, null);
+});
+
+test('a full disk fails the recording and the meeting goes on', async (t) => {
+  // The recordings directory is a 256 KiB tmpfs with ~24 KiB left: a real ENOSPC a few seconds in.
+  const disk = mkdtempSync(path.join(tmpdir(), 'mcu-full-'));
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', disk]);
+  } catch (e) {
+    if (process.env.CI) throw new Error(`cannot mount a tmpfs for the disk-full test: ${e.message}`);
+    return t.skip('needs root to mount a small tmpfs');
+  }
+  const limited = await startServer({ MCU_RECORDINGS_DIR: disk });
+  const p = [];
+  try {
+    writeFileSync(path.join(disk, 'filler'), Buffer.alloc(232 * 1024));
+    assert.equal((await limited.api('POST', '/rooms', { name: 'full' })).status, 201);
+    for (const q of PEOPLE) p.push(await launchParticipant(limited, 'full', q.name, makeMedia(q.name, q.color, q.freq)));
+    for (const q of p) await waitForMedia(q.page);
+    const rec = (await limited.api('POST', '/rooms/full/recordings', {})).body;
+    let r;
+    for (let i = 0; i < 120; i++) {
+      r = await limited.api('GET', `/recordings/${rec.id}`);
+      if (r.body.status !== 'recording') break;
+      await sleep(500);
+    }
+    assert.equal(r.body.status, 'failed', JSON.stringify(r.body));
+    assert.ok(/No space left|ENOSPC|os error 28/.test(limited.logs.join('')), 'the reason is logged');
+    // The meeting goes on: frames keep arriving after the failure, nobody was dropped.
+    const frames = () => p[0].page.evaluate(async () => {
+      let f = 0;
+      (await window.mcu.pc.getStats()).forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') f = s.framesDecoded; });
+      return f;
+    });
+    const before = await frames();
+    await sleep(1500);
+    const after = await frames();
+    assert.ok(after > before + 10, `frames keep coming after the failure: ${before} -> ${after}`);
+    assert.equal((await limited.api('GET', '/rooms/full/participants')).body.participants.length, 2);
+    // With room again on the disk, the room can record again.
+    rmSync(path.join(disk, 'filler'));
+    const again = await limited.api('POST', '/rooms/full/recordings', {});
+    assert.equal(again.status, 201);
+    await sleep(1500);
+    assert.equal((await limited.api('POST', `/recordings/${again.body.id}/stop`, {})).body.status, 'completed');
+  } finally {
+    for (const q of p) await q.browser.close().catch(() => {});
+    await limited.stop();
+    execFileSync('umount', [disk]);
+    rmSync(disk, { recursive: true, force: true });
+  }
 });
