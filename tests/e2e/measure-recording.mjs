@@ -27,11 +27,14 @@ try {
   let c0 = cpu();
   await sleep(seconds * 1000);
   const without = (cpu() - c0) / seconds;
+  const encoders = async () => (await (await fetch(`${server.url}/metrics`)).text()).match(/^mcu_video_encoders (\d+)/m)?.[1];
+  const encBefore = await encoders();
   const rec = (await server.api('POST', '/rooms/m/recordings', {})).body;
   const t0 = Date.now();
   c0 = cpu();
   await sleep(seconds * 1000);
   const withRec = (cpu() - c0) / seconds;
+  console.log(`VP8 encoders: ${encBefore} without recording, ${await encoders()} with (the recording shares a tier encoder when a receiver is on its bitrate tier)`);
   console.log(`server CPU, 2 participants: ${(without * 100).toFixed(1)}% without recording, ${(withRec * 100).toFixed(1)}% with: the recorder adds ${((withRec - without) * 100).toFixed(1)}% of a core (noise ~±1%)`);
   await sleep(Math.max(0, minutes * 60000 - (Date.now() - t0)));
   const done = (await server.api('POST', `/recordings/${rec.id}/stop`, {})).body;
