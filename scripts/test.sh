@@ -23,4 +23,8 @@ cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
 
 bash tests/schemathesis.sh
+# The benchmark's smoke (a few synthetic participants for seconds) so that it cannot rot; the
+# figures are not asserted (see docs/benchmarks.md for a real run).
+"${CARGO_TARGET_DIR:-target}/debug/mcu-loadgen" bench --smoke \
+  --server "${CARGO_TARGET_DIR:-target}/debug/mcu-server" --out "$(mktemp)" > /dev/null
 (cd tests/e2e && node --test --test-concurrency=1 --test-reporter=spec)

@@ -1,0 +1,257 @@
+//! Pre-encoded media of a synthetic participant: encode once, replay.
+//!
+//! - Audio: 1 s of a sine at the participant's frequency (integral Hz, so the loop is
+//!   phase-continuous) as 50 Opus packets, and one Opus packet of silence. A [`Schedule`] says
+//!   when the participant talks.
+//! - Video: [`VIDEO_LOOP`] VP8 frames of the participant's colour with two rows of bit blocks
+//!   drawn in: the participant's id and a frame counter, readable back from the composite after
+//!   scaling (see [`read_marks`]). A keyframe every [`KEYFRAME_EVERY`] frames, since a replayed
+//!   stream cannot answer PLI with a fresh keyframe.
+
+use mixer::{I420Frame, OpusEncoder, Vp8Encoder, Vp8EncoderConfig, Yuv};
+use std::sync::Arc;
+
+/// Frames in the replayed video loop (the counter wraps here).
+pub const VIDEO_LOOP: usize = 256;
+/// Keyframe interval of the pre-encoded video.
+pub const KEYFRAME_EVERY: usize = 30;
+/// Frame rate of the synthetic camera.
+pub const FPS: u32 = 15;
+/// Size of the synthetic camera.
+pub const WIDTH: u32 = 320;
+/// Size of the synthetic camera.
+pub const HEIGHT: u32 = 180;
+/// Bit blocks per row.
+const COLS: u32 = 10;
+
+/// When a participant talks: bursts of `talk_ms` every `period_ms`, starting `offset_ms` after
+/// the common start instant. `talk_ms == 0`: always silent; `talk_ms >= period_ms`: always talking.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Burst period.
+    pub period_ms: u64,
+    /// Burst length.
+    pub talk_ms: u64,
+    /// First burst.
+    pub offset_ms: u64,
+}
+
+impl Schedule {
+    /// Whether the participant talks at `t_ms` after the start.
+    pub fn talking(&self, t_ms: u64) -> bool {
+        if self.talk_ms == 0 || t_ms < self.offset_ms {
+            return false;
+        }
+        self.talk_ms >= self.period_ms || (t_ms - self.offset_ms) % self.period_ms < self.talk_ms
+    }
+}
+
+/// Pre-encoded audio.
+pub struct Voice {
+    /// Tone frequency.
+    pub freq: u32,
+    tone: Vec<Arc<[u8]>>,
+    silence: Arc<[u8]>,
+}
+
+impl Voice {
+    /// Encodes 1 s of the tone and a silent frame.
+    pub fn new(freq: u32) -> anyhow::Result<Voice> {
+        let mut enc = OpusEncoder::new(32_000, 5)?;
+        let mut tone = Vec::with_capacity(50);
+        for f in 0..50 {
+            let pcm: Vec<i16> = (0..960)
+                .map(|i| {
+                    let t = (f * 960 + i) as f64 / 48_000.0;
+                    (8000.0 * (2.0 * std::f64::consts::PI * freq as f64 * t).sin()) as i16
+                })
+                .collect();
+            tone.push(enc.encode(&pcm)?);
+        }
+        let silence = OpusEncoder::new(32_000, 5)?.encode(&[0i16; 960])?;
+        Ok(Voice {
+            freq,
+            tone,
+            silence,
+        })
+    }
+
+    /// The packet for 20 ms frame number `n`.
+    pub fn packet(&self, n: u64, talking: bool) -> Arc<[u8]> {
+        if talking {
+            self.tone[(n % self.tone.len() as u64) as usize].clone()
+        } else {
+            self.silence.clone()
+        }
+    }
+}
+
+/// Pre-encoded video loop.
+pub struct Camera {
+    /// (frame, keyframe), frame `i` shows counter `i`.
+    pub frames: Vec<(Arc<[u8]>, bool)>,
+}
+
+/// A distinct colour for participant `id` (hue circle, bright enough to read marks on).
+pub fn colour(id: u32) -> Yuv {
+    let a = id as f64 * 2.399_963; // golden angle: neighbours differ a lot
+    Yuv {
+        y: 110,
+        u: (128.0 + 90.0 * a.cos()) as u8,
+        v: (128.0 + 90.0 * a.sin()) as u8,
+    }
+}
+
+fn draw_row(f: &mut I420Frame, row_y: u32, row_h: u32, bits: u32) {
+    let w = f.width();
+    for c in 0..COLS {
+        let x0 = c * w / COLS;
+        let x1 = (c + 1) * w / COLS;
+        let on = bits >> c & 1 == 1;
+        let col = if on {
+            Yuv {
+                y: 235,
+                u: 128,
+                v: 128,
+            }
+        } else {
+            Yuv {
+                y: 16,
+                u: 128,
+                v: 128,
+            }
+        };
+        f.fill_rect(x0 & !1, row_y, (x1 - x0) & !1, row_h, col);
+    }
+}
+
+/// Id row: 6 bits of id, then the complement of its low 4 bits (a validity check).
+fn id_bits(id: u32) -> u32 {
+    (id & 0x3f) | ((!id & 0xf) << 6)
+}
+
+impl Camera {
+    /// Encodes the loop for participant `id`.
+    pub fn new(id: u32) -> anyhow::Result<Camera> {
+        let mut enc = Vp8Encoder::new(Vp8EncoderConfig::realtime(WIDTH, HEIGHT, FPS, 300))?;
+        let mut frames = Vec::with_capacity(VIDEO_LOOP);
+        let mut f = I420Frame::new(WIDTH, HEIGHT, colour(id))?;
+        let rh = (HEIGHT / 6) & !1;
+        for i in 0..VIDEO_LOOP {
+            f.fill(colour(id));
+            draw_row(&mut f, (HEIGHT * 2 / 8) & !1, rh, id_bits(id));
+            draw_row(&mut f, (HEIGHT * 5 / 8) & !1, rh, i as u32);
+            if i % KEYFRAME_EVERY == 0 {
+                enc.force_keyframe();
+            }
+            // Keep asking until the encoder yields the frame (it may buffer none in realtime).
+            let out = enc
+                .encode(&f, (i as i64) * 1000 / FPS as i64)?
+                .ok_or_else(|| anyhow::anyhow!("encoder produced no frame"))?;
+            frames.push((out.data, out.keyframe));
+        }
+        Ok(Camera { frames })
+    }
+}
+
+/// Reads (participant id, frame counter) from a tile of a decoded composite (luma plane).
+pub fn read_marks(
+    luma: &[u8],
+    stride: usize,
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+) -> Option<(u32, u32)> {
+    let read_row = |frac: f64| -> Option<u32> {
+        let ry = y as f64 + frac * h as f64;
+        let mut bits = 0;
+        for c in 0..COLS {
+            let rx = x as f64 + (c as f64 + 0.5) * w as f64 / COLS as f64;
+            let i = ry as usize * stride + rx as usize;
+            let v = *luma.get(i)?;
+            if v > 160 {
+                bits |= 1 << c;
+            } else if v > 70 {
+                return None; // neither white nor black: not a mark
+            }
+        }
+        Some(bits)
+    };
+    let rh = 1.0 / 12.0; // half a row: the centre of the drawn band
+    let id_row = read_row(2.0 / 8.0 + rh)?;
+    let id = id_row & 0x3f;
+    if (id_row >> 6) & 0xf != (!id & 0xf) {
+        return None;
+    }
+    let counter = read_row(5.0 / 8.0 + rh)?;
+    Some((id, counter))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule() {
+        let s = Schedule {
+            period_ms: 2000,
+            talk_ms: 400,
+            offset_ms: 100,
+        };
+        assert!(!s.talking(50));
+        assert!(s.talking(100) && s.talking(499) && !s.talking(500));
+        assert!(s.talking(2100) && !s.talking(2600));
+        let silent = Schedule { talk_ms: 0, ..s };
+        assert!(!silent.talking(150));
+    }
+
+    #[test]
+    fn marks_survive_encode_decode_and_scaling() {
+        let cam = Camera::new(13).unwrap();
+        assert!(cam.frames[0].1 && cam.frames[KEYFRAME_EVERY].1 && !cam.frames[1].1);
+        let mut dec = mixer::Vp8Decoder::new().unwrap();
+        for (i, (data, _)) in cam.frames.iter().enumerate().take(40) {
+            let pic = dec.decode(data).unwrap().expect("picture");
+            let view = mixer::I420View::from_video(pic).unwrap();
+            let frame = I420Frame::from_view(&view).unwrap();
+            let (y, _, _) = frame.planes();
+            assert_eq!(
+                read_marks(y, WIDTH as usize, 0, 0, WIDTH, HEIGHT),
+                Some((13, i as u32))
+            );
+        }
+        // A tile of a 25-tile composite is 128x72: scale down and read again.
+        let mut small = I420Frame::new(
+            128,
+            72,
+            Yuv {
+                y: 0,
+                u: 128,
+                v: 128,
+            },
+        )
+        .unwrap();
+        let mut scaler = mixer::Scaler::new(WIDTH, HEIGHT, 128, 72).unwrap();
+        let pic = dec
+            .decode(&cam.frames[KEYFRAME_EVERY].0)
+            .unwrap()
+            .expect("pic");
+        let view = mixer::I420View::from_video(pic).unwrap();
+        scaler.scale(&view, &mut small).unwrap();
+        let (y, _, _) = small.planes();
+        assert_eq!(
+            read_marks(y, 128, 0, 0, 128, 72),
+            Some((13, KEYFRAME_EVERY as u32))
+        );
+    }
+
+    #[test]
+    fn colours_differ() {
+        for a in 0..25 {
+            for b in 0..a {
+                assert!(colour(a).distance(&colour(b)) > 8, "{a} vs {b}");
+            }
+        }
+    }
+}

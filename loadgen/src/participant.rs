@@ -1,0 +1,690 @@
+//! One synthetic participant: joins through the real REST and WebSocket API exactly as the
+//! browser page does (token → `welcome` → offer with one audio and one video m-line → trickle),
+//! sends its pre-encoded media on a 20 ms / 1/15 s clock, and measures what it receives.
+
+use crate::media::{Camera, FPS, Schedule, VIDEO_LOOP, Voice, read_marks};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::Track as _;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionIceEvent,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// What one participant does.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// Participant index (drawn into its video, 0..64).
+    pub id: u32,
+    /// Tone frequency, Hz.
+    pub freq: u32,
+    /// When it talks.
+    pub schedule: Schedule,
+    /// Sends video.
+    pub video: bool,
+    /// Decodes what it receives to measure latency (costs CPU: use on a few).
+    pub probe: bool,
+}
+
+/// Where to join.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port`.
+    pub base_url: String,
+    /// Admin API key (to mint the join token).
+    pub api_key: String,
+    /// Room name.
+    pub room: String,
+}
+
+/// Send times shared by every participant of one run (one process, one clock).
+pub struct Shared {
+    /// Common start of the talk schedules.
+    pub start: Instant,
+    /// Per participant id: when each video loop frame was last sent.
+    pub video_sent: Vec<Mutex<Vec<Option<Instant>>>>,
+    /// Per participant id: start instants of its talk bursts.
+    pub bursts: Vec<Mutex<Vec<Instant>>>,
+    /// Participants connected (for the probes' layout guess).
+    pub in_room: AtomicUsize,
+}
+
+impl Shared {
+    /// For up to `n` participant ids.
+    pub fn new(n: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            start: Instant::now(),
+            video_sent: (0..n).map(|_| Mutex::new(vec![None; VIDEO_LOOP])).collect(),
+            bursts: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            in_room: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// What one participant measured.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Participant index.
+    pub id: u32,
+    /// WebSocket open → `welcome`, ms.
+    pub welcome_ms: Option<f64>,
+    /// WebSocket open → first mixed audio packet, ms.
+    pub first_audio_ms: Option<f64>,
+    /// WebSocket open → first composite video frame, ms.
+    pub first_video_ms: Option<f64>,
+    /// Audio packets received.
+    pub audio_packets: u64,
+    /// Composite frames received.
+    pub video_frames: u64,
+    /// Media payload bytes received.
+    pub bytes: u64,
+    /// Gaps of more than 100 ms between mixed audio packets.
+    pub audio_gaps: u64,
+    /// Seconds between the first and last packet received.
+    pub receive_s: f64,
+    /// Tone onset heard minus burst sent, ms (probes only).
+    pub mouth_to_ear_ms: Vec<f64>,
+    /// Frame counter seen in the composite minus the frame's send time, ms (probes only).
+    pub video_latency_ms: Vec<f64>,
+    /// Error that ended it early, if any.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Rx {
+    first_audio: Option<Instant>,
+    first_video: Option<Instant>,
+    last_audio: Option<Instant>,
+    last_any: Option<Instant>,
+    audio_packets: u64,
+    video_frames: u64,
+    bytes: u64,
+    audio_gaps: u64,
+    m2e: Vec<f64>,
+    video_latency: Vec<f64>,
+}
+
+struct Handler {
+    ws_out: mpsc::Sender<String>,
+    rx: Arc<Mutex<Rx>>,
+    spec: Spec,
+    shared: Arc<Shared>,
+    talkers: Arc<Vec<(u32, u32)>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(c) = event.candidate.to_json() {
+            let msg = json!({"type": "candidate", "candidate": {
+                "candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index}});
+            let _ = self.ws_out.try_send(msg.to_string());
+        }
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let (rx, spec, shared, talkers) = (
+            self.rx.clone(),
+            self.spec,
+            self.shared.clone(),
+            self.talkers.clone(),
+        );
+        tokio::spawn(receive(track, rx, spec, shared, talkers));
+    }
+}
+
+fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.into(),
+        clock_rate: clock,
+        channels,
+        sdp_fmtp_line: fmtp.into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn track(
+    kind: RtpCodecKind,
+    id: &str,
+    c: RTCRtpCodec,
+) -> anyhow::Result<Arc<TrackLocalStaticSample>> {
+    let t = TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            "loadgen".into(),
+            id.into(),
+            id.into(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(rand::random()),
+                    ..Default::default()
+                },
+                codec: c,
+                ..Default::default()
+            }],
+        ),
+    )?;
+    Ok(Arc::new(t))
+}
+
+async fn payload_type(sender: &Arc<dyn RtpSender>) -> anyhow::Result<u8> {
+    sender
+        .get_parameters()
+        .await?
+        .rtp_parameters
+        .codecs
+        .first()
+        .map(|c| c.payload_type)
+        .ok_or_else(|| anyhow::anyhow!("no negotiated codec"))
+}
+
+/// Mints a join token through the REST API.
+pub async fn token(http: &reqwest::Client, t: &Target, identity: &str) -> anyhow::Result<String> {
+    let r = http
+        .post(format!("{}/api/v1/rooms/{}/tokens", t.base_url, t.room))
+        .bearer_auth(&t.api_key)
+        .json(&json!({"identity": identity}))
+        .send()
+        .await?;
+    let status = r.status();
+    let body: Value = r.json().await?;
+    body["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("token: {status} {body}"))
+}
+
+/// Joins, sends and receives until `stop` fires, then leaves and reports.
+pub async fn run(
+    spec: Spec,
+    target: Target,
+    voice: Arc<Voice>,
+    camera: Option<Arc<Camera>>,
+    shared: Arc<Shared>,
+    talkers: Arc<Vec<(u32, u32)>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Report {
+    let rx = Arc::new(Mutex::new(Rx::default()));
+    let mut report = Report {
+        id: spec.id,
+        ..Report::default()
+    };
+    let opened = Instant::now();
+    let r = session(
+        &spec,
+        &target,
+        voice,
+        camera,
+        &shared,
+        talkers,
+        &rx,
+        &mut stop,
+        &mut report,
+        opened,
+    )
+    .await;
+    if let Err(e) = r {
+        report.error = Some(format!("{e:#}"));
+    }
+    let rx = rx.lock();
+    let ms = |t: Option<Instant>| t.map(|t| (t - opened).as_secs_f64() * 1000.0);
+    report.first_audio_ms = ms(rx.first_audio);
+    report.first_video_ms = ms(rx.first_video);
+    report.audio_packets = rx.audio_packets;
+    report.video_frames = rx.video_frames;
+    report.bytes = rx.bytes;
+    report.audio_gaps = rx.audio_gaps;
+    report.receive_s = match (rx.first_audio.or(rx.first_video), rx.last_any) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    report.mouth_to_ear_ms = rx.m2e.clone();
+    report.video_latency_ms = rx.video_latency.clone();
+    report
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    spec: &Spec,
+    target: &Target,
+    voice: Arc<Voice>,
+    camera: Option<Arc<Camera>>,
+    shared: &Arc<Shared>,
+    talkers: Arc<Vec<(u32, u32)>>,
+    rx: &Arc<Mutex<Rx>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    report: &mut Report,
+    opened: Instant,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let tok = token(&http, target, &format!("synthetic-{}", spec.id)).await?;
+    let ws_url = format!(
+        "{}/api/v1/ws?token={tok}",
+        target.base_url.replacen("http", "ws", 1)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            if ws_tx.send(Message::Text(m)).await.is_err() {
+                break;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+
+    let welcome = loop {
+        match ws_rx.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t)?;
+                if v["type"] == "welcome" {
+                    break v;
+                }
+                anyhow::bail!("expected welcome, got {v}");
+            }
+            Some(Ok(_)) => continue,
+            other => anyhow::bail!("socket ended before welcome: {other:?}"),
+        }
+    };
+    report.welcome_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
+    let _ = welcome;
+
+    let mut me = MediaEngine::default();
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1"),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MIME_TYPE_VP8, 90000, 0, ""),
+            payload_type: 96,
+        },
+        RtpCodecKind::Video,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let se = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_include_loopback_candidate(true)
+        .build();
+    let handler = Arc::new(Handler {
+        ws_out: out_tx.clone(),
+        rx: rx.clone(),
+        spec: *spec,
+        shared: shared.clone(),
+        talkers,
+    });
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_setting_engine(se)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec!["127.0.0.1:0"])
+        .build()
+        .await?;
+    let audio = track(
+        RtpCodecKind::Audio,
+        "audio",
+        codec(MIME_TYPE_OPUS, 48000, 2, ""),
+    )?;
+    let a: Arc<dyn TrackLocal> = audio.clone();
+    let audio_sender = pc.add_track(a).await?;
+    let video = match &camera {
+        Some(_) => {
+            let v = track(
+                RtpCodecKind::Video,
+                "video",
+                codec(MIME_TYPE_VP8, 90000, 0, ""),
+            )?;
+            let t: Arc<dyn TrackLocal> = v.clone();
+            Some((v, pc.add_track(t).await?))
+        }
+        None => {
+            pc.add_transceiver_from_kind(
+                RtpCodecKind::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+            None
+        }
+    };
+    let offer = pc.create_offer(None).await?;
+    let sdp = offer.sdp.clone();
+    pc.set_local_description(offer).await?;
+    out_tx
+        .send(json!({"type": "offer", "sdp": sdp}).to_string())
+        .await?;
+
+    let mut senders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    shared.in_room.fetch_add(1, Ordering::Relaxed);
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                m = ws_rx.next() => {
+                    let Some(Ok(m)) = m else { anyhow::bail!("signaling socket closed") };
+                    let Message::Text(t) = m else { continue };
+                    let v: Value = serde_json::from_str(&t)?;
+                    match v["type"].as_str() {
+                        Some("answer") => {
+                            let sdp = v["sdp"].as_str().unwrap_or_default().to_string();
+                            pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                            let apt = payload_type(&audio_sender).await?;
+                            senders.push(tokio::spawn(send_audio(audio.clone(), apt, voice.clone(), *spec, shared.clone())));
+                            if let (Some((vt, vs)), Some(cam)) = (&video, &camera) {
+                                let vpt = payload_type(vs).await?;
+                                senders.push(tokio::spawn(send_video(vt.clone(), vpt, cam.clone(), spec.id, shared.clone())));
+                            }
+                        }
+                        Some("candidate") => {
+                            if let Some(c) = v["candidate"].as_object() {
+                                let init = RTCIceCandidateInit {
+                                    candidate: c.get("candidate").and_then(Value::as_str).unwrap_or_default().into(),
+                                    sdp_mid: c.get("sdpMid").and_then(Value::as_str).map(str::to_owned),
+                                    sdp_mline_index: c.get("sdpMLineIndex").and_then(Value::as_u64).map(|x| x as u16),
+                                    ..Default::default()
+                                };
+                                pc.add_ice_candidate(init).await?;
+                            }
+                        }
+                        Some("error") => anyhow::bail!("server error: {v}"),
+                        Some("closed") => anyhow::bail!("closed by the server: {v}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    shared.in_room.fetch_sub(1, Ordering::Relaxed);
+    for s in senders {
+        s.abort();
+    }
+    let _ = out_tx.send(json!({"type": "leave"}).to_string()).await;
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let _ = pc.close().await;
+    result
+}
+
+async fn send_audio(
+    track: Arc<TrackLocalStaticSample>,
+    pt: u8,
+    voice: Arc<Voice>,
+    spec: Spec,
+    shared: Arc<Shared>,
+) {
+    let Some(&ssrc) = track.ssrcs().await.first() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut n, mut was) = (0u64, false);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let talking = spec
+            .schedule
+            .talking((now - shared.start).as_millis() as u64);
+        if talking
+            && !was
+            && let Some(b) = shared.bursts.get(spec.id as usize)
+        {
+            b.lock().push(now);
+        }
+        was = talking;
+        let s = rtc::media::Sample {
+            data: bytes::Bytes::copy_from_slice(&voice.packet(n, talking)),
+            duration: Duration::from_millis(20),
+            ..rtc::media::Sample::new(now)
+        };
+        let _ = track.write_sample(ssrc, pt, &s, &[]).await;
+        n += 1;
+    }
+}
+
+async fn send_video(
+    track: Arc<TrackLocalStaticSample>,
+    pt: u8,
+    cam: Arc<Camera>,
+    id: u32,
+    shared: Arc<Shared>,
+) {
+    let Some(&ssrc) = track.ssrcs().await.first() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FPS as u64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut i = 0usize;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let (data, _) = &cam.frames[i % VIDEO_LOOP];
+        if let Some(v) = shared.video_sent.get(id as usize) {
+            v.lock()[i % VIDEO_LOOP] = Some(now);
+        }
+        let s = rtc::media::Sample {
+            data: bytes::Bytes::copy_from_slice(data),
+            duration: Duration::from_micros(1_000_000 / FPS as u64),
+            ..rtc::media::Sample::new(now)
+        };
+        let _ = track.write_sample(ssrc, pt, &s, &[]).await;
+        i += 1;
+    }
+}
+
+/// Amplitude of `freq` in a 20 ms frame (Goertzel), in sample units.
+fn tone_amplitude(pcm: &[i16], freq: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 48_000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in pcm {
+        let s0 = x as f64 + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / pcm.len() as f64
+}
+
+async fn receive(
+    track: Arc<dyn TrackRemote>,
+    rx: Arc<Mutex<Rx>>,
+    spec: Spec,
+    shared: Arc<Shared>,
+    talkers: Arc<Vec<(u32, u32)>>,
+) {
+    let kind = track.kind().await;
+    let mut opus = if spec.probe && kind == RtpCodecKind::Audio {
+        mixer::OpusDecoder::new().ok()
+    } else {
+        None
+    };
+    let mut vp8 = if spec.probe && kind == RtpCodecKind::Video {
+        mixer::Vp8Decoder::new().ok()
+    } else {
+        None
+    };
+    let mut frame_buf: Vec<u8> = Vec::new();
+    let mut pcm = [0i16; 960];
+    // Per talker: currently hearing its tone.
+    let mut hearing: Vec<bool> = vec![false; talkers.len()];
+    let mut last_counter: Vec<Option<u32>> = vec![None; shared.video_sent.len()];
+    while let Some(ev) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(p) = ev else {
+            if matches!(ev, TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError) {
+                break;
+            }
+            continue;
+        };
+        let now = Instant::now();
+        {
+            let mut r = rx.lock();
+            r.bytes += p.payload.len() as u64;
+            r.last_any = Some(now);
+            match kind {
+                RtpCodecKind::Audio => {
+                    r.first_audio.get_or_insert(now);
+                    if let Some(last) = r.last_audio
+                        && now - last > Duration::from_millis(100)
+                    {
+                        r.audio_gaps += 1;
+                    }
+                    r.last_audio = Some(now);
+                    r.audio_packets += 1;
+                }
+                _ => {
+                    if p.header.marker {
+                        r.first_video.get_or_insert(now);
+                        r.video_frames += 1;
+                    }
+                }
+            }
+        }
+        if let Some(dec) = opus.as_mut()
+            && dec.decode(&p.payload, &mut pcm).is_ok()
+        {
+            for (i, (id, freq)) in talkers.iter().enumerate() {
+                if *id == spec.id {
+                    continue;
+                }
+                let a = tone_amplitude(&pcm, *freq as f64);
+                if !hearing[i] && a > 2000.0 {
+                    hearing[i] = true;
+                    let start = shared
+                        .bursts
+                        .get(*id as usize)
+                        .and_then(|b| b.lock().iter().rev().find(|s| **s <= now).copied());
+                    if let Some(s) = start {
+                        let ms = (now - s).as_secs_f64() * 1000.0;
+                        if ms < 1000.0 {
+                            rx.lock().m2e.push(ms);
+                        }
+                    }
+                } else if hearing[i] && a < 800.0 {
+                    hearing[i] = false;
+                }
+            }
+        }
+        if let Some(dec) = vp8.as_mut() {
+            // Reassemble the frame (descriptor stripped), decode at the marker.
+            if let Some(hdr) = vp8_descriptor_len(&p.payload) {
+                frame_buf.extend_from_slice(&p.payload[hdr..]);
+            }
+            if p.header.marker {
+                let data = std::mem::take(&mut frame_buf);
+                if let Ok(Some(pic)) = dec.decode(&data)
+                    && let Ok(view) = mixer::I420View::from_video(pic)
+                {
+                    read_composite(&view, &shared, &mut last_counter, now, &rx);
+                }
+            }
+        }
+    }
+}
+
+fn read_composite(
+    view: &mixer::I420View<'_>,
+    shared: &Shared,
+    last_counter: &mut [Option<u32>],
+    now: Instant,
+    rx: &Mutex<Rx>,
+) {
+    let Ok(frame) = mixer::I420Frame::from_view(view) else {
+        return;
+    };
+    let (w, h) = (frame.width(), frame.height());
+    let (luma, _, _) = frame.planes();
+    let n = shared
+        .in_room
+        .load(Ordering::Relaxed)
+        .clamp(1, mixer::MAX_GRID_TILES);
+    // The probe cannot know exactly how many tiles are shown: try the neighbours too and keep
+    // the reading with the most valid tiles.
+    let mut best: Vec<(u32, u32)> = Vec::new();
+    for cand in [
+        n,
+        n.saturating_sub(1).max(1),
+        (n + 1).min(mixer::MAX_GRID_TILES),
+    ] {
+        let rects = mixer::layout(cand, mixer::Layout::Grid, w, h, 0);
+        let marks: Vec<(u32, u32)> = rects
+            .iter()
+            .filter_map(|r| read_marks(luma, w as usize, r.x, r.y, r.w, r.h))
+            .collect();
+        if marks.len() > best.len() {
+            best = marks;
+        }
+    }
+    for (id, counter) in best {
+        let Some(slot) = last_counter.get_mut(id as usize) else {
+            continue;
+        };
+        if *slot == Some(counter) {
+            continue; // the same frame of that participant again
+        }
+        *slot = Some(counter);
+        let sent = shared
+            .video_sent
+            .get(id as usize)
+            .and_then(|v| v.lock().get(counter as usize).copied().flatten());
+        if let Some(s) = sent {
+            let ms = (now.saturating_duration_since(s)).as_secs_f64() * 1000.0;
+            if ms < 5000.0 {
+                rx.lock().video_latency.push(ms);
+            }
+        }
+    }
+}
+
+/// Length of the VP8 payload descriptor (RFC 7741), None if malformed.
+fn vp8_descriptor_len(p: &[u8]) -> Option<usize> {
+    let b0 = *p.first()?;
+    let mut n = 1;
+    if b0 & 0x80 != 0 {
+        let b1 = *p.get(1)?;
+        n = 2;
+        if b1 & 0x80 != 0 {
+            n += if *p.get(n)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if b1 & 0x40 != 0 {
+            n += 1;
+        }
+        if b1 & 0x30 != 0 {
+            n += 1;
+        }
+    }
+    (n < p.len()).then_some(n)
+}
