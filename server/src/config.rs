@@ -32,7 +32,39 @@ pub struct Config {
     pub media: MediaSettings,
     /// Room defaults and limits.
     pub rooms: RoomDefaults,
+    /// TURN relay whose time-limited credentials are handed to participants.
+    pub turn: TurnConfig,
 }
+
+/// A TURN server sharing a secret with this server (coturn `use-auth-secret`): every participant
+/// gets its own time-limited credentials in `welcome` (the TURN REST API convention, see
+/// [`crate::turn`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs handed to clients (`MCU_TURN_URLS`, comma separated), e.g.
+    /// `turn:turn.example.com:3478?transport=udp`. Empty = no TURN.
+    pub urls: Vec<String>,
+    /// The shared secret, coturn's `static-auth-secret` (`MCU_TURN_SECRET`).
+    pub secret: Option<String>,
+    /// Lifetime of the credentials, seconds (`MCU_TURN_TTL_S`).
+    pub ttl_s: u32,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            urls: Vec::new(),
+            secret: None,
+            ttl_s: 86_400,
+        }
+    }
+}
+
+/// Shortest accepted TURN shared secret outside `--dev`, characters.
+pub const TURN_SECRET_MIN: usize = 16;
+/// Accepted range of `turn.ttl_s`: a minute to a week.
+pub const TURN_TTL_RANGE: std::ops::RangeInclusive<u32> = 60..=604_800;
 
 /// WebRTC transport settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +148,9 @@ pub struct MediaSettings {
     /// of the tier with this bitrate; a bitrate matching no tier costs one dedicated encoder.
     /// Recordings have the composite's size and frame rate (`MCU_CANVAS`).
     pub recording_kbps: u32,
+    /// Audio jitter buffer target in 20 ms frames (`MCU_JITTER_FRAMES`, 1..=10): added latency
+    /// against robustness to network jitter. 1 suits clean links (LAN), 2 (default) typical ones.
+    pub jitter_frames: usize,
 }
 
 impl Default for MediaSettings {
@@ -129,6 +164,7 @@ impl Default for MediaSettings {
             opus_bitrate: 32_000,
             opus_complexity: 5,
             recording_kbps: 400,
+            jitter_frames: 2,
         }
     }
 }
@@ -172,6 +208,7 @@ impl Default for Config {
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
             rooms: RoomDefaults::default(),
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -303,11 +340,45 @@ impl Config {
                 .map(|t| parse("MCU_VIDEO_TIERS", t))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(v) = get("MCU_JITTER_FRAMES") {
+            self.media.jitter_frames = parse("MCU_JITTER_FRAMES", &v)?;
+        }
         if let Some(v) = get("MCU_RECORDING_KBPS") {
             self.media.recording_kbps = parse("MCU_RECORDING_KBPS", &v)?;
         }
         if let Some(v) = get("MCU_DEFAULT_TIER") {
             self.media.default_tier_kbps = parse("MCU_DEFAULT_TIER", &v)?;
+        }
+        if let Some(v) = get("MCU_OPUS_BITRATE") {
+            self.media.opus_bitrate = parse("MCU_OPUS_BITRATE", &v)?;
+        }
+        if let Some(v) = get("MCU_OPUS_COMPLEXITY") {
+            self.media.opus_complexity = parse("MCU_OPUS_COMPLEXITY", &v)?;
+        }
+        if let Some(v) = get("MCU_ROOM_MAX_PARTICIPANTS") {
+            self.rooms.max_participants = parse("MCU_ROOM_MAX_PARTICIPANTS", &v)?;
+        }
+        if let Some(v) = get("MCU_ROOM_MAX_PARTICIPANTS_LIMIT") {
+            self.rooms.max_participants_limit = parse("MCU_ROOM_MAX_PARTICIPANTS_LIMIT", &v)?;
+        }
+        if let Some(v) = get("MCU_ROOM_EMPTY_TIMEOUT_S") {
+            self.rooms.empty_timeout_s = parse("MCU_ROOM_EMPTY_TIMEOUT_S", &v)?;
+        }
+        if let Some(v) = get("MCU_TOKEN_TTL_S") {
+            self.rooms.token_ttl_s = parse("MCU_TOKEN_TTL_S", &v)?;
+        }
+        if let Some(v) = get("MCU_TURN_URLS") {
+            self.turn.urls = v
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("MCU_TURN_SECRET") {
+            self.turn.secret = Some(v);
+        }
+        if let Some(v) = get("MCU_TURN_TTL_S") {
+            self.turn.ttl_s = parse("MCU_TURN_TTL_S", &v)?;
         }
         Ok(())
     }
@@ -352,12 +423,52 @@ impl Config {
                 "video_tiers_kbps must be a non-empty ascending list".into(),
             ));
         }
+        if !(1..=10).contains(&m.jitter_frames) {
+            return Err(ConfigError::Invalid(format!(
+                "jitter_frames {} out of range 1..=10",
+                m.jitter_frames
+            )));
+        }
         if !(50..=20_000).contains(&m.recording_kbps) {
             return Err(ConfigError::Invalid(format!(
                 "recording_kbps {} out of range 50..=20000",
                 m.recording_kbps
             )));
         }
+        if !(6_000..=510_000).contains(&m.opus_bitrate) {
+            return Err(ConfigError::Invalid(format!(
+                "opus_bitrate {} out of range 6000..=510000 bit/s",
+                m.opus_bitrate
+            )));
+        }
+        if !(0..=10).contains(&m.opus_complexity) {
+            return Err(ConfigError::Invalid(format!(
+                "opus_complexity {} out of range 0..=10",
+                m.opus_complexity
+            )));
+        }
+        let r = &self.rooms;
+        if r.max_participants_limit == 0
+            || !(1..=r.max_participants_limit).contains(&r.max_participants)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "rooms.max_participants {} must be between 1 and rooms.max_participants_limit ({})",
+                r.max_participants, r.max_participants_limit
+            )));
+        }
+        if r.empty_timeout_s > 86_400 {
+            return Err(ConfigError::Invalid(format!(
+                "rooms.empty_timeout_s {} out of range 0..=86400",
+                r.empty_timeout_s
+            )));
+        }
+        if !(1..=86_400).contains(&r.token_ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "rooms.token_ttl_s {} out of range 1..=86400",
+                r.token_ttl_s
+            )));
+        }
+        self.validate_turn()?;
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
@@ -365,6 +476,49 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "DATABASE_URL must start with sqlite: or postgres://".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_turn(&self) -> Result<(), ConfigError> {
+        let t = &self.turn;
+        let secret = t.secret.as_deref().filter(|s| !s.is_empty());
+        if let Some(bad) = t
+            .urls
+            .iter()
+            .find(|u| !(u.starts_with("turn:") || u.starts_with("turns:")))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "TURN URL '{bad}' must start with turn: or turns: (STUN servers go in MCU_ICE_SERVERS)"
+            )));
+        }
+        match (t.urls.is_empty(), secret) {
+            (false, None) => {
+                return Err(ConfigError::Invalid(
+                    "TURN URLs are configured but no shared secret: set MCU_TURN_SECRET (turn.secret) to coturn's static-auth-secret"
+                        .into(),
+                ));
+            }
+            (true, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "a TURN secret is configured but no TURN URL: set MCU_TURN_URLS (turn.urls)"
+                        .into(),
+                ));
+            }
+            (false, Some(s)) if !self.dev && s.len() < TURN_SECRET_MIN => {
+                return Err(ConfigError::Invalid(format!(
+                    "MCU_TURN_SECRET must be at least {TURN_SECRET_MIN} characters"
+                )));
+            }
+            _ => {}
+        }
+        if !TURN_TTL_RANGE.contains(&t.ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "MCU_TURN_TTL_S {} out of range {}..={} seconds",
+                t.ttl_s,
+                TURN_TTL_RANGE.start(),
+                TURN_TTL_RANGE.end()
+            )));
         }
         Ok(())
     }
@@ -379,6 +533,7 @@ impl Config {
         };
         mask(&mut c.api_key);
         mask(&mut c.token_secret);
+        mask(&mut c.turn.secret);
         if let Some(i) = c.database_url.find('@')
             && let Some(s) = c.database_url.find("://")
         {
@@ -457,5 +612,207 @@ mod tests {
         };
         let t = c.to_masked_toml();
         assert!(!t.contains("supersecret") && !t.contains(":pw@"), "{t}");
+    }
+
+    /// A configuration that passes `validate` outside `--dev`.
+    fn production() -> Config {
+        Config {
+            api_key: Some("k".repeat(20)),
+            token_secret: Some("s".repeat(40)),
+            ..Config::default()
+        }
+    }
+
+    fn turn(urls: &[&str], secret: Option<&str>) -> Config {
+        let mut c = production();
+        c.turn.urls = urls.iter().map(|u| u.to_string()).collect();
+        c.turn.secret = secret.map(str::to_string);
+        c
+    }
+
+    #[test]
+    fn turn_from_environment() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                (
+                    "MCU_TURN_URLS",
+                    "turn:turn.example.com:3478?transport=udp, turns:turn.example.com:5349",
+                ),
+                ("MCU_TURN_SECRET", "0123456789abcdef0123"),
+                ("MCU_TURN_TTL_S", "3600"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.turn,
+            TurnConfig {
+                urls: vec![
+                    "turn:turn.example.com:3478?transport=udp".into(),
+                    "turns:turn.example.com:5349".into()
+                ],
+                secret: Some("0123456789abcdef0123".into()),
+                ttl_s: 3600,
+            }
+        );
+        let e = Config::load(None, env_of(&[("MCU_TURN_TTL_S", "a day")])).unwrap_err();
+        assert!(e.to_string().contains("MCU_TURN_TTL_S"), "{e}");
+    }
+
+    #[test]
+    fn refuses_unsafe_turn_settings() {
+        assert!(production().validate().is_ok());
+        assert!(
+            turn(&["turn:h:3478"], Some(&"x".repeat(16)))
+                .validate()
+                .is_ok()
+        );
+        let cases: [(Config, &str); 5] = [
+            (turn(&["turn:h:3478"], None), "MCU_TURN_SECRET"),
+            (turn(&["turn:h:3478"], Some("")), "MCU_TURN_SECRET"),
+            (turn(&[], Some(&"x".repeat(20))), "MCU_TURN_URLS"),
+            (turn(&["turn:h:3478"], Some("short")), "at least 16"),
+            (
+                turn(&["stun:h:3478"], Some(&"x".repeat(20))),
+                "turn: or turns:",
+            ),
+        ];
+        for (c, want) in cases {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "'{e}' should mention '{want}'");
+        }
+        let mut c = turn(&["turn:h:3478"], Some(&"x".repeat(20)));
+        for (ttl, ok) in [(59, false), (60, true), (604_800, true), (604_801, false)] {
+            c.turn.ttl_s = ttl;
+            assert_eq!(c.validate().is_ok(), ok, "ttl {ttl}");
+        }
+    }
+
+    #[test]
+    fn every_subsystem_reads_the_environment() {
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("MCU_OPUS_BITRATE", "24000"),
+                ("MCU_OPUS_COMPLEXITY", "3"),
+                ("MCU_ROOM_MAX_PARTICIPANTS", "12"),
+                ("MCU_ROOM_MAX_PARTICIPANTS_LIMIT", "100"),
+                ("MCU_ROOM_EMPTY_TIMEOUT_S", "0"),
+                ("MCU_TOKEN_TTL_S", "900"),
+                ("MCU_RECORDING_KBPS", "800"),
+                ("MCU_DEFAULT_TIER", "150"),
+                ("MCU_PUBLIC_URL", "https://mcu.example.com"),
+                ("MCU_RTC_BIND", "10.0.0.5"),
+                ("MCU_PUBLIC_IP", "203.0.113.7"),
+                ("MCU_ICE_SERVERS", "stun:a:3478, stun:b:3478"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.media.opus_bitrate, c.media.opus_complexity), (24_000, 3));
+        assert_eq!(
+            (
+                c.rooms.max_participants,
+                c.rooms.max_participants_limit,
+                c.rooms.empty_timeout_s,
+                c.rooms.token_ttl_s
+            ),
+            (12, 100, 0, 900)
+        );
+        assert_eq!(
+            (c.media.recording_kbps, c.media.default_tier_kbps),
+            (800, 150)
+        );
+        assert_eq!(c.public_url.as_deref(), Some("https://mcu.example.com"));
+        assert_eq!(c.rtc.bind, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(c.rtc.ice_servers.len(), 2);
+        assert_eq!(c.rtc.ice_servers[1].urls, vec!["stun:b:3478".to_string()]);
+        // Empty values are ignored (compose passes `VAR=` for unset optional variables).
+        let c = Config::load(None, env_of(&[("MCU_PUBLIC_IP", ""), ("MCU_LISTEN", " ")])).unwrap();
+        assert_eq!((c.rtc.public_ip, c.listen.port()), (None, 8080));
+    }
+
+    #[test]
+    fn refuses_out_of_range_media_and_room_settings() {
+        type Case = (fn(&mut Config), &'static str);
+        let cases: [Case; 7] = [
+            (|c| c.media.opus_complexity = 11, "opus_complexity"),
+            (|c| c.media.opus_bitrate = 1000, "opus_bitrate"),
+            (|c| c.rooms.max_participants = 0, "rooms.max_participants"),
+            (
+                |c| c.rooms.max_participants = c.rooms.max_participants_limit + 1,
+                "rooms.max_participants",
+            ),
+            (|c| c.rooms.empty_timeout_s = 86_401, "empty_timeout_s"),
+            (|c| c.rooms.token_ttl_s = 0, "token_ttl_s"),
+            (|c| c.media.video_tiers_kbps = vec![400, 150], "ascending"),
+        ];
+        for (f, want) in cases {
+            let mut c = production();
+            f(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "'{e}' should mention '{want}'");
+        }
+    }
+
+    #[test]
+    fn refuses_short_secrets_outside_dev() {
+        let mut c = production();
+        c.api_key = Some("short".into());
+        assert!(c.validate().unwrap_err().to_string().contains("16"));
+        let mut c = production();
+        c.token_secret = Some("s".repeat(31));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("MCU_TOKEN_SECRET")
+        );
+        c.dev = true;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mcu.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:7000"
+api_key = "from-the-file-0123456789"
+[rtc]
+public_ip = "203.0.113.7"
+udp_ports = "40000-40099"
+[turn]
+urls = ["turn:turn.example.com:3478"]
+secret = "file-turn-secret-0123456789"
+ttl_s = 600
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env_of(&[("MCU_LISTEN", "127.0.0.1:7001")])).unwrap();
+        assert_eq!(c.listen.port(), 7001, "the environment wins");
+        assert_eq!(c.api_key.as_deref(), Some("from-the-file-0123456789"));
+        assert_eq!(c.rtc.public_ip, Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(c.turn.ttl_s, 600);
+        let masked = c.to_masked_toml();
+        assert!(
+            !masked.contains("file-turn-secret") && !masked.contains("from-the-file"),
+            "{masked}"
+        );
+        assert!(masked.contains("turn:turn.example.com:3478"), "{masked}");
+        // What --print-config prints loads back as the same tree (secrets aside).
+        let back: Config = toml::from_str(&masked).unwrap();
+        assert_eq!(back.turn.urls, c.turn.urls);
+        assert_eq!(back.rtc.udp_ports, c.rtc.udp_ports);
+
+        std::fs::write(&path, "[turn]\nsecrte = \"typo\"\n").unwrap();
+        let e = Config::load(Some(&path), env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invalid config file") && e.contains("secrte"),
+            "{e}"
+        );
     }
 }

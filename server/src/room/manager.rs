@@ -35,6 +35,36 @@ pub enum RoomActivity {
     Unknown,
 }
 
+/// What [`RoomManager::stats`] reports of a live room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRoomStats {
+    /// Connected participants.
+    pub participants: u32,
+    /// Recording sinks attached to the media thread.
+    pub recording_sinks: u32,
+    /// Layout in force.
+    pub layout: Layout,
+    /// The media thread's figures, None when it is not running.
+    pub media: Option<MediaStats>,
+}
+
+/// Figures of a room's media thread since it started (it stops when the room empties).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MediaStats {
+    /// 20 ms ticks run.
+    pub ticks: u64,
+    /// Mean work per tick, µs (the budget is 20 000).
+    pub tick_mean_us: u64,
+    /// Largest work of one tick, µs.
+    pub tick_max_us: u64,
+    /// Ticks that started more than a tick late.
+    pub deadline_misses: u64,
+    /// Live Opus encoders (one per distinct mix).
+    pub audio_encoders: u64,
+    /// Live VP8 encoders (one per layout and bitrate tier in use).
+    pub video_encoders: u64,
+}
+
 /// Why a join is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JoinError {
@@ -62,6 +92,22 @@ struct LiveRoom {
     media: Option<MediaHandle>,
     /// Recording sinks attached to the media thread.
     sinks: Vec<u64>,
+    /// Media keys of the screen sharers, oldest first: the last one is the presenter.
+    sharers: Vec<u64>,
+}
+
+impl LiveRoom {
+    /// Tells the media thread who presents now, if that changed.
+    fn set_sharers(&mut self, sharers: Vec<u64>) {
+        let before = self.sharers.last().copied();
+        self.sharers = sharers;
+        let after = self.sharers.last().copied();
+        if before != after
+            && let Some(m) = &self.media
+        {
+            m.command(Command::Presenter(after));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -114,7 +160,7 @@ pub fn media_config(s: &MediaSettings, layout: Layout) -> mixer::MediaConfig {
         default_tier_kbps: s.default_tier_kbps,
         opus_bitrate: s.opus_bitrate,
         opus_complexity: s.opus_complexity,
-        ..mixer::MediaConfig::default()
+        jitter_target_frames: s.jitter_frames,
     }
 }
 
@@ -192,6 +238,32 @@ impl RoomManager {
         ))
     }
 
+    /// Live figures of a room (`GET /rooms/{name}/stats`); None when this process has no live
+    /// state for it.
+    pub fn stats(&self, room: &str) -> Option<LiveRoomStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let inner = self.inner.lock();
+        let live = inner.rooms.get(room)?;
+        let media = live.media.as_ref().map(|m| {
+            let t = &m.timing;
+            let ticks = t.ticks.load(Relaxed);
+            MediaStats {
+                ticks,
+                tick_mean_us: t.work_us.load(Relaxed) / ticks.max(1),
+                tick_max_us: t.max_us.load(Relaxed),
+                deadline_misses: t.misses.load(Relaxed),
+                audio_encoders: t.audio_encoders.load(Relaxed),
+                video_encoders: t.video_encoders.load(Relaxed),
+            }
+        });
+        Some(LiveRoomStats {
+            participants: live.participants.len() as u32,
+            recording_sinks: live.sinks.len() as u32,
+            layout: live.layout,
+            media,
+        })
+    }
+
     /// Adds a participant to a live room (creating the live room if needed) and tells the others.
     pub fn join(
         &self,
@@ -221,6 +293,7 @@ impl RoomManager {
             audio_muted: false,
             video_muted: false,
             speaking: false,
+            screen_sharing: false,
         };
         let others: Vec<Participant> = live.participants.iter().map(|e| e.info.clone()).collect();
         let joined = serde_json::json!({"type": "participant_joined", "participant": info});
@@ -258,6 +331,10 @@ impl RoomManager {
         let gone = live.participants.remove(pos);
         if let Some(m) = &live.media {
             m.command(Command::Remove(gone.key));
+        }
+        if gone.info.screen_sharing {
+            let rest = live.sharers.iter().copied().filter(|k| *k != gone.key);
+            live.set_sharers(rest.collect());
         }
         let left = serde_json::json!({"type": "participant_left", "participant_id": id});
         for e in &live.participants {
@@ -385,6 +462,31 @@ impl RoomManager {
                 p.video_muted = v;
             }
         })
+    }
+
+    /// Marks a participant as sharing their screen (or not), tells everyone, and makes the latest
+    /// sharer the presenter of the room's composite. Returns the updated participant.
+    pub fn set_screen_sharing(&self, room: &str, id: &str, active: bool) -> Option<Participant> {
+        let mut inner = self.inner.lock();
+        let live = inner.rooms.get_mut(room)?;
+        let entry = live.participants.iter_mut().find(|e| e.info.id == id)?;
+        let key = entry.key;
+        let changed = entry.info.screen_sharing != active;
+        entry.info.screen_sharing = active;
+        let after = entry.info.clone();
+        if changed {
+            let mut sharers: Vec<u64> =
+                live.sharers.iter().copied().filter(|k| *k != key).collect();
+            if active {
+                sharers.push(key);
+            }
+            live.set_sharers(sharers);
+            let msg = serde_json::json!({"type": "participant_updated", "participant": after});
+            for e in &live.participants {
+                deliver(&e.events, SessionEvent::Send(msg.clone()));
+            }
+        }
+        Some(after)
     }
 
     /// Applies `f` to a participant; if anything changed, broadcasts `participant_updated`.
