@@ -8,7 +8,12 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 PKGS=(pkg-config cmake clang libclang-dev libvpx-dev libavcodec-dev libavformat-dev libavutil-dev
-      libswscale-dev libswresample-dev ffmpeg mkvtoolnix chromium python3-venv nodejs npm curl)
+      libswscale-dev libswresample-dev ffmpeg mkvtoolnix chromium python3-venv nodejs npm curl
+      janus coturn docker-compose)
+# coturn: the TURN credential test runs turnserver/turnutils_uclient on loopback (its service
+# stays disabled); docker-compose: `config -q` validates docker-compose.yml (no engine needed).
+# janus: the benchmark's AudioBridge comparison starts its own `janus` with a generated
+# configuration (loadgen/src/janus.rs); the package's service is neither started nor used.
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,8 +25,23 @@ fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
+  # Packages must not start their services on install (janus's would bind 8088/8188/7088):
+  # invoke-rc.d and deb-systemd-invoke obey a policy-rc.d that answers 101 ("forbidden").
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+  policy_added=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" || status=$?
+  [ -z "$policy_added" ] || $SUDO rm -f /usr/sbin/policy-rc.d
+  [ "$status" -eq 0 ] || exit "$status"
+  # Nor start at the next boot, where systemd runs.
+  if printf '%s\n' "${missing[@]}" | grep -qx janus && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now janus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

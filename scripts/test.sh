@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit and integration tests (the API on SQLite and on PostgreSQL), the
-# OpenAPI fuzzing with schemathesis, and the browser end-to-end tests in headless Chromium.
+# Runs every test: the deployment checks, Rust unit and integration tests (the API on SQLite and
+# on PostgreSQL, TURN credentials against coturn, SIGTERM of the real binary), the OpenAPI
+# fuzzing with schemathesis, and the browser end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,6 +21,9 @@ export MCU_TEST_PG_URL="${MCU_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/te
 
 export CARGO_TERM_COLOR=never
 cargo build --workspace --all-targets
+# Deployment files: docker-compose.yml (docker-compose 1.29 `config -q`), its environment against
+# the server's validation, the Dockerfile's runtime libraries against the binary.
+bash scripts/check-deploy.sh
 cargo test --workspace --no-fail-fast
 
 bash tests/schemathesis.sh

@@ -13,6 +13,10 @@
 //!   once and encodes once per bitrate tier that has receivers; encoders of
 //!   empty tiers are dropped, a tier's first receiver or a receiver switching
 //!   into it or asking for one (PLI/FIR) forces a keyframe on that tier only.
+//! - The large tile of [`Layout::Speaker`] goes to the presenter (a screen
+//!   sharer, [`MediaRoom::set_presenter`]) when there is one, else to the
+//!   active speaker, else to the first joiner. In the grid, the presenter (or
+//!   else the active speaker) is always on screen.
 //! - Only on-screen inputs are decoded. Off-screen ones keep no decoder; when
 //!   one comes on screen it waits for a keyframe and a PLI is requested. PLIs
 //!   are rate-limited to one per input per [`PLI_INTERVAL_MS`] of room clock.
@@ -163,6 +167,9 @@ pub struct MediaRoom {
     mix_buf: Box<[i16; FRAME_SAMPLES]>,
     shared_encoder: OpusEncoder,
     speaker: SpeakerDetector,
+    /// Overrides the active speaker for the large tile (a screen sharer). May
+    /// name a key not (yet) present: it takes effect once that key is added.
+    presenter: Option<ParticipantKey>,
     visible: Vec<ParticipantKey>,
     speaker_tile: usize,
     compositor: Compositor,
@@ -194,6 +201,7 @@ impl MediaRoom {
             mix_buf: Box::new([0; FRAME_SAMPLES]),
             shared_encoder: OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity)?,
             speaker: SpeakerDetector::new(),
+            presenter: None,
             visible: Vec::new(),
             speaker_tile: 0,
             compositor: Compositor::new(cfg.canvas_width, cfg.canvas_height)?,
@@ -372,6 +380,21 @@ impl MediaRoom {
             p.need_keyframe = true;
             p.pli_pending = !video && p.publishes && p.on_screen;
         }
+    }
+
+    /// Sets (or clears) the presenter: in [`Layout::Speaker`] they get the
+    /// large tile whoever speaks; in the grid they are always on screen. A key
+    /// that is not present is remembered and applies once it is added.
+    pub fn set_presenter(&mut self, key: Option<ParticipantKey>) {
+        if self.presenter != key {
+            self.presenter = key;
+            self.update_visibility();
+        }
+    }
+
+    /// The presenter set by [`MediaRoom::set_presenter`].
+    pub fn presenter(&self) -> Option<ParticipantKey> {
+        self.presenter
     }
 
     /// Changes the layout; the next video tick shows it.
@@ -609,7 +632,12 @@ impl MediaRoom {
     /// Recomputes which inputs are on screen; inputs that just came on
     /// screen wait for a keyframe (PLI), those that left lose their decoder.
     fn update_visibility(&mut self) {
-        let active = self.speaker.active().filter(|k| self.index.contains_key(k));
+        let present = |k: &ParticipantKey| self.index.contains_key(k);
+        // The presenter (a screen sharer) outranks the active speaker.
+        let active = self
+            .presenter
+            .filter(present)
+            .or_else(|| self.speaker.active().filter(present));
         let mut visible: Vec<ParticipantKey> = Vec::new();
         let mut speaker_tile = 0;
         match self.layout {
@@ -1132,6 +1160,69 @@ mod tests {
             &visible[..MAX_GRID_TILES - 1],
             &(0..MAX_GRID_TILES as u64 - 1).collect::<Vec<_>>()[..]
         );
+    }
+
+    #[test]
+    fn the_presenter_gets_the_large_tile_over_the_active_speaker() {
+        let mut room = MediaRoom::new(MediaConfig {
+            layout: Layout::Speaker,
+            ..MediaConfig::default()
+        })
+        .expect("room");
+        for k in 0..3 {
+            room.add_participant(k, true);
+        }
+        let speaker_key = |room: &MediaRoom| {
+            let (visible, tile) = room.visible();
+            visible[tile]
+        };
+        // Nobody spoke: the first joiner has the large tile.
+        assert_eq!(speaker_key(&room), 0);
+        // Participant 2 speaks and takes it.
+        let packets = tone_packets(300.0, 5000.0, 40);
+        let mut t = 0u16;
+        let mut talk = |room: &mut MediaRoom, n: usize| {
+            for _ in 0..n {
+                room.push_audio(2, t, 0, &packets[t as usize % packets.len()]);
+                room.tick();
+                t += 1;
+            }
+        };
+        talk(&mut room, 20);
+        assert_eq!(room.stats().active_speaker, Some(2));
+        assert_eq!(speaker_key(&room), 2);
+        // 1 shares its screen: it gets the large tile although 2 keeps speaking.
+        room.set_presenter(Some(1));
+        assert_eq!(speaker_key(&room), 1);
+        talk(&mut room, 20);
+        assert_eq!(room.stats().active_speaker, Some(2));
+        assert_eq!(speaker_key(&room), 1);
+        assert_eq!(room.visible().0.len(), 3, "everyone stays on screen");
+        // Sharing stops: back to the active speaker.
+        room.set_presenter(None);
+        assert_eq!(speaker_key(&room), 2);
+        // A presenter that is not in the room yet applies once it joins, and one that
+        // leaves no longer counts.
+        room.set_presenter(Some(7));
+        assert_eq!(speaker_key(&room), 2);
+        room.add_participant(7, true);
+        assert_eq!(speaker_key(&room), 7);
+        room.remove_participant(7);
+        assert_eq!(speaker_key(&room), 2);
+        assert_eq!(room.presenter(), Some(7));
+    }
+
+    #[test]
+    fn in_the_grid_a_presenter_beyond_the_last_tile_is_shown() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        let n = MAX_GRID_TILES as u64 + 2;
+        for k in 0..n {
+            room.add_participant(k, true);
+        }
+        room.set_presenter(Some(n - 1));
+        let (visible, _) = room.visible();
+        assert_eq!(visible.len(), MAX_GRID_TILES);
+        assert_eq!(visible[MAX_GRID_TILES - 1], n - 1);
     }
 
     #[test]

@@ -5,11 +5,17 @@
 //!   fixed length first, so not even the key's length leaks).
 //! - Join tokens are HS256 JWTs ([`JoinClaims`]). Only HS256 is accepted (a token whose header
 //!   names another algorithm, or `none`, is invalid) and `exp` is enforced with zero leeway.
+//! - Signed media URLs ([`TokenKeys::sign_media`]): a recording's file may be fetched without the
+//!   bearer header (a `<video src>` cannot send one) with `?exp=<unix>&sig=<hex>`, where `sig` is
+//!   HMAC-SHA256 under the token secret of `"<recording id>:<exp>"`. Such a message never contains
+//!   a `.`, so it can never be the signing input of a JWT (`header.payload`) and the other way
+//!   round: neither signature can stand in for the other.
 
 use crate::AppState;
 use crate::error::ApiError;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
@@ -126,6 +132,19 @@ pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    /// The secret again, as the HMAC key of signed media URLs.
+    media: Hmac<Sha256>,
+}
+
+/// Why a signed media URL is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MediaSigError {
+    /// `exp` has passed.
+    #[error("the signed link has expired")]
+    Expired,
+    /// Malformed, or not signed for this recording and expiry.
+    #[error("the signed link is not valid")]
+    Invalid,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -149,7 +168,43 @@ impl TokenKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            // HMAC takes keys of any length.
+            media: Hmac::<Sha256>::new_from_slice(secret)
+                .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
         }
+    }
+
+    fn media_mac(&self, id: &uuid::Uuid, exp: i64) -> Hmac<Sha256> {
+        let mut mac = self.media.clone();
+        mac.update(format!("{id}:{exp}").as_bytes());
+        mac
+    }
+
+    /// The hex signature that lets `GET /recordings/{id}/media?exp=&sig=` through until `exp`
+    /// (Unix seconds).
+    pub fn sign_media(&self, id: &uuid::Uuid, exp: i64) -> String {
+        hex::encode(self.media_mac(id, exp).finalize().into_bytes())
+    }
+
+    /// Checks a signed media URL's `exp` and `sig` (as they came in the query) at `now` (Unix
+    /// seconds). The comparison is constant-time.
+    pub fn verify_media(
+        &self,
+        id: &uuid::Uuid,
+        exp: &str,
+        sig: &str,
+        now: i64,
+    ) -> Result<(), MediaSigError> {
+        let exp: i64 = exp.trim().parse().map_err(|_| MediaSigError::Invalid)?;
+        let sig = hex::decode(sig.trim()).map_err(|_| MediaSigError::Invalid)?;
+        self.media_mac(id, exp)
+            .verify_slice(&sig)
+            .map_err(|_| MediaSigError::Invalid)?;
+        // Checked after the signature so that a forged link learns nothing from the answer.
+        if exp <= now {
+            return Err(MediaSigError::Expired);
+        }
+        Ok(())
     }
 
     /// Signs `claims` (HS256).
@@ -286,6 +341,52 @@ mod tests {
         .unwrap();
         let c = keys.verify(&minimal).unwrap();
         assert!(c.can_publish && c.can_subscribe && !c.is_admin && c.name.is_none());
+    }
+
+    #[test]
+    fn signed_media_links_name_one_recording_until_they_expire() {
+        let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
+        let (id, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        let exp = now() + 3600;
+        let sig = keys.sign_media(&id, exp);
+        assert_eq!(sig.len(), 64);
+        let e = exp.to_string();
+        assert_eq!(keys.verify_media(&id, &e, &sig, now()), Ok(()));
+        assert_eq!(
+            keys.verify_media(&id, &e, &sig.to_uppercase(), now()),
+            Ok(())
+        );
+        // Another recording, another expiry, another secret, a flipped or cut signature.
+        let invalid = Err(MediaSigError::Invalid);
+        assert_eq!(keys.verify_media(&other, &e, &sig, now()), invalid);
+        assert_eq!(
+            keys.verify_media(&id, &(exp + 1).to_string(), &sig, now()),
+            invalid
+        );
+        let b = TokenKeys::new(b"fedcba9876543210fedcba9876543210");
+        assert_eq!(b.verify_media(&id, &e, &sig, now()), invalid);
+        let mut flipped = sig.clone().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        assert_eq!(keys.verify_media(&id, &e, &flipped, now()), invalid);
+        assert_eq!(keys.verify_media(&id, &e, &sig[..62], now()), invalid);
+        for (exp, sig) in [
+            ("", sig.as_str()),
+            ("x", sig.as_str()),
+            (e.as_str(), ""),
+            (e.as_str(), "zz"),
+        ] {
+            assert_eq!(
+                keys.verify_media(&id, exp, sig, now()),
+                invalid,
+                "{exp:?} {sig:?}"
+            );
+        }
+        // Expired: refused once `now` reaches `exp`.
+        assert_eq!(
+            keys.verify_media(&id, &e, &sig, exp),
+            Err(MediaSigError::Expired)
+        );
     }
 
     #[test]

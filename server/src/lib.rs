@@ -14,6 +14,7 @@ pub mod reaper;
 pub mod recording;
 pub mod room;
 pub mod store;
+pub mod turn;
 
 use crate::config::Config;
 use crate::room::RoomManager;

@@ -9,17 +9,59 @@ use std::path::PathBuf;
 #[command(name = "mcu-server", version)]
 struct Cli {
     /// TOML configuration file (environment variables override it).
-    #[arg(long, short)]
+    #[arg(long, short, env = "MCU_CONFIG")]
     config: Option<PathBuf>,
     /// Development mode: generated API key and token secret, printed on start-up.
     #[arg(long)]
     dev: bool,
-    /// Print the effective configuration (secrets masked) and exit.
+    /// Print the effective configuration (secrets masked) and exit: 0 if the server would start
+    /// with it, 2 (and why on stderr) if it would refuse it.
     #[arg(long)]
     print_config: bool,
     /// Log as JSON lines.
     #[arg(long, env = "MCU_LOG_JSON")]
     log_json: bool,
+    /// Ask the server at the configured listen address for `GET /healthz` and exit 0 if it
+    /// answers 200, 1 otherwise (a container health check without curl).
+    #[arg(long)]
+    healthcheck: bool,
+}
+
+/// `--healthcheck`: one plain HTTP/1.0 request to the configured listen address (a wildcard
+/// address is reached on loopback).
+fn healthcheck(listen: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        eprintln!("mcu-server: healthcheck: cannot connect to {addr}");
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap_or(0);
+    let line = String::from_utf8_lossy(&head[..n]);
+    let ok = line.starts_with("HTTP/1.1 200") || line.starts_with("HTTP/1.0 200");
+    if !ok {
+        eprintln!(
+            "mcu-server: healthcheck: {addr} answered {:?}",
+            line.lines().next().unwrap_or("nothing")
+        );
+    }
+    ok
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,14 +74,33 @@ fn main() -> anyhow::Result<()> {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: files, journald and `docker logs` get plain text.
+        use std::io::IsTerminal as _;
+        tracing_subscriber::fmt()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_env_filter(filter)
+            .init();
     }
     // Garbage VP8 from a peer makes FFmpeg log to stderr; our own logs say what happened.
     mixer::ffmpeg_next::util::log::set_level(mixer::ffmpeg_next::util::log::Level::Fatal);
-    let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
+    let mut config = match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcu-server: {e}");
+            std::process::exit(2);
+        }
+    };
     config.dev |= cli.dev;
+    if cli.healthcheck {
+        std::process::exit(if healthcheck(config.listen) { 0 } else { 1 });
+    }
     if cli.print_config {
+        // Printed even when invalid (to see why), then refused like a start would be.
         print!("{}", config.to_masked_toml());
+        if let Err(e) = config.validate() {
+            eprintln!("mcu-server: {e}");
+            std::process::exit(2);
+        }
         return Ok(());
     }
     if let Err(e) = config.validate() {

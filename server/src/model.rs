@@ -58,6 +58,11 @@ pub struct Participant {
     pub video_muted: bool,
     /// Currently speaking.
     pub speaking: bool,
+    /// Sending a screen instead of a camera (the client says so with `screen_share`); in the
+    /// `speaker` layout the latest sharer has the large tile.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub screen_sharing: bool,
 }
 
 /// Why the server closed a signaling session.

@@ -155,7 +155,74 @@ async fn suite(app: &App) {
     participants(app).await;
     tokens(app).await;
     empty_room_timeout(app).await;
+    room_stats(app).await;
     health_metrics_openapi(app).await;
+}
+
+/// `GET /rooms/{name}/stats`: nothing live before a join; the media thread's figures while
+/// someone is connected; 404 and 401 as everywhere.
+async fn room_stats(app: &App) {
+    use server::api::stats::RoomStats;
+    app.create_room(json!({"name": "stats", "layout": "speaker"}))
+        .await;
+    let idle: RoomStats = app
+        .get("/api/v1/rooms/stats/stats")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        idle,
+        RoomStats {
+            room: "stats".into(),
+            live: false,
+            participants: 0,
+            recording_id: None,
+            layout: Layout::Speaker,
+            media: None,
+        }
+    );
+    let (h_a, _alice, _rx_a) = app.join("stats", "alice");
+    let (h_b, _bob, _rx_b) = app.join("stats", "bob");
+    // Let the 20 ms clock run a few ticks.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let live = loop {
+        let s: RoomStats = app
+            .get("/api/v1/rooms/stats/stats")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if s.media.as_ref().is_some_and(|m| m.ticks >= 10) || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(live.live && live.participants == 2, "{live:?}");
+    let m = live.media.expect("media figures");
+    assert!(m.ticks >= 10, "{m:?}");
+    assert!(
+        m.tick_max_us >= m.tick_mean_us && m.tick_mean_us < 20_000,
+        "{m:?}"
+    );
+    drop((h_a, h_b));
+    expect_error(
+        app.get("/api/v1/rooms/nope/stats").await,
+        StatusCode::NOT_FOUND,
+        "room_not_found",
+    )
+    .await;
+    let anon = app
+        .http
+        .get(app.url("/api/v1/rooms/stats/stats"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(anon, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    assert_eq!(
+        app.delete("/api/v1/rooms/stats").await.status(),
+        StatusCode::NO_CONTENT
+    );
 }
 
 async fn pagination(app: &App) {
@@ -924,8 +991,9 @@ async fn health_metrics_openapi(app: &App) {
     assert_eq!(doc.status(), StatusCode::OK);
     let doc: Value = doc.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let routes: [(&str, &[&str]); 15] = [
+    let routes: [(&str, &[&str]); 16] = [
         ("/api/v1/rooms", &["get", "post"]),
+        ("/api/v1/rooms/{name}/stats", &["get"]),
         ("/api/v1/rooms/{name}", &["get", "patch", "delete"]),
         ("/api/v1/rooms/{name}/tokens", &["post"]),
         ("/api/v1/rooms/{name}/participants", &["get"]),
@@ -956,7 +1024,13 @@ async fn health_metrics_openapi(app: &App) {
             let op = &item[*m];
             assert!(op.is_object(), "{m} {path} not documented");
             if path.starts_with("/api/v1/rooms") || path.starts_with("/api/v1/recordings") {
-                assert_eq!(op["security"], json!([{"bearer": []}]), "{m} {path}");
+                // The media download also takes a signed URL (`exp`, `sig`) instead of the key.
+                let security = if path.ends_with("/media") {
+                    json!([{"bearer": []}, {}])
+                } else {
+                    json!([{"bearer": []}])
+                };
+                assert_eq!(op["security"], security, "{m} {path}");
                 for code in ["401", "503"] {
                     assert!(op["responses"][code].is_object(), "{m} {path} lacks {code}");
                 }

@@ -245,3 +245,67 @@ async fn mute_and_chat_reach_everyone() {
     send(&mut a, r#"{"type":"leave"}"#).await;
     expect_type(&mut b, "participant_left").await;
 }
+
+#[actix_web::test]
+async fn screen_sharing_reaches_everyone() {
+    let app = app().await;
+    let (mut a, wa) = app.join("s", "a").await;
+    let (mut b, _) = app.join("s", "b").await;
+    expect_type(&mut a, "participant_joined").await;
+    assert_eq!(wa["participant"]["screen_sharing"], false);
+    let id = wa["participant_id"].as_str().unwrap();
+    for active in [true, false] {
+        send(
+            &mut a,
+            &json!({"type": "screen_share", "active": active}).to_string(),
+        )
+        .await;
+        let up = expect_type(&mut b, "participant_updated").await;
+        assert_eq!(up["participant"]["id"], id);
+        assert_eq!(up["participant"]["screen_sharing"], active);
+        assert_eq!(
+            app.state.rooms.participant("s", id).unwrap().screen_sharing,
+            active
+        );
+    }
+    send(&mut a, r#"{"type":"screen_share","active":"yes"}"#).await;
+    assert_eq!(
+        expect_type(&mut a, "error").await["code"],
+        "invalid_message"
+    );
+    assert_alive(&mut b, "still here").await;
+}
+
+#[actix_web::test]
+async fn a_token_without_a_name_takes_the_name_chosen_on_the_page() {
+    let app = app().await;
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = JoinClaims {
+        room: "n".into(),
+        sub: "guest-7".into(),
+        name: None,
+        iat: now,
+        exp: now + 600,
+        can_publish: true,
+        can_subscribe: true,
+        is_admin: false,
+    };
+    let name_of = |token: String, name: &'static str| {
+        let addr = app.addr;
+        async move {
+            let url = format!("ws://{addr}/api/v1/ws?token={token}&name={name}");
+            let mut ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+            let w = next_json(&mut ws).await;
+            w["participant"]["display_name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let unnamed = app.state.tokens.mint(&claims);
+    assert_eq!(name_of(unnamed.clone(), "Zo%C3%AB%20").await, "Zoë");
+    assert_eq!(name_of(unnamed, "").await, "guest-7");
+    claims.name = Some("Alice".into());
+    let named = app.state.tokens.mint(&claims);
+    assert_eq!(name_of(named, "Mallory").await, "Alice");
+}

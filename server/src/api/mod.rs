@@ -4,7 +4,9 @@ pub mod body;
 pub mod health;
 pub mod openapi;
 pub mod recordings;
+pub mod request_id;
 pub mod rest;
+pub mod stats;
 pub mod web;
 pub mod ws;
 
@@ -20,6 +22,7 @@ pub fn http_server(
     let server = HttpServer::new(move || {
         let dir = state.config.web_dir.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(request_id::request_id))
             .app_data(state.clone())
             .configure(configure)
             .configure(|cfg| web::configure_static(cfg, &dir))
@@ -40,6 +43,7 @@ pub fn configure(cfg: &mut aw::ServiceConfig) {
     cfg.service(
         aw::scope("/api/v1")
             .configure(rest::configure)
+            .configure(stats::configure)
             .configure(recordings::configure)
             .configure(openapi::configure)
             .configure(ws::configure)

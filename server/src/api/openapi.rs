@@ -56,6 +56,7 @@ impl Modify for BearerAuth {
         rest::list_participants,
         rest::kick_participant,
         rest::mute_participant,
+        super::stats::room_stats,
         recordings::start_recording,
         recordings::stop_recording,
         recordings::list_recordings,
@@ -76,6 +77,8 @@ impl Modify for BearerAuth {
         rest::TokenResponse,
         rest::ParticipantList,
         rest::MuteRequest,
+        super::stats::RoomStats,
+        crate::room::manager::MediaStats,
         recordings::Recording,
         recordings::RecordingList,
         recordings::StartRecordingRequest,
@@ -133,6 +136,7 @@ pub fn document(max_participants_limit: u32) -> serde_json::Value {
         "CreateToken": {"operationId": "create_token", "parameters": name},
         "ListParticipants": {"operationId": "list_participants", "parameters": name},
         "StartRecording": {"operationId": "start_recording", "parameters": name},
+        "GetRoomStats": {"operationId": "room_stats", "parameters": name},
     });
     // And from a started recording to the operations on it.
     let id = serde_json::json!({"id": "$response.body#/id"});
@@ -181,6 +185,7 @@ mod tests {
             "/api/v1/rooms/{name}/participants/{id}",
             "/api/v1/rooms/{name}/participants/{id}/mute",
             "/api/v1/rooms/{name}/recordings",
+            "/api/v1/rooms/{name}/stats",
             "/api/v1/recordings",
             "/api/v1/recordings/{id}",
             "/api/v1/recordings/{id}/stop",
@@ -205,7 +210,7 @@ mod tests {
             .filter_map(|op| op["operationId"].as_str())
             .collect();
         for (from, n) in [
-            ("/paths/~1api~1v1~1rooms/post/responses/201/links", 6),
+            ("/paths/~1api~1v1~1rooms/post/responses/201/links", 7),
             (
                 "/paths/~1api~1v1~1rooms~1{name}~1recordings/post/responses/201/links",
                 4,

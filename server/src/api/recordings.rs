@@ -8,6 +8,11 @@
 //! Ids that are not UUIDs are answered 404 `recording_not_found` like unknown ones: to a client
 //! both name no recording.
 //!
+//! Every Recording also carries a `signed_media_url`: the media URL with `?exp=&sig=` (valid for
+//! [`SIGNED_URL_TTL_S`]) that the media endpoint accepts in place of the bearer header, so that a
+//! page can play a recording in a `<video>` or download it with a plain link
+//! ([`TokenKeys::sign_media`](crate::auth::TokenKeys::sign_media)).
+//!
 //! The media endpoint streams the WebM file in [`MEDIA_CHUNK`] pieces and supports one byte range
 //! (`Range: bytes=a-b`, `a-`, `-n`); a header it cannot parse, several ranges or an `If-Range`
 //! (no validators are sent, so none can match) get the whole file, as RFC 9110 allows.
@@ -35,6 +40,10 @@ pub const MEDIA_CHUNK: usize = 64 * 1024;
 
 /// The media type of every recording file.
 pub const WEBM: &str = "video/webm";
+
+/// Least lifetime of a `signed_media_url`, seconds (every Recording response carries one valid
+/// for 60 to 65 minutes).
+pub const SIGNED_URL_TTL_S: i64 = 3600;
 
 /// Routes of this module (inside the `/api/v1` scope; the extractor settings come from
 /// [`rest::configure`](super::rest::configure)).
@@ -91,6 +100,14 @@ pub struct Recording {
     /// Where to download the WebM file (relative to the server), with HTTP Range support.
     #[schema(example = "/api/v1/recordings/5f0c0f5e-8a4e-4c57-9d5e-0f0c3c0c9a11/media")]
     pub media_url: String,
+    /// `media_url` with `?exp=&sig=`: fetches the file without the `Authorization` header for an
+    /// hour or a little more (for a `<video src>` or a download link). Treat it like a secret.
+    #[serde(default)]
+    #[schema(
+        required = true,
+        example = "/api/v1/recordings/5f0c0f5e-8a4e-4c57-9d5e-0f0c3c0c9a11/media?exp=1767225600&sig=9f2c…"
+    )]
+    pub signed_media_url: String,
     /// Why it failed or was interrupted; null otherwise.
     pub error: Option<String>,
 }
@@ -140,6 +157,7 @@ pub fn recording_json(rec: RecordingRecord, dir: &Path) -> Recording {
     });
     Recording {
         media_url: format!("/api/v1/recordings/{}/media", rec.id),
+        signed_media_url: String::new(),
         id: rec.id,
         room: rec.room,
         status: rec.status,
@@ -152,7 +170,54 @@ pub fn recording_json(rec: RecordingRecord, dir: &Path) -> Recording {
 }
 
 fn json(state: &AppState, rec: RecordingRecord) -> Recording {
-    recording_json(rec, &state.config.recordings_dir)
+    let mut r = recording_json(rec, &state.config.recordings_dir);
+    // Rounded up to 5 minutes: the same URL for a while, so that a page polling the list keeps
+    // its `<video src>` (and the browser its cache).
+    let t = Utc::now().timestamp() + SIGNED_URL_TTL_S;
+    let exp = t + (300 - t.rem_euclid(300)) % 300;
+    let sig = state.tokens.sign_media(&r.id, exp);
+    r.signed_media_url = format!("{}?exp={exp}&sig={sig}", r.media_url);
+    r
+}
+
+/// `?exp&sig` of `GET /recordings/{id}/media` (a signed media URL).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedMediaQuery {
+    /// Expiry of the signature, Unix seconds (from `signed_media_url`).
+    #[param(value_type = Option<i64>)]
+    pub exp: Option<String>,
+    /// Hex HMAC-SHA256 (from `signed_media_url`).
+    pub sig: Option<String>,
+}
+
+/// The media endpoint's authorization: a valid signed URL for this recording, or else the API key.
+fn media_auth(state: &AppState, req: &HttpRequest, id: &str) -> Result<(), ApiError> {
+    // Read by hand: a malformed query is not a signed URL, and falls back to the bearer check.
+    let q = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let get = |k: &str| {
+        q.iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    if let (Some(exp), Some(sig), Ok(id)) = (get("exp"), get("sig"), Uuid::try_parse(id)) {
+        match state
+            .tokens
+            .verify_media(&id, exp, sig, Utc::now().timestamp())
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if !req.headers().contains_key(header::AUTHORIZATION) => {
+                return Err(ApiError::Unauthorized(format!(
+                    "{e}; ask for the recording again to get a fresh signed_media_url"
+                )));
+            }
+            Err(_) => {}
+        }
+    }
+    AdminAuth::check(req, &state.api_key).map(|_| ())
 }
 
 /// The id in a path; anything that is not a UUID names no recording (404).
@@ -424,12 +489,14 @@ pub async fn get_recording(
 /// Download a recording's WebM file. One byte range (`Range: bytes=first-last`, `first-`,
 /// `-suffix`) is answered 206; several ranges, an unparseable header or `If-Range` get the whole
 /// file. `HEAD` is answered with the same headers and no body. The file is available once the
-/// recording has ended.
+/// recording has ended. Instead of the bearer header, the query of the recording's
+/// `signed_media_url` (`exp`, `sig`) authorizes the request until `exp`.
 #[utoipa::path(
     get, path = "/api/v1/recordings/{id}/media", tag = "recordings",
     params(
         ("id" = String, Path, description = "Recording id (a UUID; anything else is answered 404)"),
         ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-99`, `bytes=100-`, `bytes=-50`"),
+        SignedMediaQuery,
     ),
     responses(
         (status = 200, description = "The whole file", content_type = "video/webm", body = String,
@@ -443,7 +510,7 @@ pub async fn get_recording(
             ("Content-Range" = String, description = "`bytes first-last/size`"),
             ("Content-Length" = i64, description = "Length of the range"),
         )),
-        (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong API key, and no valid unexpired `exp`/`sig`", body = ErrorBody),
         (status = 404, description = "`recording_not_found`: no such recording, or its file is gone", body = ErrorBody),
         (status = 409, description = "`recording_in_progress`: still recording; stop it first", body = ErrorBody),
         (status = 416, description = "`range_not_satisfiable`: the range lies outside the file", body = ErrorBody,
@@ -451,14 +518,14 @@ pub async fn get_recording(
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
         (status = 503, description = "`unavailable`: database unreachable", body = ErrorBody),
     ),
-    security(("bearer" = []))
+    security(("bearer" = []), ())
 )]
 pub async fn recording_media(
-    _admin: AdminAuth,
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    media_auth(&state, &req, &path)?;
     let rec = existing_recording(&state, &path).await?;
     if rec.status == RecordingStatus::Recording {
         return Err(ApiError::RecordingRunning(rec.id));

@@ -311,7 +311,7 @@ fn room_json(state: &AppState, r: RoomRecord) -> Room {
     }
 }
 
-async fn existing_room(state: &AppState, name: &str) -> Result<RoomRecord, ApiError> {
+pub(crate) async fn existing_room(state: &AppState, name: &str) -> Result<RoomRecord, ApiError> {
     // A name no room can have is not looked up (PostgreSQL would refuse e.g. a NUL in it).
     if !valid_room_name(name) {
         return Err(ApiError::RoomNotFound(name.to_string()));

@@ -1,4 +1,5 @@
-//! The browser client: static files from `web/`, and in `--dev` a token endpoint so that the
+//! The browser client: static files from `web/`, the pages behind the invite links
+//! (`/r/{room}`) and the admin console (`/admin`), and in `--dev` a token endpoint so that the
 //! join page works without a backend of one's own.
 
 use crate::AppState;
@@ -76,10 +77,60 @@ pub async fn dev_token(
     }))
 }
 
-/// Static files of the web client (registered last: it matches every remaining path).
+/// One HTML page of the web client, revalidated on every load (the client has no build step,
+/// so its file names carry no version).
+async fn page(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    file: &str,
+) -> Result<HttpResponse, ApiError> {
+    let path = state.config.web_dir.join(file);
+    let file = actix_files::NamedFile::open_async(&path)
+        .await
+        .map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "web client page missing");
+            ApiError::Unexpected(anyhow::anyhow!(
+                "the web client is not installed (MCU_WEB_DIR)"
+            ))
+        })?;
+    let mut res = file.into_response(&req);
+    res.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(res)
+}
+
+/// `GET /r/{room}?token=…`: the join page (pre-join, then the call). The room name is read by
+/// the page; a bad one is reported there.
+async fn room_page(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    page(state, req, "index.html").await
+}
+
+/// `GET /admin`: the admin console (rooms, participants, recordings).
+async fn admin_page(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    page(state, req, "admin.html").await
+}
+
+/// Static files of the web client, and its pages (registered last: the files service matches
+/// every remaining path).
 pub fn configure_static(cfg: &mut web::ServiceConfig, dir: &std::path::Path) {
     if !dir.join("index.html").exists() {
         tracing::warn!(dir = %dir.display(), "web client not found; set MCU_WEB_DIR");
+    }
+    for path in ["/r/{room}", "/r/{room}/"] {
+        cfg.route(path, web::get().to(room_page))
+            .route(path, web::head().to(room_page));
+    }
+    for path in ["/admin", "/admin/"] {
+        cfg.route(path, web::get().to(admin_page))
+            .route(path, web::head().to(admin_page));
     }
     cfg.service(actix_files::Files::new("/", dir).index_file("index.html"));
 }

@@ -32,11 +32,15 @@ pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 const CLIENT_QUEUE: usize = 64;
 /// Longest chat message, in characters.
 const MAX_CHAT: usize = 4000;
+/// Longest display name chosen with `?name=`, in characters (as for tokens).
+const MAX_NAME: usize = 128;
 
 /// Query of the WebSocket URL.
 #[derive(Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
+    /// Display name chosen on the join page; used only when the token names none.
+    name: Option<String>,
 }
 
 /// What the core asks the pump to do.
@@ -65,8 +69,10 @@ async fn handler(
         .max_frame_size(MAX_FRAME)
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
-    let token = query.into_inner().token;
-    actix_web::rt::spawn(pump(state, token, session, stream));
+    let WsQuery { token, name } = query.into_inner();
+    // The session's log lines keep the upgrade request's span (its `request_id`).
+    let session_task = pump(state, token, name, session, stream);
+    actix_web::rt::spawn(tracing::Instrument::in_current_span(session_task));
     Ok(resp)
 }
 
@@ -84,10 +90,23 @@ async fn refuse(mut session: actix_ws::Session, code: &str, message: String, clo
 async fn pump(
     state: web::Data<AppState>,
     token: Option<String>,
+    chosen_name: Option<String>,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
 ) {
     // Authenticate and join before anything else; the first message is `welcome` or `error`.
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return refuse(
+            session,
+            "unavailable",
+            "the server is shutting down".into(),
+            4503,
+        )
+        .await;
+    }
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return refuse(session, "unauthorized", "missing ?token=".into(), 4001).await;
     };
@@ -130,7 +149,7 @@ async fn pump(
         }
     };
     let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
-    let display = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
+    let display = display_name(&claims, chosen_name.as_deref());
     let joined = state.rooms.join(
         &room.name,
         room.max_participants,
@@ -160,7 +179,7 @@ async fn pump(
         "participant": me,
         "room": room.name,
         "layout": room.layout,
-        "ice_servers": state.config.rtc.ice_servers,
+        "ice_servers": crate::turn::ice_servers_for(&state.config, &me.id, std::time::SystemTime::now()),
         "participants": others,
         "recording_id": state.recordings.active_in(&room.name),
     });
@@ -181,7 +200,9 @@ async fn pump(
         out: out_tx,
         peer: None,
     };
-    crate::rtc_runtime().spawn(core.run(client_rx, ev_rx));
+    crate::rtc_runtime().spawn(tracing::Instrument::in_current_span(
+        core.run(client_rx, ev_rx),
+    ));
 
     let mut window = (Instant::now(), 0u32);
     loop {
@@ -240,6 +261,22 @@ async fn pump(
     // Dropping client_tx ends the core, which closes the peer and leaves the room.
 }
 
+/// The display name: the token's `name`, else the one chosen on the join page (`?name=`, trimmed,
+/// at most [`MAX_NAME`] characters), else the identity.
+fn display_name(claims: &JoinClaims, chosen: Option<&str>) -> String {
+    if let Some(n) = &claims.name {
+        return n.clone();
+    }
+    match chosen.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(n) => n
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_NAME)
+            .collect(),
+        None => claims.sub.clone(),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientMsg {
@@ -256,6 +293,9 @@ enum ClientMsg {
     Chat {
         text: String,
     },
+    ScreenShare {
+        active: bool,
+    },
     Leave,
 }
 
@@ -270,7 +310,14 @@ struct CandidateJson {
     username_fragment: Option<String>,
 }
 
-const KNOWN_TYPES: [&str; 5] = ["offer", "candidate", "mute", "chat", "leave"];
+const KNOWN_TYPES: [&str; 6] = [
+    "offer",
+    "candidate",
+    "mute",
+    "chat",
+    "screen_share",
+    "leave",
+];
 
 /// Parses a client frame, or returns the `error` message to send back.
 fn parse_client(text: &str) -> Result<ClientMsg, String> {
@@ -424,6 +471,11 @@ impl Core {
                     self.state.rooms.broadcast(&self.handle.room, &msg, None);
                 }
             }
+            ClientMsg::ScreenShare { active } => {
+                self.state
+                    .rooms
+                    .set_screen_sharing(&self.handle.room, &self.handle.id, active);
+            }
             ClientMsg::Leave => {
                 let _ = self
                     .out
@@ -519,6 +571,32 @@ impl Core {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_token_name_wins_over_the_chosen_one() {
+        let mut claims = JoinClaims {
+            room: "r".into(),
+            sub: "guest-1".into(),
+            name: Some("Alice".into()),
+            iat: 0,
+            exp: 1,
+            can_publish: true,
+            can_subscribe: true,
+            is_admin: false,
+        };
+        assert_eq!(display_name(&claims, Some("Mallory")), "Alice");
+        claims.name = None;
+        assert_eq!(display_name(&claims, Some("  Bob \n")), "Bob");
+        assert_eq!(display_name(&claims, Some("a\u{7}b")), "ab");
+        assert_eq!(display_name(&claims, Some("   ")), "guest-1");
+        assert_eq!(display_name(&claims, None), "guest-1");
+        assert_eq!(
+            display_name(&claims, Some(&"x".repeat(300)))
+                .chars()
+                .count(),
+            MAX_NAME
+        );
+    }
+
     fn code(e: String) -> String {
         serde_json::from_str::<Value>(&e).unwrap()["code"]
             .as_str()
@@ -556,6 +634,14 @@ mod tests {
             parse_client(r#"{"type":"leave"}"#),
             Ok(ClientMsg::Leave)
         ));
+        assert!(matches!(
+            parse_client(r#"{"type":"screen_share","active":true}"#),
+            Ok(ClientMsg::ScreenShare { active: true })
+        ));
+        assert_eq!(
+            code(parse_client(r#"{"type":"screen_share"}"#).err().unwrap()),
+            "invalid_message"
+        );
         assert!(matches!(
             parse_client(r#"{"type":"candidate","candidate":null}"#),
             Ok(ClientMsg::Candidate { candidate: None })

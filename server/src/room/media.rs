@@ -113,6 +113,8 @@ pub enum Command {
     },
     /// Room layout.
     Layout(mixer::Layout),
+    /// The participant whose screen share gets the large tile (None: the active speaker).
+    Presenter(Option<ParticipantKey>),
     /// A receiver's bandwidth estimate, bit/s.
     Bandwidth(ParticipantKey, Option<u64>),
     /// A receiver asked for a keyframe (PLI/FIR).
@@ -165,6 +167,10 @@ pub struct RoomTiming {
     pub max_us: std::sync::atomic::AtomicU64,
     /// Deadline misses.
     pub misses: std::sync::atomic::AtomicU64,
+    /// Live Opus encoders of this room (one per distinct mix).
+    pub audio_encoders: std::sync::atomic::AtomicU64,
+    /// Live VP8 encoders of this room (one per layout and bitrate tier in use).
+    pub video_encoders: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a room's media thread. Dropping it stops the thread.
@@ -379,6 +385,8 @@ fn run(
         let stats = media.stats();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
         if counts != last_counts {
+            timing.audio_encoders.store(counts.0, Relaxed);
+            timing.video_encoders.store(counts.1, Relaxed);
             // Gauges are summed over rooms: apply this room's delta.
             METRICS
                 .audio_encoders
@@ -456,6 +464,7 @@ fn apply(
         }
         Command::Mute { key, audio, video } => media.set_muted(key, audio, video),
         Command::Layout(l) => media.set_layout(l),
+        Command::Presenter(key) => media.set_presenter(key),
         Command::Bandwidth(key, bps) => media.set_bandwidth(key, bps),
         Command::Keyframe(key) => media.request_keyframe(key),
     }
