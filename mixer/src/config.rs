@@ -41,6 +41,9 @@ pub struct MediaConfig {
     pub opus_complexity: i32,
     /// Audio frames (20 ms each) buffered before playout starts (1..=25).
     pub jitter_target_frames: usize,
+    /// Most tiles the grid shows (1..=[`crate::MAX_GRID_TILES`]); only those inputs are
+    /// decoded. When the active speaker is not among them it takes the last tile.
+    pub max_tiles: usize,
 }
 
 impl Default for MediaConfig {
@@ -55,6 +58,7 @@ impl Default for MediaConfig {
             opus_bitrate: 32_000,
             opus_complexity: 5,
             jitter_target_frames: 2,
+            max_tiles: crate::MAX_GRID_TILES,
         }
     }
 }
@@ -100,6 +104,13 @@ impl MediaConfig {
             return bad(format!(
                 "jitter_target_frames {} (1..=25)",
                 self.jitter_target_frames
+            ));
+        }
+        if !(1..=crate::MAX_GRID_TILES).contains(&self.max_tiles) {
+            return bad(format!(
+                "max_tiles {} (1..={})",
+                self.max_tiles,
+                crate::MAX_GRID_TILES
             ));
         }
         Ok(())

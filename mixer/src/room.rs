@@ -642,7 +642,8 @@ impl MediaRoom {
         let mut speaker_tile = 0;
         match self.layout {
             Layout::Grid => {
-                visible.extend(self.participants.iter().take(MAX_GRID_TILES).map(|p| p.key));
+                let max = self.cfg.max_tiles.clamp(1, MAX_GRID_TILES);
+                visible.extend(self.participants.iter().take(max).map(|p| p.key));
                 if let Some(s) = active
                     && !visible.contains(&s)
                     && let Some(last) = visible.last_mut()
@@ -1131,6 +1132,43 @@ mod tests {
         assert_eq!(
             plis,
             ((1 + MAX_STRIP_TILES as u64)..MAX_GRID_TILES as u64).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn max_tiles_caps_the_grid_and_decoding() {
+        let cfg = MediaConfig {
+            max_tiles: 9,
+            ..MediaConfig::default()
+        };
+        let mut room = MediaRoom::new(cfg).expect("room");
+        for k in 0..25 {
+            room.add_participant(k, true);
+        }
+        let kf = keyframe(320, 180);
+        for k in 0..25 {
+            room.push_video(k, 0, &kf, true);
+        }
+        let (visible, _) = room.visible();
+        assert_eq!(visible, &(0..9).collect::<Vec<u64>>()[..]);
+        assert_eq!(
+            room.stats().video_decoders,
+            9,
+            "only the 9 shown are decoded"
+        );
+        assert!(
+            MediaRoom::new(MediaConfig {
+                max_tiles: 0,
+                ..MediaConfig::default()
+            })
+            .is_err()
+        );
+        assert!(
+            MediaRoom::new(MediaConfig {
+                max_tiles: 26,
+                ..MediaConfig::default()
+            })
+            .is_err()
         );
     }
 

@@ -151,6 +151,9 @@ pub struct MediaSettings {
     /// Audio jitter buffer target in 20 ms frames (`MCU_JITTER_FRAMES`, 1..=10): added latency
     /// against robustness to network jitter. 1 suits clean links (LAN), 2 (default) typical ones.
     pub jitter_frames: usize,
+    /// Most tiles the `grid` layout shows (`MCU_MAX_TILES`, 1..=25); only shown inputs are
+    /// decoded, so fewer tiles cost less in large rooms. The active speaker always gets one.
+    pub max_tiles: usize,
 }
 
 impl Default for MediaSettings {
@@ -165,6 +168,7 @@ impl Default for MediaSettings {
             opus_complexity: 5,
             recording_kbps: 400,
             jitter_frames: 2,
+            max_tiles: 25,
         }
     }
 }
@@ -340,6 +344,9 @@ impl Config {
                 .map(|t| parse("MCU_VIDEO_TIERS", t))
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(v) = get("MCU_MAX_TILES") {
+            self.media.max_tiles = parse("MCU_MAX_TILES", &v)?;
+        }
         if let Some(v) = get("MCU_JITTER_FRAMES") {
             self.media.jitter_frames = parse("MCU_JITTER_FRAMES", &v)?;
         }
@@ -422,6 +429,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "video_tiers_kbps must be a non-empty ascending list".into(),
             ));
+        }
+        if !(1..=25).contains(&m.max_tiles) {
+            return Err(ConfigError::Invalid(format!(
+                "max_tiles {} out of range 1..=25",
+                m.max_tiles
+            )));
         }
         if !(1..=10).contains(&m.jitter_frames) {
             return Err(ConfigError::Invalid(format!(

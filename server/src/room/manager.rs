@@ -161,6 +161,7 @@ pub fn media_config(s: &MediaSettings, layout: Layout) -> mixer::MediaConfig {
         opus_bitrate: s.opus_bitrate,
         opus_complexity: s.opus_complexity,
         jitter_target_frames: s.jitter_frames,
+        max_tiles: s.max_tiles,
     }
 }
 
