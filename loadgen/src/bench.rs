@@ -1,6 +1,7 @@
 //! The benchmark: starts `mcu-server`, ramps synthetic participants into rooms, and reads the
 //! server's cost (CPU-seconds from /proc, media tick figures from /metrics).
 
+use crate::janus::{self, Janus, JanusTarget};
 use crate::media::{Camera, Schedule, Voice};
 use crate::participant::{Report, Shared, Spec, Target, run};
 use crate::{Summary, summarize};
@@ -67,19 +68,7 @@ impl Server {
 
     /// CPU-seconds the server process has used (user + system).
     pub fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return f64::NAN;
-        };
-        let Some(rest) = stat.rsplit_once(") ").map(|x| x.1) else {
-            return f64::NAN;
-        };
-        let f: Vec<&str> = rest.split(' ').collect();
-        let tick = |i: usize| {
-            f.get(i)
-                .and_then(|s| s.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        (tick(11) + tick(12)) / 100.0
+        process_cpu_seconds(self.child.id())
     }
 
     /// The Prometheus text as name → value (histogram buckets keyed with their `le`).
@@ -122,6 +111,26 @@ impl Server {
             room: room.into(),
         }
     }
+}
+
+/// CPU-seconds process `pid` has used (user + system, all threads), NaN if unreadable.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(f64::NAN, |s| stat_cpu_seconds(&s))
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds (USER_HZ = 100 on Linux).
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    // The command name (field 2) may contain spaces: count fields after its closing ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|x| x.1) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split(' ').collect();
+    let tick = |i: usize| {
+        f.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (tick(11) + tick(12)) / 100.0
 }
 
 impl Drop for Server {
@@ -255,19 +264,12 @@ impl Cast {
     }
 }
 
-/// Joins one room's participants (`probes`: whether the last ones measure latency), one every
-/// `ramp_ms`.
-pub async fn join_room(
-    target: Target,
-    sc: &Scenario,
-    cast: &Cast,
-    shared: Arc<Shared>,
-    stop: &tokio::sync::watch::Receiver<bool>,
-    probes: bool,
-) -> Vec<tokio::task::JoinHandle<Report>> {
-    let mut tasks = Vec::new();
+/// What each participant of a room does: the first `talkers` talk in turn (600 ms every 3 s,
+/// staggered by 700 ms), the first `video` send video, and (`probes`) the last `probes` measure.
+pub fn specs(sc: &Scenario, cast: &Cast, probes: bool) -> Vec<Spec> {
+    let mut out = Vec::new();
     for (i, voice) in cast.voices.iter().enumerate() {
-        let spec = Spec {
+        out.push(Spec {
             id: i as u32,
             freq: voice.freq,
             schedule: if i < sc.talkers {
@@ -285,11 +287,27 @@ pub async fn join_room(
             },
             video: i < sc.video,
             probe: probes && i >= sc.per_room.saturating_sub(sc.probes),
-        };
+        });
+    }
+    out
+}
+
+/// Joins one room's participants (`probes`: whether the last ones measure latency), one every
+/// `ramp_ms`.
+pub async fn join_room(
+    target: Target,
+    sc: &Scenario,
+    cast: &Cast,
+    shared: Arc<Shared>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    probes: bool,
+) -> Vec<tokio::task::JoinHandle<Report>> {
+    let mut tasks = Vec::new();
+    for (i, spec) in specs(sc, cast, probes).into_iter().enumerate() {
         tasks.push(tokio::spawn(run(
             spec,
             target.clone(),
-            voice.clone(),
+            cast.voices[i].clone(),
             cast.cameras[i].clone(),
             shared.clone(),
             cast.talkers.clone(),
@@ -393,4 +411,69 @@ pub async fn idle_rooms(server: &Server, n: usize, hold_s: u64) -> anyhow::Resul
         (server.cpu_seconds() - c0) / t0.elapsed().as_secs_f64(),
         create_s,
     ))
+}
+
+/// Runs an audio-only scenario (one room) against Janus AudioBridge: the same participants,
+/// Janus's CPU read the same way. Tick figures and encoder counts are ours only (NaN here).
+pub async fn run_janus_scenario(janus: &Janus, name: &str, sc: Scenario) -> anyhow::Result<Row> {
+    anyhow::ensure!(
+        sc.rooms == 1 && sc.video == 0,
+        "the Janus comparison is one audio-only room"
+    );
+    let room = 1000 + u64::from(rand::random::<u16>());
+    janus.create_room(room).await?;
+    let target = JanusTarget {
+        url: janus.url.clone(),
+        room,
+        bind_ip: janus.net.host_ip,
+        janus_ip: janus.net.ns_ip,
+    };
+    let cast = Cast::new(&sc)?;
+    let shared = Shared::new(sc.per_room.max(1));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for (i, spec) in specs(&sc, &cast, true).into_iter().enumerate() {
+        tasks.push(tokio::spawn(janus::run(
+            spec,
+            target.clone(),
+            cast.voices[i].clone(),
+            shared.clone(),
+            cast.talkers.clone(),
+            stop_rx.clone(),
+        )));
+        tokio::time::sleep(Duration::from_millis(sc.ramp_ms)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (c0, t0) = (janus.cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(sc.hold_s)).await;
+    let (cpu, wall) = (janus.cpu_seconds() - c0, t0.elapsed().as_secs_f64());
+    let reports = finish(stop_tx, tasks).await;
+    Ok(Row {
+        scenario: name.into(),
+        participants: sc.per_room,
+        cpu_s_per_participant_min: cpu / (sc.per_room.max(1) as f64 * wall / 60.0),
+        cpu_cores: cpu / wall,
+        tick_p50_ms: f64::NAN,
+        tick_p99_ms: f64::NAN,
+        miss_pct: f64::NAN,
+        encoders: (f64::NAN, f64::NAN),
+        summary: summarize(&reports),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_from_proc_stat() {
+        // utime 250 + stime 50 ticks; the command name contains ") " and spaces.
+        let stat =
+            "4242 (janus) x (y) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu_seconds(stat), 3.0);
+        assert!(stat_cpu_seconds("garbage").is_nan());
+        // This test process has used some CPU; a process that does not exist reads NaN.
+        assert!(process_cpu_seconds(std::process::id()) >= 0.0);
+        assert!(process_cpu_seconds(u32::MAX).is_nan());
+    }
 }

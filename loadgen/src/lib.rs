@@ -4,6 +4,7 @@
 //! latency (frame counters read back from the composite).
 
 pub mod bench;
+pub mod janus;
 pub mod media;
 pub mod participant;
 
@@ -29,6 +30,8 @@ pub struct Summary {
     pub errors: usize,
     /// First error, if any.
     pub first_error: Option<String>,
+    /// Participants that received mixed audio.
+    pub with_audio: usize,
     /// WebSocket open → first mixed audio, p50/p99 ms.
     pub first_audio_ms: (Option<f64>, Option<f64>),
     /// WebSocket open → first composite frame, p50/p99 ms.
@@ -69,6 +72,7 @@ pub fn summarize(reports: &[Report]) -> Summary {
         participants: reports.len(),
         errors: reports.iter().filter(|r| r.error.is_some()).count(),
         first_error: reports.iter().find_map(|r| r.error.clone()),
+        with_audio: reports.iter().filter(|r| r.audio_packets > 0).count(),
         first_audio_ms: (percentile(&fa, 0.5), percentile(&fa, 0.99)),
         first_video_ms: (percentile(&fv, 0.5), percentile(&fv, 0.99)),
         video_fps: active

@@ -4,9 +4,14 @@
 //!   joins N synthetic participants to a running server and prints what they measured.
 //! - `mcu-loadgen bench --server target/release/mcu-server` starts the server itself, runs the
 //!   scenarios and writes `docs/benchmarks.md` (`--smoke`: a few participants for seconds).
+//!   Each audio-only size also runs against Janus AudioBridge (`--janus`, the Debian package's
+//!   binary) with the same participants, Janus in a network namespace of its own on a veth pair
+//!   (which needs root); without Janus or root that comparison is skipped, or fails when `CI`
+//!   is set.
 
 use clap::{Parser, Subcommand};
 use loadgen::bench::{self, Scenario, Server};
+use loadgen::janus::{self, Janus};
 use std::fmt::Write as _;
 
 #[derive(Parser)]
@@ -58,6 +63,9 @@ enum Cmd {
         /// Seconds measured per scenario.
         #[arg(long, default_value_t = 20)]
         hold: u64,
+        /// The Janus binary for the AudioBridge comparison (path or name on PATH).
+        #[arg(long, default_value = "janus")]
+        janus: String,
     },
 }
 
@@ -65,19 +73,37 @@ fn fmt_opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.0}"))
 }
 
+/// `x` with `prec` decimals, "-" for a figure the scenario does not have (NaN).
+fn fmt_f(x: f64, prec: usize) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.prec$}")
+    }
+}
+
+/// Whether `CI` is set (to anything but empty, 0 or false).
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
 fn table_row(r: &bench::Row) -> String {
     let s = &r.summary;
     format!(
-        "| {} | {} | {:.2} | {:.0}% | {:.2} / {:.2} | {:.2}% | {:.0} / {:.0} | {} / {} | {} / {} | {:.1} | {:.0} | {} | {} |",
+        "| {} | {} | {:.2} | {:.0}% | {} / {} | {} | {} / {} | {} / {} | {} / {} | {:.1} | {:.0} | {} | {} |",
         r.scenario,
         r.participants,
         r.cpu_s_per_participant_min,
         r.cpu_cores * 100.0,
-        r.tick_p50_ms,
-        r.tick_p99_ms,
-        r.miss_pct,
-        r.encoders.0,
-        r.encoders.1,
+        fmt_f(r.tick_p50_ms, 2),
+        fmt_f(r.tick_p99_ms, 2),
+        if r.miss_pct.is_nan() {
+            "-".into()
+        } else {
+            format!("{:.2}%", r.miss_pct)
+        },
+        fmt_f(r.encoders.0, 0),
+        fmt_f(r.encoders.1, 0),
         fmt_opt(s.mouth_to_ear_ms.0),
         fmt_opt(s.mouth_to_ear_ms.1),
         fmt_opt(s.video_latency_ms.0),
@@ -133,16 +159,28 @@ async fn main() -> anyhow::Result<()> {
             audio_sizes,
             video_sizes,
             hold,
+            janus,
         } => {
             let (audio_sizes, video_sizes, hold) = if smoke {
                 (vec![3], vec![3], 4)
             } else {
                 (audio_sizes, video_sizes, hold)
             };
+            // The Janus comparison runs where Janus can; elsewhere it is skipped, except in CI.
+            let janus_version = match janus::preflight(&janus) {
+                Ok(()) => Some(janus::version(&janus).unwrap_or_else(|| "?".into())),
+                Err(why) if under_ci() => anyhow::bail!(
+                    "Janus AudioBridge comparison cannot run and CI is set (CI runs as root on \
+                     the same kind of machine, with the `janus` package): {why}"
+                ),
+                Err(why) => {
+                    eprintln!("skipping the Janus AudioBridge comparison: {why}");
+                    None
+                }
+            };
             let mut rows = Vec::new();
             let mut md = String::new();
             for n in &audio_sizes {
-                let s = Server::start(&server, &[]).await?;
                 let sc = Scenario {
                     rooms: 1,
                     per_room: *n,
@@ -152,9 +190,19 @@ async fn main() -> anyhow::Result<()> {
                     hold_s: hold,
                     ramp_ms: 30,
                 };
+                let s = Server::start(&server, &[]).await?;
                 let row = bench::run_scenario(&s, &format!("audio-{n}"), sc).await?;
+                drop(s); // nothing else runs while Janus is measured
                 eprintln!("{}", table_row(&row));
                 rows.push(row);
+                if janus_version.is_some() {
+                    let j = Janus::start(&janus).await?;
+                    let row = bench::run_janus_scenario(&j, &format!("janus-audio-{n}"), sc)
+                        .await
+                        .map_err(|e| e.context(format!("Janus log: {}", j.log_tail())))?;
+                    eprintln!("{}", table_row(&row));
+                    rows.push(row);
+                }
             }
             for n in &video_sizes {
                 let s = Server::start(&server, &[]).await?;
@@ -212,6 +260,12 @@ async fn main() -> anyhow::Result<()> {
                 md,
                 "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus (3 talkers: 600 ms bursts every 3 s; the rest silence) and VP8 (320x180@15, a colour and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15, tiers 150/400/800 kbit/s. Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
             );
+            if let Some(v) = &janus_version {
+                let _ = writeln!(
+                    md,
+                    "`janus-audio-N` rows: Janus {v} (Debian package `janus`) AudioBridge in the same run, one 48 kHz room with the plugin's defaults otherwise (prebuffering 6 packets, libopus's default complexity, one encoder per participant), the same participants (same Opus, schedule and measurements) joining over Janus's HTTP API; Janus's CPU is read from /proc for the janus process alone, and it has the machine to itself while measured (our server is stopped). Janus runs in a network namespace of its own, joined to the host by a veth pair with private test addresses (10.231.x.0/30; no default route in the namespace), since it never gathers ICE candidates on a loopback interface: its HTTP API and media are on the namespace end, its participants on the host end; our server and its participants run on loopback (127.0.0.1). Tick, deadline-miss and encoder columns are our server's metrics (\"-\" for Janus).\n"
+                );
+            }
             let _ = writeln!(md, "{HEADER}");
             for r in &rows {
                 let _ = writeln!(md, "{}", table_row(r));
@@ -221,6 +275,9 @@ async fn main() -> anyhow::Result<()> {
                 "\n- Largest audio-only room held with < 1 % deadline misses: **{}** participants.",
                 audio_ok.map_or("none of the sizes tried".into(), |n| n.to_string())
             );
+            if let Some(cmp) = janus_comparison(&rows) {
+                let _ = writeln!(md, "{cmp}");
+            }
             let _ = writeln!(
                 md,
                 "- {idle_n} idle rooms (created, empty): **{:.2} % of a core** (creating them took {create_s:.1} s).",
@@ -230,12 +287,15 @@ async fn main() -> anyhow::Result<()> {
             if smoke {
                 // The smoke proves the benchmark still runs end to end: every participant joined,
                 // media flowed both ways, and the probes measured latencies.
+                // Janus rows: every participant heard the mix and the probes found the talkers.
                 let bad: Vec<String> = rows
                     .iter()
                     .filter(|r| {
                         let s = &r.summary;
+                        let janus = r.scenario.starts_with("janus-");
                         s.errors > 0
-                            || s.video_fps < 10.0
+                            || (!janus && s.video_fps < 10.0)
+                            || (janus && s.with_audio < s.participants)
                             || s.mouth_to_ear_n == 0
                             || s.first_audio_ms.0.is_none()
                     })
@@ -258,6 +318,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The markdown line comparing CPU per participant, ours vs Janus AudioBridge, for every
+/// audio-only size that ran on both.
+fn janus_comparison(rows: &[bench::Row]) -> Option<String> {
+    let pairs: Vec<String> = rows
+        .iter()
+        .filter_map(|j| {
+            let n = j.scenario.strip_prefix("janus-audio-")?;
+            let ours = rows.iter().find(|r| r.scenario == format!("audio-{n}"))?;
+            let (o, t) = (ours.cpu_s_per_participant_min, j.cpu_s_per_participant_min);
+            Some(format!(
+                "{n} participants: {o:.3} vs {t:.3} (ours = **{:.2}×** Janus's)",
+                o / t
+            ))
+        })
+        .collect();
+    (!pairs.is_empty()).then(|| {
+        format!(
+            "- CPU-s per participant-minute, ours vs Janus AudioBridge in the same run: {}.",
+            pairs.join("; ")
+        )
+    })
 }
 
 fn machine() -> String {
@@ -291,4 +374,51 @@ async fn run_external(
         bench::join_room(target, &sc, &cast, Shared::new(sc.per_room), &stop_rx, true).await;
     tokio::time::sleep(std::time::Duration::from_secs(sc.hold_s)).await;
     Ok(bench::finish(stop_tx, tasks).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scenario: &str, cpu: f64) -> bench::Row {
+        bench::Row {
+            scenario: scenario.into(),
+            participants: 10,
+            cpu_s_per_participant_min: cpu,
+            cpu_cores: 0.0,
+            tick_p50_ms: f64::NAN,
+            tick_p99_ms: f64::NAN,
+            miss_pct: f64::NAN,
+            encoders: (f64::NAN, f64::NAN),
+            summary: Default::default(),
+        }
+    }
+
+    #[test]
+    fn comparison_pairs_sizes_that_ran_on_both() {
+        let rows = [
+            row("audio-10", 0.1),
+            row("janus-audio-10", 0.4),
+            row("audio-50", 0.05),
+            row("video-4", 1.0),
+        ];
+        assert_eq!(
+            janus_comparison(&rows).as_deref(),
+            Some(
+                "- CPU-s per participant-minute, ours vs Janus AudioBridge in the same run: \
+                 10 participants: 0.100 vs 0.400 (ours = **0.25×** Janus's)."
+            )
+        );
+        assert_eq!(janus_comparison(&rows[2..]), None);
+    }
+
+    #[test]
+    fn janus_rows_show_dashes_for_our_metrics() {
+        let r = table_row(&row("janus-audio-10", 0.4));
+        assert!(
+            r.starts_with("| janus-audio-10 | 10 | 0.40 | 0% | - / - | - | - / - | - / - |"),
+            "{r}"
+        );
+        assert_eq!(fmt_f(1.234, 2), "1.23");
+    }
 }

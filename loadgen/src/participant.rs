@@ -1,6 +1,10 @@
 //! One synthetic participant: joins through the real REST and WebSocket API exactly as the
 //! browser page does (token → `welcome` → offer with one audio and one video m-line → trickle),
 //! sends its pre-encoded media on a 20 ms / 1/15 s clock, and measures what it receives.
+//!
+//! The peer itself (media engine, settings, the audio sender, the receive-side measurements) is
+//! shared with the Janus AudioBridge participant in [`crate::janus`], so both sides of the
+//! comparison send and measure exactly the same way.
 
 use crate::media::{Camera, FPS, Schedule, VIDEO_LOOP, Voice, read_marks};
 use futures_util::{SinkExt, StreamExt};
@@ -31,7 +35,8 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCPeerConnectionIceEvent,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -90,7 +95,7 @@ impl Shared {
 pub struct Report {
     /// Participant index.
     pub id: u32,
-    /// WebSocket open → `welcome`, ms.
+    /// WebSocket open → `welcome`, ms (Janus: session create → AudioBridge's answer).
     pub welcome_ms: Option<f64>,
     /// WebSocket open → first mixed audio packet, ms.
     pub first_audio_ms: Option<f64>,
@@ -114,8 +119,9 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+/// What the receive tasks of one participant accumulate (turned into a [`Report`] by [`collect`]).
 #[derive(Default)]
-struct Rx {
+pub(crate) struct Rx {
     first_audio: Option<Instant>,
     first_video: Option<Instant>,
     last_audio: Option<Instant>,
@@ -128,21 +134,54 @@ struct Rx {
     video_latency: Vec<f64>,
 }
 
-struct Handler {
-    ws_out: mpsc::Sender<String>,
+/// A participant's peer events: local candidates are trickled over our signaling socket
+/// (`ws_out`) or, without one, left in the local description, whose gathering completion is
+/// signalled on `gathered`; remote tracks are measured by [`receive`].
+pub(crate) struct Handler {
+    ws_out: Option<mpsc::Sender<String>>,
+    gathered: tokio::sync::watch::Sender<bool>,
     rx: Arc<Mutex<Rx>>,
     spec: Spec,
     shared: Arc<Shared>,
     talkers: Arc<Vec<(u32, u32)>>,
 }
 
+impl Handler {
+    /// The handler, and a receiver that turns true once ICE gathering is complete.
+    pub(crate) fn new(
+        ws_out: Option<mpsc::Sender<String>>,
+        rx: Arc<Mutex<Rx>>,
+        spec: Spec,
+        shared: Arc<Shared>,
+        talkers: Arc<Vec<(u32, u32)>>,
+    ) -> (Arc<Handler>, tokio::sync::watch::Receiver<bool>) {
+        let (gathered, gathered_rx) = tokio::sync::watch::channel(false);
+        let h = Handler {
+            ws_out,
+            gathered,
+            rx,
+            spec,
+            shared,
+            talkers,
+        };
+        (Arc::new(h), gathered_rx)
+    }
+}
+
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(c) = event.candidate.to_json() {
+        if let Some(ws_out) = &self.ws_out
+            && let Ok(c) = event.candidate.to_json()
+        {
             let msg = json!({"type": "candidate", "candidate": {
                 "candidate": c.candidate, "sdpMid": c.sdp_mid, "sdpMLineIndex": c.sdp_mline_index}});
-            let _ = self.ws_out.try_send(msg.to_string());
+            let _ = ws_out.try_send(msg.to_string());
+        }
+    }
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.send(true);
         }
     }
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -154,6 +193,53 @@ impl PeerConnectionEventHandler for Handler {
         );
         tokio::spawn(receive(track, rx, spec, shared, talkers));
     }
+}
+
+/// A peer connection with the participant's media engine and settings (Opus 111 and VP8 96,
+/// the default interceptors, no mDNS, loopback candidates), its UDP bound to `bind` only
+/// (127.0.0.1 against our server, the host end of its veth pair against Janus).
+pub(crate) async fn peer_connection(
+    handler: Arc<Handler>,
+    bind: std::net::IpAddr,
+) -> anyhow::Result<impl PeerConnection> {
+    let mut me = MediaEngine::default();
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1"),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    me.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: codec(MIME_TYPE_VP8, 90000, 0, ""),
+            payload_type: 96,
+        },
+        RtpCodecKind::Video,
+    )?;
+    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let se = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_include_loopback_candidate(true)
+        .build();
+    Ok(PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(me)
+        .with_setting_engine(se)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(vec![std::net::SocketAddr::new(bind, 0)])
+        .build()
+        .await?)
+}
+
+/// The participant's outgoing Opus track.
+pub(crate) fn audio_track() -> anyhow::Result<Arc<TrackLocalStaticSample>> {
+    track(
+        RtpCodecKind::Audio,
+        "audio",
+        codec(MIME_TYPE_OPUS, 48000, 2, ""),
+    )
 }
 
 fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str) -> RTCRtpCodec {
@@ -191,7 +277,8 @@ fn track(
     Ok(Arc::new(t))
 }
 
-async fn payload_type(sender: &Arc<dyn RtpSender>) -> anyhow::Result<u8> {
+/// The payload type negotiated for a sender's first codec.
+pub(crate) async fn payload_type(sender: &Arc<dyn RtpSender>) -> anyhow::Result<u8> {
     sender
         .get_parameters()
         .await?
@@ -250,6 +337,12 @@ pub async fn run(
     if let Err(e) = r {
         report.error = Some(format!("{e:#}"));
     }
+    collect(&rx, opened, &mut report);
+    report
+}
+
+/// Fills `report` with what the receive tasks measured (times relative to `opened`).
+pub(crate) fn collect(rx: &Mutex<Rx>, opened: Instant, report: &mut Report) {
     let rx = rx.lock();
     let ms = |t: Option<Instant>| t.map(|t| (t - opened).as_secs_f64() * 1000.0);
     report.first_audio_ms = ms(rx.first_audio);
@@ -264,7 +357,6 @@ pub async fn run(
     };
     report.mouth_to_ear_ms = rx.m2e.clone();
     report.video_latency_ms = rx.video_latency.clone();
-    report
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -314,47 +406,15 @@ async fn session(
     report.welcome_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
     let _ = welcome;
 
-    let mut me = MediaEngine::default();
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1"),
-            payload_type: 111,
-        },
-        RtpCodecKind::Audio,
-    )?;
-    me.register_codec(
-        RTCRtpCodecParameters {
-            rtp_codec: codec(MIME_TYPE_VP8, 90000, 0, ""),
-            payload_type: 96,
-        },
-        RtpCodecKind::Video,
-    )?;
-    let registry = register_default_interceptors(Registry::new(), &mut me)?;
-    let se = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-        .with_include_loopback_candidate(true)
-        .build();
-    let handler = Arc::new(Handler {
-        ws_out: out_tx.clone(),
-        rx: rx.clone(),
-        spec: *spec,
-        shared: shared.clone(),
+    let (handler, _) = Handler::new(
+        Some(out_tx.clone()),
+        rx.clone(),
+        *spec,
+        shared.clone(),
         talkers,
-    });
-    let pc = PeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(me)
-        .with_setting_engine(se)
-        .with_interceptor_registry(registry)
-        .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0"])
-        .build()
-        .await?;
-    let audio = track(
-        RtpCodecKind::Audio,
-        "audio",
-        codec(MIME_TYPE_OPUS, 48000, 2, ""),
-    )?;
+    );
+    let pc = peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into()).await?;
+    let audio = audio_track()?;
     let a: Arc<dyn TrackLocal> = audio.clone();
     let audio_sender = pc.add_track(a).await?;
     let video = match &camera {
@@ -381,11 +441,12 @@ async fn session(
         }
     };
     let offer = pc.create_offer(None).await?;
-    let sdp = offer.sdp.clone();
-    pc.set_local_description(offer).await?;
+    // The offer goes into the socket's queue before gathering starts (in set_local_description),
+    // so no trickled candidate can overtake it: the server refuses candidates before an offer.
     out_tx
-        .send(json!({"type": "offer", "sdp": sdp}).to_string())
+        .send(json!({"type": "offer", "sdp": offer.sdp.clone()}).to_string())
         .await?;
+    pc.set_local_description(offer).await?;
 
     let mut senders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     shared.in_room.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +501,9 @@ async fn session(
     result
 }
 
-async fn send_audio(
+/// Sends the participant's voice on a 20 ms clock, per its talk schedule (recording the start
+/// of each burst in `shared` for the listeners' mouth-to-ear measurement).
+pub(crate) async fn send_audio(
     track: Arc<TrackLocalStaticSample>,
     pt: u8,
     voice: Arc<Voice>,
