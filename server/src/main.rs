@@ -114,10 +114,11 @@ fn main() -> anyhow::Result<()> {
         if dev {
             println!("mcu-server (dev) on http://{}", running.addr);
             println!("  dev API key: {}", running.api_key);
+            let port = running.addr.port();
             println!(
-                "  open http://localhost:{}/ to join a room",
-                running.addr.port()
+                "  join a room:   http://localhost:{port}/r/<room>  (tokens are minted for you)"
             );
+            println!("  admin console: http://localhost:{port}/admin  (paste the key above)");
         }
         // A file-size limit (RLIMIT_FSIZE) must fail the recording that hit it (EFBIG), not kill
         // the server: SIGXFSZ's default action terminates the process. Handling it is enough.

@@ -13,7 +13,7 @@ export const serverBin = path.join(target, 'debug', 'mcu-server');
 const mediaDir = path.join(root, 'tests/e2e/media');
 
 /** Chromium flags from NOTES.md (fake devices, loopback ICE, no background traffic). */
-const BASE_ARGS = [
+export const BASE_ARGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream',
   '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection',
@@ -47,8 +47,11 @@ async function freePort() {
   });
 }
 
-/** Starts the real server binary on loopback with a fresh SQLite database. */
-export async function startServer(extraEnv = {}, reuse = null) {
+/** The join-token secret of every test server (tests sign their own tokens with it). */
+export const TOKEN_SECRET = 'e2e-token-secret-0123456789abcdef0123456789';
+
+/** Starts the real server binary on loopback with a fresh SQLite database (`args`: e.g. ['--dev']). */
+export async function startServer(extraEnv = {}, reuse = null, args = []) {
   if (!existsSync(serverBin)) throw new Error(`${serverBin} missing: run cargo build first`);
   const port = reuse?.port ?? (await freePort());
   const dir = reuse?.dir ?? mkdtempSync(path.join(tmpdir(), 'mcu-e2e-'));
@@ -58,14 +61,14 @@ export async function startServer(extraEnv = {}, reuse = null) {
     MCU_LISTEN: `127.0.0.1:${port}`,
     MCU_RTC_BIND: '127.0.0.1',
     MCU_API_KEY: apiKey,
-    MCU_TOKEN_SECRET: 'e2e-token-secret-0123456789abcdef0123456789',
+    MCU_TOKEN_SECRET: TOKEN_SECRET,
     DATABASE_URL: `sqlite://${dir}/mcu.db`,
     MCU_RECORDINGS_DIR: `${dir}/recordings`,
     MCU_WEB_DIR: path.join(root, 'web'),
     MCU_LOG: process.env.MCU_LOG || 'info,webrtc=warn,rtc=warn',
     ...extraEnv,
   };
-  const proc = spawn(serverBin, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(serverBin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs = [];
   proc.stdout.on('data', (d) => logs.push(d.toString()));
   proc.stderr.on('data', (d) => logs.push(d.toString()));
@@ -115,7 +118,8 @@ export async function launchParticipant(server, room, name, media) {
   page.on('pageerror', (e) => errors.push(e.message));
   page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
   const token = await server.token(room, name);
-  await page.goto(`${server.url}/?autojoin=1&token=${encodeURIComponent(token)}`);
+  // raw_audio=1: no browser voice processing, so that tones arrive as sent.
+  await page.goto(`${server.url}/?autojoin=1&raw_audio=1&token=${encodeURIComponent(token)}`);
   return { browser, page, errors, name };
 }
 

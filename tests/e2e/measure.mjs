@@ -48,7 +48,7 @@ try {
   for (let i = 0; i < joins; i++) {
     if (i > 0) {
       const token = await server.token('bench', `joiner${i}`);
-      await joiner.page.goto(`${server.url}/?autojoin=1&token=${encodeURIComponent(token)}`);
+      await joiner.page.goto(`${server.url}/?autojoin=1&raw_audio=1&token=${encodeURIComponent(token)}`);
     }
     await joiner.page.waitForFunction(() => window.mcu?.openedAt !== undefined);
     await watchFrames(joiner.page);
