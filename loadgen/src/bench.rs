@@ -226,6 +226,9 @@ pub struct Scenario {
     pub hold_s: u64,
     /// Delay between joins, ms.
     pub ramp_ms: u64,
+    /// Tiles the server's grid shows (`MCU_MAX_TILES` it runs with); the probes need it to
+    /// find the tiles in the composite.
+    pub max_tiles: usize,
 }
 
 /// The pre-encoded media of one room's participants (shared by every room of a scenario).
@@ -343,7 +346,7 @@ pub async fn run_scenario(server: &Server, name: &str, sc: Scenario) -> anyhow::
         let room = format!("{name}-{r}");
         server.create_room(&room).await?;
         // One id table per room (ids repeat across rooms); only the first room has probes.
-        let shared = Shared::new(sc.per_room.max(1));
+        let shared = Shared::new(sc.per_room.max(1)).with_max_tiles(sc.max_tiles);
         tasks.extend(join_room(server.target(&room), &sc, &cast, shared, &stop_rx, r == 0).await);
     }
     // Settle, then measure over the hold.

@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
                 probes,
                 hold_s: seconds,
                 ramp_ms: 100,
+                max_tiles: 25,
             };
             let reports = run_external(&url, &api_key, &room, server_like).await?;
             println!(
@@ -189,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
                     probes: 2.min(*n),
                     hold_s: hold,
                     ramp_ms: 30,
+                    max_tiles: 25,
                 };
                 let s = Server::start(&server, &[]).await?;
                 let row = bench::run_scenario(&s, &format!("audio-{n}"), sc).await?;
@@ -205,7 +207,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for n in &video_sizes {
-                let s = Server::start(&server, &[]).await?;
+                // The video target: 9 visible tiles whatever the room size.
+                let s = Server::start(&server, &[("MCU_MAX_TILES", "9")]).await?;
                 let sc = Scenario {
                     rooms: 1,
                     per_room: *n,
@@ -214,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
                     probes: 2.min(*n),
                     hold_s: hold,
                     ramp_ms: 100,
+                    max_tiles: 9,
                 };
                 let row = bench::run_scenario(&s, &format!("video-{n}"), sc).await?;
                 eprintln!("{}", table_row(&row));
@@ -229,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
                 probes: 1,
                 hold_s: hold,
                 ramp_ms: 50,
+                max_tiles: 25,
             };
             let row = bench::run_scenario(&s, &format!("{rooms}-rooms-of-{per}"), sc).await?;
             eprintln!("{}", table_row(&row));
@@ -258,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let _ = writeln!(
                 md,
-                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus (3 talkers: 600 ms bursts every 3 s; the rest silence) and VP8 (320x180@15, a colour and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15, tiers 150/400/800 kbit/s. Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
+                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus (3 talkers: 600 ms bursts every 3 s; the rest silence) and VP8 (320x180@15, a colour and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15, tiers 150/400/800 kbit/s; the video rows run the server with `MCU_MAX_TILES=9` (9 visible tiles, only those decoded). Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
             );
             if let Some(v) = &janus_version {
                 let _ = writeln!(

@@ -76,6 +76,8 @@ pub struct Shared {
     pub bursts: Vec<Mutex<Vec<Instant>>>,
     /// Participants connected (for the probes' layout guess).
     pub in_room: AtomicUsize,
+    /// Tiles the server's grid shows at most (`MCU_MAX_TILES`).
+    pub max_tiles: usize,
 }
 
 impl Shared {
@@ -86,7 +88,19 @@ impl Shared {
             video_sent: (0..n).map(|_| Mutex::new(vec![None; VIDEO_LOOP])).collect(),
             bursts: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             in_room: AtomicUsize::new(0),
+            max_tiles: mixer::MAX_GRID_TILES,
         })
+    }
+
+    /// The same, for a server showing at most `max_tiles` tiles.
+    pub fn with_max_tiles(self: Arc<Self>, max_tiles: usize) -> Arc<Shared> {
+        match Arc::try_unwrap(self) {
+            Ok(mut s) => {
+                s.max_tiles = max_tiles.clamp(1, mixer::MAX_GRID_TILES);
+                Arc::new(s)
+            }
+            Err(shared) => shared, // already shared: keep as is
+        }
     }
 }
 
@@ -693,15 +707,11 @@ fn read_composite(
     let n = shared
         .in_room
         .load(Ordering::Relaxed)
-        .clamp(1, mixer::MAX_GRID_TILES);
+        .clamp(1, shared.max_tiles);
     // The probe cannot know exactly how many tiles are shown: try the neighbours too and keep
     // the reading with the most valid tiles.
     let mut best: Vec<(u32, u32)> = Vec::new();
-    for cand in [
-        n,
-        n.saturating_sub(1).max(1),
-        (n + 1).min(mixer::MAX_GRID_TILES),
-    ] {
+    for cand in [n, n.saturating_sub(1).max(1), (n + 1).min(shared.max_tiles)] {
         let rects = mixer::layout(cand, mixer::Layout::Grid, w, h, 0);
         let marks: Vec<(u32, u32)> = rects
             .iter()
