@@ -505,7 +505,10 @@ impl Store {
         }
     }
 
-    /// Rooms that have an empty timeout (`empty_timeout_s > 0`), for the reaper.
+    /// Rooms with an empty timeout (`empty_timeout_s > 0`) that has run since their last change
+    /// (`updated_at + empty_timeout_s <= now`), for the reaper: only those can be due. A room whose
+    /// settings changed recently is looked at once that much time has passed (at most one timeout
+    /// late), which keeps a pass over thousands of idle rooms cheap.
     pub async fn rooms_with_empty_timeout(&self) -> Result<Vec<RoomRecord>, StoreError> {
         match self {
             Store::Sqlite(p) => sqlite::rooms_with_empty_timeout(p).await,

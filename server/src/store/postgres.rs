@@ -167,7 +167,12 @@ pub(super) async fn delete_room(pool: &PgPool, name: &str) -> Result<bool, Store
 }
 
 pub(super) async fn rooms_with_empty_timeout(pool: &PgPool) -> Result<Vec<RoomRecord>, StoreError> {
-    let sql = format!("{SELECT_ROOM} WHERE r.empty_timeout_s > 0 ORDER BY r.created_at, r.id");
+    // Only rooms whose timeout has run since their last change can be due (see sqlite.rs).
+    let sql = format!(
+        "{SELECT_ROOM} WHERE r.empty_timeout_s > 0 \
+         AND r.updated_at + r.empty_timeout_s * interval '1 second' <= now() \
+         ORDER BY r.created_at, r.id"
+    );
     let rows = sqlx::query(&sql).fetch_all(pool).await.map_err(classify)?;
     rows.iter().map(room_from_row).collect()
 }
