@@ -6,6 +6,8 @@
 //! reached the PostgreSQL run is skipped with a notice, or fails if `CI` is set. The PostgreSQL
 //! run also takes the database away mid-run and checks 503s and recovery.
 
+mod common;
+
 use actix_web::web::Data;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -1081,38 +1083,6 @@ async fn api_on_sqlite() {
 
 // ----- PostgreSQL -------------------------------------------------------------------------------
 
-fn with_database(admin_url: &str, db: &str) -> String {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(i) => &base[..authority_start + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
-async fn admin_connection(url: &str) -> Option<PgConnection> {
-    let attempt = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url)).await;
-    let err = match attempt {
-        Ok(Ok(c)) => return Some(c),
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "timed out".to_string(),
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("PostgreSQL at {url} is unreachable ({err}) and CI is set");
-    }
-    eprintln!(
-        "NOTICE: skipping the PostgreSQL API tests: {url} unreachable ({err}); set MCU_TEST_PG_URL"
-    );
-    None
-}
-
 /// The database is taken away under the running server and given back.
 async fn database_goes_away(app: &App, admin: &mut PgConnection, db: &str) {
     app.create_room(json!({"name": "survivor"})).await;
@@ -1192,7 +1162,7 @@ async fn database_goes_away(app: &App, admin: &mut PgConnection, db: &str) {
 async fn api_on_postgres() {
     let admin_url = std::env::var("MCU_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let Some(mut admin) = admin_connection(&admin_url).await else {
+    let Some(mut admin) = common::admin_connection(&admin_url).await else {
         return;
     };
     let db = format!("mcu_test_{}", uuid::Uuid::new_v4().simple());
@@ -1200,7 +1170,7 @@ async fn api_on_postgres() {
         .execute(format!("CREATE DATABASE {db}").as_str())
         .await
         .expect("create the test database");
-    let url = with_database(&admin_url, &db);
+    let url = common::with_database(&admin_url, &db);
     let dir = tempfile::tempdir().unwrap();
 
     // Run in a task so that a failed assertion still lets us drop the database.
@@ -1236,15 +1206,15 @@ async fn api_on_postgres() {
 #[test]
 fn database_url_rewrite() {
     assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
+        common::with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
         "postgres://postgres@127.0.0.1:5432/x"
     );
     assert_eq!(
-        with_database("postgres://u:p@h/test?sslmode=disable", "x"),
+        common::with_database("postgres://u:p@h/test?sslmode=disable", "x"),
         "postgres://u:p@h/x?sslmode=disable"
     );
     assert_eq!(
-        with_database("postgres://h:5432", "x"),
+        common::with_database("postgres://h:5432", "x"),
         "postgres://h:5432/x"
     );
 }

@@ -6,10 +6,12 @@
 //! `postgres://postgres@127.0.0.1:5432/test`; skipped with a notice when unreachable unless `CI`
 //! is set). The rooms are empty: their media runs for the recording alone (silence, black).
 
+mod common;
+
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
 use server::config::Config;
-use sqlx::{Connection as _, Executor as _, PgConnection};
+use sqlx::Executor as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -709,49 +711,19 @@ async fn recordings_on_sqlite() {
     app.handle.stop(true).await;
 }
 
-fn with_database(admin_url: &str, db: &str) -> String {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(i) => &base[..authority_start + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
 #[actix_web::test]
 async fn recordings_on_postgres() {
     let admin_url = std::env::var("MCU_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let attempt =
-        tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url)).await;
-    let mut admin = match attempt {
-        Ok(Ok(c)) => c,
-        other => {
-            let err = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".into(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PostgreSQL at {admin_url} is unreachable ({err}) and CI is set"
-            );
-            eprintln!("NOTICE: skipping the PostgreSQL recordings tests: {err}");
-            return;
-        }
+    let Some(mut admin) = common::admin_connection(&admin_url).await else {
+        return;
     };
     let db = format!("mcu_rec_test_{}", Uuid::new_v4().simple());
     admin
         .execute(format!("CREATE DATABASE {db}").as_str())
         .await
         .expect("create the test database");
-    let url = with_database(&admin_url, &db);
+    let url = common::with_database(&admin_url, &db);
     // Run in a task so that a failed assertion still lets us drop the database.
     let run = actix_web::rt::spawn(async move {
         let dir = tempfile::tempdir().unwrap();

@@ -139,3 +139,40 @@ impl Drop for Server {
         }
     }
 }
+
+// ----- PostgreSQL fixtures ----------------------------------------------------------------------
+
+/// `admin_url` (a PostgreSQL URL) pointing at database `db` instead.
+pub fn with_database(admin_url: &str, db: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin_url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// A connection to the PostgreSQL admin database, or `None` (with a notice) when it is
+/// unreachable outside CI; under `CI` an unreachable PostgreSQL fails the test.
+pub async fn admin_connection(url: &str) -> Option<sqlx::PgConnection> {
+    use sqlx::Connection as _;
+    let attempt =
+        tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url)).await;
+    let err = match attempt {
+        Ok(Ok(c)) => return Some(c),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("PostgreSQL at {url} is unreachable ({err}) and CI is set");
+    }
+    eprintln!("NOTICE: skipping PostgreSQL tests: {url} unreachable ({err}); set MCU_TEST_PG_URL");
+    None
+}
