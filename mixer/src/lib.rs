@@ -45,7 +45,7 @@ pub use jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
 pub use layout::{MAX_GRID_TILES, MAX_STRIP_TILES, Rect, grid_dims, layout};
 pub use mix::{AudioMixer, soft_limit};
 pub use opus_codec::{OpusDecoder, OpusEncoder};
-pub use room::{MediaRoom, MediaStats, ParticipantKey, TickOutput};
+pub use room::{EncoderCounts, MediaRoom, MediaStats, ParticipantKey, TickOutput};
 pub use scale::Scaler;
 pub use tier::tier_for_bandwidth;
 pub use vp8_decoder::{Vp8Decoder, is_vp8_keyframe, vp8_keyframe_size};

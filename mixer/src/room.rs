@@ -150,6 +150,19 @@ struct Sink {
     wants_keyframe: bool,
 }
 
+/// What [`MediaRoom::encoder_counts`] returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderCounts {
+    /// Opus encoders alive (the shared one plus speakers' own).
+    pub audio_encoders: usize,
+    /// VP8 encoders alive (one per tier with receivers).
+    pub video_encoders: usize,
+    /// Opus encodes in the last tick.
+    pub audio_encodes_last_tick: usize,
+    /// VP8 encodes in the last video tick.
+    pub video_encodes_last_video_tick: usize,
+}
+
 /// The media engine of one room (see the module docs for its invariants).
 pub struct MediaRoom {
     /// Receive-only outputs (recordings).
@@ -474,7 +487,22 @@ impl MediaRoom {
         }
     }
 
-    /// Counters and gauges.
+    /// Encoder gauges and the last tick's encode counts: one pass, no clone, cheap enough for
+    /// every tick (the media thread reports these to `/metrics`).
+    pub fn encoder_counts(&self) -> EncoderCounts {
+        EncoderCounts {
+            audio_encoders: 1 + self
+                .participants
+                .iter()
+                .filter(|p| p.own_encoder.is_some())
+                .count(),
+            video_encoders: self.tier_encoders.iter().flatten().count(),
+            audio_encodes_last_tick: self.stats.audio_encodes_last_tick,
+            video_encodes_last_video_tick: self.stats.video_encodes_last_video_tick,
+        }
+    }
+
+    /// Counters and gauges (walks every participant: for monitoring, not every tick).
     pub fn stats(&self) -> MediaStats {
         let mut s = self.stats.clone();
         s.time_ms = self.now_ms;
@@ -915,6 +943,20 @@ mod tests {
             let keys: Vec<u64> = out.audio.iter().map(|(k, _)| *k).collect();
             assert_eq!(keys, (0..10).collect::<Vec<u64>>());
             let s = room.stats();
+            let c = room.encoder_counts();
+            assert_eq!(
+                (
+                    c.audio_encoders,
+                    c.audio_encodes_last_tick,
+                    c.video_encoders
+                ),
+                (
+                    s.audio_encoders,
+                    s.audio_encodes_last_tick,
+                    s.video_encoders
+                ),
+                "encoder_counts agrees with stats"
+            );
             if t < 50 {
                 assert_eq!(s.audio_encodes_last_tick, 1, "tick {t}");
                 let first = &out.audio[0].1;

@@ -382,7 +382,7 @@ fn run(
         }
         METRICS.bytes_out.fetch_add(bytes_out, Relaxed);
 
-        let stats = media.stats();
+        let stats = media.encoder_counts();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
         if counts != last_counts {
             timing.audio_encoders.store(counts.0, Relaxed);

@@ -616,11 +616,11 @@ async fn send_output(
         }
         let r = match o {
             Output::Audio(data) => {
-                let s = sample(&data, Duration::from_millis(20));
+                let s = sample(data, Duration::from_millis(20));
                 audio.write_sample(audio_ssrc, opus_pt, &s, &[]).await
             }
             Output::Video { data, .. } => {
-                let s = sample(&data, frame);
+                let s = sample(data, frame);
                 video.write_sample(video_ssrc, vp8_pt, &s, &[]).await
             }
             Output::Pli => {
@@ -644,9 +644,10 @@ async fn send_output(
     }
 }
 
-fn sample(data: &[u8], duration: Duration) -> rtc::media::Sample {
+/// Wraps the room's shared packet without copying it (receivers of one tier or mix share it).
+fn sample(data: Arc<[u8]>, duration: Duration) -> rtc::media::Sample {
     rtc::media::Sample {
-        data: bytes::Bytes::copy_from_slice(data),
+        data: bytes::Bytes::from_owner(data),
         timestamp: Instant::now(),
         duration,
         packet_timestamp: 0,
