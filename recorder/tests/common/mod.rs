@@ -217,6 +217,27 @@ pub fn format_duration_s(path: &Path) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// FFmpeg decodes the whole file without an error (`run` asserts its exit status).
+pub fn assert_decodes(path: &Path) {
+    let out = run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-i",
+            path.to_str().expect("utf-8 path"),
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    assert!(
+        out.is_empty(),
+        "unexpected output decoding {}",
+        path.display()
+    );
+}
+
 /// Whole audio track decoded to 48 kHz mono s16.
 pub fn decode_audio(path: &Path) -> Vec<i16> {
     let out = run(
