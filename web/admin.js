@@ -6,6 +6,8 @@
 // needs no header (a <video> cannot send one). Views poll while shown; a table is redrawn only
 // when its data changed, and keyboard focus survives the redraw.
 
+import { el } from '/js/dom.js';
+
 const $ = (id) => document.getElementById(id);
 const KEY = 'mcu.apiKey';
 const POLL_MS = { rooms: 5000, room: 2000, recordings: 5000 };
@@ -24,18 +26,6 @@ class ApiError extends Error {
 }
 
 // ----- helpers ---------------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  e.append(...children.filter((c) => c !== null && c !== undefined));
-  return e;
-}
 
 function button(text, { label, cls, key, onClick } = {}) {
   const b = el('button', { type: 'button', class: cls, 'aria-label': label, 'data-focus-key': key, text });

@@ -7,6 +7,7 @@
 // State is exposed on window.mcu for tests and debugging.
 
 import { Connection } from '/js/connection.js';
+import { el } from '/js/dom.js';
 import { openMedia, listDevices, levelMeter, mediaErrorMessage } from '/js/devices.js';
 import { readReport, summarize, fmt } from '/js/quality.js';
 import { decodeToken, isExpired, ROOM_NAME } from '/js/token.js';
@@ -50,18 +51,6 @@ const mcu = (window.mcu = {
 });
 
 // ----- small helpers ---------------------------------------------------------------------------
-
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === null || v === undefined || v === false) continue;
-    if (k === 'class') e.className = v;
-    else if (k === 'text') e.textContent = v;
-    else e.setAttribute(k, v === true ? '' : v);
-  }
-  e.append(...children.filter((c) => c !== null && c !== undefined));
-  return e;
-}
 
 function icon(name, label) {
   const ns = 'http://www.w3.org/2000/svg';
