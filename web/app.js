@@ -572,6 +572,15 @@ function onServerMessage(msg) {
       setRecording(msg.status === 'started' ? msg.recording_id : null);
       status(msg.status === 'started' ? 'Recording started: this call is being recorded.' : 'Recording stopped.');
       break;
+    case 'video_paused':
+      // The last frame stays on screen; audio goes on.
+      mcu.videoPaused = true;
+      $('video-paused').hidden = false;
+      break;
+    case 'video_resumed':
+      mcu.videoPaused = false;
+      $('video-paused').hidden = true;
+      break;
     case 'error':
       if (mcu.state === 'in-call') status(`Server: ${msg.message}`, true);
       break;

@@ -18,7 +18,8 @@ pub enum Layout {
 }
 
 /// Media settings of one room. `Default` is 640x360@15, grid, tiers
-/// 150/400/800 kbit/s, Opus 32 kbit/s complexity 5, a 40 ms jitter target.
+/// 70/150/250/400/800 kbit/s (starting at 150), Opus 32 kbit/s complexity 5,
+/// a 40 ms jitter target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MediaConfig {
@@ -53,8 +54,8 @@ impl Default for MediaConfig {
             canvas_height: 360,
             fps: 15,
             layout: Layout::Grid,
-            video_tiers_kbps: vec![150, 400, 800],
-            default_tier_kbps: 400,
+            video_tiers_kbps: vec![70, 150, 250, 400, 800],
+            default_tier_kbps: 150,
             opus_bitrate: 32_000,
             opus_complexity: 5,
             jitter_target_frames: 2,
@@ -130,10 +131,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_is_valid_and_default_tier_is_400() {
+    fn default_is_valid_and_default_tier_is_150() {
         let cfg = MediaConfig::default();
         assert!(cfg.validate().is_ok());
-        assert_eq!(cfg.video_tiers_kbps[cfg.default_tier()], 400);
+        assert_eq!(cfg.video_tiers_kbps[cfg.default_tier()], 150);
     }
 
     #[test]
@@ -163,8 +164,8 @@ mod tests {
             default_tier_kbps: 500,
             ..MediaConfig::default()
         };
-        assert_eq!(cfg.default_tier(), 1);
-        cfg.default_tier_kbps = 100;
+        assert_eq!(cfg.default_tier(), 3);
+        cfg.default_tier_kbps = 50;
         assert_eq!(cfg.default_tier(), 0);
     }
 }

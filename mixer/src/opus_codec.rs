@@ -19,6 +19,7 @@ const EXPECTED_LOSS_PERC: i32 = 5;
 pub struct OpusEncoder {
     inner: opus::Encoder,
     out: Box<[u8; MAX_PACKET]>,
+    loss_perc: i32,
 }
 
 impl std::fmt::Debug for OpusEncoder {
@@ -38,7 +39,19 @@ impl OpusEncoder {
         Ok(Self {
             inner,
             out: Box::new([0; MAX_PACKET]),
+            loss_perc: EXPECTED_LOSS_PERC,
         })
+    }
+
+    /// The loss (percent) the receivers report: in-band FEC is sized for at least
+    /// [`EXPECTED_LOSS_PERC`] and at most 30 %.
+    pub fn set_expected_loss(&mut self, percent: u8) -> Result<(), MixerError> {
+        let p = i32::from(percent).clamp(EXPECTED_LOSS_PERC, 30);
+        if p != self.loss_perc {
+            self.inner.set_packet_loss_perc(p)?;
+            self.loss_perc = p;
+        }
+        Ok(())
     }
 
     /// Encodes one 20 ms frame (exactly [`FRAME_SAMPLES`] samples).

@@ -33,7 +33,9 @@ use crate::jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
 use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, layout};
 use crate::mix::AudioMixer;
 use crate::opus_codec::{OpusDecoder, OpusEncoder};
-use crate::tier::tier_for_bandwidth;
+use crate::scale::Scaler;
+use crate::tier::{ProbeState, TierShape, next_tier, tier_shape};
+use crate::image::I420Frame;
 use crate::vp8_decoder::{Vp8Decoder, is_vp8_keyframe};
 use crate::vpx::{EncodedFrame, Vp8Encoder, Vp8EncoderConfig};
 use crate::{FRAME_SAMPLES, Layout, MediaConfig, MixerError, TICK_MS};
@@ -43,6 +45,10 @@ pub type ParticipantKey = u64;
 
 /// Shortest room-clock interval between two PLIs for the same input.
 pub const PLI_INTERVAL_MS: u64 = 500;
+/// Shortest room-clock interval between two keyframes forced on one tier encoder. Requests
+/// (PLI/FIR, tier switches, joins) within it are coalesced into one keyframe at its end, so a
+/// lossy receiver cannot hold its tier in a keyframe storm.
+pub const KEYFRAME_MIN_INTERVAL_MS: u64 = 1_000;
 /// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
 pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
 
@@ -66,6 +72,9 @@ pub struct TickOutput {
     pub active_speaker: Option<Option<ParticipantKey>>,
     /// Participants whose speaking flag flipped: `(key, speaking)`.
     pub speaking_changed: Vec<(ParticipantKey, bool)>,
+    /// Receivers whose video paused (`true`: the estimate cannot carry the lowest tier next to
+    /// audio) or resumed (`false`) since the last tick.
+    pub video_paused_changed: Vec<(ParticipantKey, bool)>,
 }
 
 /// Counters and gauges of a room.
@@ -136,7 +145,12 @@ struct Participant {
     pli_pending: bool,
     last_pli_ms: Option<u64>,
     on_screen: bool,
-    tier: usize,
+    /// Video tier; `None` while its video is paused for bandwidth.
+    tier: Option<usize>,
+    /// Probing memory of the tier choice.
+    probe: ProbeState,
+    /// Loss this receiver reports on what we send it, percent.
+    reported_loss: u8,
     /// This receiver needs a keyframe from its tier.
     wants_keyframe: bool,
 }
@@ -148,6 +162,94 @@ struct Sink {
     key: ParticipantKey,
     tier: usize,
     wants_keyframe: bool,
+}
+
+/// One tier's encoder, at the tier's own size and frame rate.
+struct TierEncoder {
+    encoder: Vp8Encoder,
+    shape: TierShape,
+    /// Canvas -> tier size, when smaller.
+    scaler: Option<(Scaler, I420Frame)>,
+    /// Room clock of the last keyframe it made.
+    last_keyframe_ms: Option<u64>,
+}
+
+impl TierEncoder {
+    /// `full`: at the canvas size and rate whatever the bitrate (recordings).
+    fn new(kbps: u32, cfg: &MediaConfig, full: bool) -> Result<Self, MixerError> {
+        let shape = if full {
+            full_shape(cfg)
+        } else {
+            tier_shape(kbps, cfg.canvas_width, cfg.canvas_height, cfg.fps)
+        };
+        let fps = (cfg.fps / shape.fps_divisor).max(1);
+        let encoder = Vp8Encoder::new(Vp8EncoderConfig::realtime(
+            shape.width,
+            shape.height,
+            fps,
+            kbps,
+        ))?;
+        let scaler = if (shape.width, shape.height) == (cfg.canvas_width, cfg.canvas_height) {
+            None
+        } else {
+            Some((
+                Scaler::new(
+                    cfg.canvas_width,
+                    cfg.canvas_height,
+                    shape.width,
+                    shape.height,
+                )?,
+                I420Frame::new(shape.width, shape.height, crate::Yuv::BLACK)?,
+            ))
+        };
+        Ok(Self {
+            encoder,
+            shape,
+            scaler,
+            last_keyframe_ms: None,
+        })
+    }
+
+    /// Encodes the composite on this tier's frames; forces a keyframe when asked, at most one per
+    /// [`KEYFRAME_MIN_INTERVAL_MS`].
+    fn encode(
+        &mut self,
+        canvas: &I420Frame,
+        frame_no: u64,
+        now: u64,
+        want_keyframe: bool,
+    ) -> Result<Option<EncodedFrame>, MixerError> {
+        if !frame_no.is_multiple_of(u64::from(self.shape.fps_divisor)) {
+            return Ok(None);
+        }
+        if want_keyframe
+            && self
+                .last_keyframe_ms
+                .is_none_or(|t| now >= t + KEYFRAME_MIN_INTERVAL_MS)
+        {
+            self.encoder.force_keyframe();
+        }
+        let picture = match &mut self.scaler {
+            Some((scaler, small)) => {
+                scaler.scale(&canvas.view(), small)?;
+                &*small
+            }
+            None => canvas,
+        };
+        let f = self.encoder.encode(picture, now as i64)?;
+        if f.as_ref().is_some_and(|f| f.keyframe) {
+            self.last_keyframe_ms = Some(now);
+        }
+        Ok(f)
+    }
+}
+
+fn full_shape(cfg: &MediaConfig) -> TierShape {
+    TierShape {
+        width: cfg.canvas_width,
+        height: cfg.canvas_height,
+        fps_divisor: 1,
+    }
 }
 
 /// What [`MediaRoom::encoder_counts`] returns.
@@ -186,7 +288,9 @@ pub struct MediaRoom {
     visible: Vec<ParticipantKey>,
     speaker_tile: usize,
     compositor: Compositor,
-    tier_encoders: Vec<Option<Vp8Encoder>>,
+    tier_encoders: Vec<Option<TierEncoder>>,
+    /// Pause/resume changes not yet reported by a tick.
+    paused_changed: Vec<(ParticipantKey, bool)>,
     stats: MediaStats,
 }
 
@@ -220,6 +324,7 @@ impl MediaRoom {
             compositor: Compositor::new(cfg.canvas_width, cfg.canvas_height)?,
             tier_encoders: (0..cfg.video_tiers_kbps.len()).map(|_| None).collect(),
             sinks: Vec::new(),
+            paused_changed: Vec::new(),
             tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
             cfg,
@@ -294,7 +399,9 @@ impl MediaRoom {
             pli_pending: false,
             last_pli_ms: None,
             on_screen: false,
-            tier: self.cfg.default_tier(),
+            tier: Some(self.cfg.default_tier()),
+            probe: ProbeState::default(),
+            reported_loss: 0,
             wants_keyframe: true,
         });
         self.update_visibility();
@@ -417,18 +524,51 @@ impl MediaRoom {
     }
 
     /// A receiver's bandwidth estimate in bit/s (`None` = unknown: default
-    /// tier). A tier change gets the receiver a keyframe from its new tier.
+    /// tier). The tier follows [`next_tier`]'s policy (down at once, up one
+    /// probing step at a time, paused when not even the lowest tier fits); a
+    /// tier change gets the receiver a keyframe from its new tier, and a pause
+    /// or resume is reported in the next tick's `video_paused_changed`.
     pub fn set_bandwidth(&mut self, key: ParticipantKey, bps: Option<u64>) {
-        let tier = match bps {
-            Some(b) => tier_for_bandwidth(b, &self.cfg.video_tiers_kbps),
-            None => self.cfg.default_tier(),
+        let now = self.now_ms;
+        let Some(i) = self.index.get(&key).copied() else {
+            return;
         };
-        if let Some(p) = self.get_mut(key)
-            && p.tier != tier
-        {
+        let Some(p) = self.participants.get_mut(i) else {
+            return;
+        };
+        let tier = match bps {
+            Some(b) => next_tier(p.tier, b, &self.cfg.video_tiers_kbps, &mut p.probe, now),
+            None => Some(self.cfg.default_tier()),
+        };
+        if p.tier != tier {
+            if p.tier.is_none() != tier.is_none() {
+                self.paused_changed.push((key, tier.is_none()));
+            }
+            tracing::debug!(key, from = ?p.tier, to = ?tier, bps, "video tier");
             p.tier = tier;
-            p.wants_keyframe = true;
+            p.wants_keyframe = tier.is_some();
         }
+    }
+
+    /// The loss (percent) a receiver reports on what we send it: its own Opus
+    /// encoder, and the shared one (sized for the worst receiver), put that
+    /// much in-band FEC in.
+    pub fn set_reported_loss(&mut self, key: ParticipantKey, percent: u8) {
+        if let Some(p) = self.get_mut(key) {
+            p.reported_loss = percent;
+        }
+    }
+
+    /// Bitrate (kbit/s) of tier `t`, 0 if there is none.
+    pub fn tier_kbps(&self, t: usize) -> u32 {
+        self.tier_kbps.get(t).copied().unwrap_or(0)
+    }
+
+    /// Whether a receiver's video is paused for bandwidth.
+    pub fn video_paused(&self, key: ParticipantKey) -> bool {
+        let i = self.index.get(&key);
+        i.and_then(|&i| self.participants.get(i))
+            .is_some_and(|p| p.tier.is_none())
     }
 
     /// The receiver asked for a keyframe (PLI/FIR): the next video tick forces
@@ -448,16 +588,28 @@ impl MediaRoom {
             return Some(s.tier);
         }
         let i = *self.index.get(&key)?;
-        self.participants.get(i).map(|p| p.tier)
+        self.participants.get(i).and_then(|p| p.tier)
     }
 
     /// Adds a receive-only output (a recording) that gets the full mix and
-    /// the composite at `kbps`. It shares the encoder of the tier with exactly
-    /// that bitrate; otherwise it gets one dedicated encoder. Its first video
-    /// frame is a keyframe. Adding an existing key replaces it.
+    /// the composite at `kbps`, at the canvas size and frame rate. It shares
+    /// the encoder of the tier with exactly that bitrate when that tier runs at
+    /// the canvas size and rate; otherwise it gets one dedicated encoder. Its
+    /// first video frame is a keyframe. Adding an existing key replaces it.
     pub fn add_sink(&mut self, key: ParticipantKey, kbps: u32) {
         self.remove_sink(key);
-        let tier = match self.tier_kbps.iter().position(|&k| k == kbps) {
+        let full = full_shape(&self.cfg);
+        let cfg = &self.cfg;
+        let shareable = |t: usize, k: u32| {
+            t >= cfg.video_tiers_kbps.len()
+                || tier_shape(k, cfg.canvas_width, cfg.canvas_height, cfg.fps) == full
+        };
+        let existing = self
+            .tier_kbps
+            .iter()
+            .enumerate()
+            .position(|(t, &k)| k == kbps && shareable(t, k));
+        let tier = match existing {
             Some(t) => t,
             None => {
                 self.tier_kbps.push(kbps);
@@ -548,6 +700,7 @@ impl MediaRoom {
         let mut out = TickOutput {
             time_ms: now,
             audio: Vec::with_capacity(self.participants.len()),
+            video_paused_changed: std::mem::take(&mut self.paused_changed),
             ..TickOutput::default()
         };
         for p in &mut self.participants {
@@ -600,6 +753,10 @@ impl MediaRoom {
         for p in participants.iter().filter(|p| p.contributes) {
             mixer.add(&p.pcm[..]);
         }
+        let worst_loss = participants.iter().map(|p| p.reported_loss).max();
+        if let Err(e) = shared_encoder.set_expected_loss(worst_loss.unwrap_or(0)) {
+            tracing::warn!(error = %e, "opus loss setting");
+        }
         let mut shared: Option<Arc<[u8]>> = None;
         let mut encodes = 0;
         for p in participants.iter_mut() {
@@ -610,6 +767,11 @@ impl MediaRoom {
                         Ok(e) => p.own_encoder = Some(e),
                         Err(e) => tracing::error!(error = %e, "opus encoder"),
                     }
+                }
+                if let Some(enc) = p.own_encoder.as_mut()
+                    && let Err(e) = enc.set_expected_loss(p.reported_loss)
+                {
+                    tracing::warn!(error = %e, "opus loss setting");
                 }
                 p.own_encoder.as_mut()
             } else {
@@ -713,7 +875,8 @@ impl MediaRoom {
         let mut receivers = vec![0usize; n_tiers];
         let mut want_kf = vec![false; n_tiers];
         for p in &self.participants {
-            let t = p.tier.min(n_tiers - 1);
+            let Some(t) = p.tier else { continue };
+            let t = t.min(n_tiers - 1);
             receivers[t] += 1;
             want_kf[t] |= p.wants_keyframe;
         }
@@ -726,13 +889,8 @@ impl MediaRoom {
             if receivers[t] == 0 {
                 *enc = None;
             } else if enc.is_none() {
-                let c = Vp8EncoderConfig::realtime(
-                    self.cfg.canvas_width,
-                    self.cfg.canvas_height,
-                    self.cfg.fps,
-                    self.tier_kbps[t],
-                );
-                match Vp8Encoder::new(c) {
+                let full = t >= self.cfg.video_tiers_kbps.len();
+                match TierEncoder::new(self.tier_kbps[t], &self.cfg, full) {
                     Ok(e) => *enc = Some(e),
                     Err(e) => tracing::error!(tier = t, error = %e, "vp8 encoder"),
                 }
@@ -774,14 +932,13 @@ impl MediaRoom {
             .collect();
         let canvas = self.compositor.compose(&tiles);
         let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
+        let frame_no = self.video_frames - 1;
         for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
             let Some(enc) = enc else { continue };
-            if want_kf[t] {
-                enc.force_keyframe();
-            }
-            match enc.encode(canvas, now as i64) {
+            match enc.encode(canvas, frame_no, now, want_kf[t]) {
                 Ok(f) => {
-                    self.stats.video_encodes_last_video_tick += 1;
+                    // A tier off its frame (lower frame rate) or a frame libvpx dropped: none.
+                    self.stats.video_encodes_last_video_tick += usize::from(f.is_some());
                     if f.as_ref().is_some_and(|f| f.keyframe) {
                         self.stats.keyframes_sent += 1;
                     }
@@ -792,7 +949,8 @@ impl MediaRoom {
         }
         out.video.reserve(self.participants.len());
         for p in &mut self.participants {
-            if let Some(f) = &encoded[p.tier.min(n_tiers - 1)] {
+            let Some(t) = p.tier else { continue };
+            if let Some(f) = &encoded[t.min(n_tiers - 1)] {
                 out.video.push((p.key, f.data.clone(), f.keyframe));
                 if f.keyframe {
                     p.wants_keyframe = false;
@@ -982,11 +1140,15 @@ mod tests {
 
     #[test]
     fn a_sink_hears_everyone_shares_a_matching_tier_and_has_no_tile() {
-        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        let mut room = MediaRoom::new(MediaConfig {
+            default_tier_kbps: 400,
+            ..MediaConfig::default()
+        })
+        .expect("room");
         room.add_participant(1, true);
         room.add_participant(2, false);
         let tone = tone_packets(500.0, 8000.0, 50);
-        // The sink matches the default tier (400): it shares that encoder.
+        // The sink matches the default tier (400, at the canvas size): it shares that encoder.
         room.add_sink(100, 400);
         let mut heard = Vec::new();
         let mut sink_video = Vec::new();
@@ -1026,7 +1188,7 @@ mod tests {
 
         // A bitrate that matches no tier gets one dedicated encoder, dropped with the sink.
         room.add_sink(101, 1200);
-        assert_eq!(room.tier_of(101), Some(3));
+        assert_eq!(room.tier_of(101), Some(5));
         let o = loop {
             let o = room.tick();
             if o.video_tick {
@@ -1075,8 +1237,8 @@ mod tests {
         let o = video_tick(&mut room);
         assert!(o.video.iter().all(|(_, _, kf)| !kf));
 
-        // Receiver 1 moves up to the 800 kbit/s tier: a second encoder, and a
-        // keyframe for that tier only.
+        // Receiver 1 has room for far more: it probes one tier up (250 kbit/s),
+        // a second encoder, and a keyframe for that tier only.
         room.set_bandwidth(1, Some(10_000_000));
         assert_eq!(room.tier_of(1), Some(2));
         let o = video_tick(&mut room);
@@ -1091,13 +1253,21 @@ mod tests {
         assert!(!Arc::ptr_eq(&by_key[&1].0, &by_key[&0].0));
         assert!(Arc::ptr_eq(&by_key[&2].0, &by_key[&0].0));
 
-        // A PLI from receiver 2 forces a keyframe on the default tier only.
+        // A PLI from receiver 2 forces a keyframe on the default tier only, within
+        // the tier's keyframe interval (its last one was less than a second ago).
         room.request_keyframe(2);
-        let o = video_tick(&mut room);
+        let asked = room.stats().time_ms;
+        let o = loop {
+            let o = video_tick(&mut room);
+            if o.video.iter().any(|(k, _, kf)| *k == 2 && *kf) {
+                break o;
+            }
+            assert!(o.time_ms < asked + KEYFRAME_MIN_INTERVAL_MS + 100, "no keyframe");
+        };
         let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
         assert!(kf[&0] && kf[&2] && kf[&3] && !kf[&1]);
 
-        // Receiver 1 back to unknown bandwidth: the 800 tier's encoder goes.
+        // Receiver 1 back to unknown bandwidth: the 250 tier's encoder goes.
         room.set_bandwidth(1, None);
         let o = video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 1);
@@ -1107,10 +1277,63 @@ mod tests {
                 .all(|(_, d, _)| Arc::ptr_eq(d, &o.video[0].1))
         );
         // Receiver 3 on a thin link: lowest tier.
-        room.set_bandwidth(3, Some(100_000));
+        room.set_bandwidth(3, Some(150_000));
         video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 2);
         assert_eq!(room.tier_of(3), Some(0));
+    }
+
+    #[test]
+    fn a_receiver_whose_link_cannot_carry_video_is_paused_and_resumes_with_room() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(0, false);
+        room.add_participant(1, false);
+        let video_tick = |room: &mut MediaRoom| loop {
+            let o = room.tick();
+            if o.video_tick {
+                return o;
+            }
+        };
+        video_tick(&mut room);
+        // 110 kbit/s leaves 42 kbit/s for video: not 80% of the 70 kbit/s tier.
+        room.set_bandwidth(1, Some(110_000));
+        assert!(room.video_paused(1));
+        let o = room.tick();
+        assert_eq!(o.video_paused_changed, vec![(1, true)]);
+        let o = video_tick(&mut room);
+        assert!(o.video.iter().all(|(k, _, _)| *k == 0), "no video for 1");
+        assert!(o.audio.iter().any(|(k, _)| *k == 1), "audio goes on");
+        // Room again, but only after the probe back-off (4 s of room clock).
+        room.set_bandwidth(1, Some(400_000));
+        assert!(room.video_paused(1));
+        for _ in 0..200 {
+            room.tick();
+        }
+        room.set_bandwidth(1, Some(400_000));
+        assert_eq!(room.tier_of(1), Some(0), "back on the lowest tier first");
+        assert_eq!(room.tick().video_paused_changed, vec![(1, false)]);
+        let o = video_tick(&mut room);
+        let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
+        assert!(kf[&1], "it resumes on a keyframe");
+    }
+
+    #[test]
+    fn keyframe_requests_are_coalesced_per_tier() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(0, false);
+        let mut keyframes = Vec::new();
+        // A receiver asking for a keyframe at every video tick for 3 s.
+        for _ in 0..150 {
+            room.request_keyframe(0);
+            let o = room.tick();
+            if let Some((_, _, true)) = o.video.first() {
+                keyframes.push(o.time_ms);
+            }
+        }
+        // The first frame, then one per second at most.
+        assert!(keyframes.len() <= 4, "{keyframes:?}");
+        assert!(keyframes.windows(2).all(|w| w[1] - w[0] >= KEYFRAME_MIN_INTERVAL_MS));
+        assert_eq!(keyframes[0], 0);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! Settings (see docs/mixer.md and NOTES.md for the measurements behind
 //! them): realtime deadline, `cpu-used` -8, one thread, CBR, error resilient,
-//! no lag, no frame dropping, automatic keyframes at most `kf_max_dist` frames
-//! apart. Invariants: the codec context and image header are boxed (stable
+//! no lag. The budget holds on costly content: frames may be dropped when the
+//! rate-control buffer runs low, the whole quantizer range is used, and a
+//! keyframe is capped at 3x an average frame. Keyframes come on demand
+//! ([`Vp8Encoder::force_keyframe`]) plus a safety one every
+//! [`KEYFRAME_SAFETY_INTERVAL_S`]. Invariants: the codec context and image header are boxed (stable
 //! addresses for the C side) and live exactly as long as the wrapper; the
 //! image wraps the caller's [`I420Frame`] only for the duration of one
 //! `vpx_codec_encode` call.
@@ -19,6 +22,12 @@ use vpx_sys as ffi;
 
 use crate::MixerError;
 use crate::image::I420Frame;
+
+/// Longest time between two keyframes nobody asked for (a receiver that lost one and whose
+/// request was lost too recovers at the latest then).
+pub const KEYFRAME_SAFETY_INTERVAL_S: u32 = 20;
+/// Rate-control buffer level (percent) below which libvpx drops a frame rather than overshoot.
+const DROP_FRAME_THRESHOLD: c_uint = 30;
 
 /// Settings of one VP8 encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +48,7 @@ pub struct Vp8EncoderConfig {
 
 impl Vp8EncoderConfig {
     /// Realtime defaults for a `width`x`height`@`fps` stream at `bitrate_kbps`,
-    /// with a keyframe at least every 3 s.
+    /// with a keyframe at least every [`KEYFRAME_SAFETY_INTERVAL_S`].
     pub fn realtime(width: u32, height: u32, fps: u32, bitrate_kbps: u32) -> Self {
         Self {
             width,
@@ -47,7 +56,7 @@ impl Vp8EncoderConfig {
             fps,
             bitrate_kbps,
             cpu_used: -8,
-            kf_max_dist: fps.max(1) * 3,
+            kf_max_dist: fps.max(1) * KEYFRAME_SAFETY_INTERVAL_S,
         }
     }
 }
@@ -139,11 +148,12 @@ impl Vp8Encoder {
             cfg.g_pass = ffi::vpx_enc_pass::VPX_RC_ONE_PASS;
             cfg.rc_end_usage = ffi::vpx_rc_mode::VPX_CBR;
             cfg.rc_target_bitrate = config.bitrate_kbps;
-            // Every composite must go out: the receivers' frame pacing is ours.
-            cfg.rc_dropframe_thresh = 0;
+            // Costly content (motion, sensor noise) must not overrun a weak link: skipping a
+            // frame is better than a burst the receiver's queue turns into audio loss.
+            cfg.rc_dropframe_thresh = DROP_FRAME_THRESHOLD;
             cfg.rc_resize_allowed = 0;
             cfg.rc_min_quantizer = 2;
-            cfg.rc_max_quantizer = 56;
+            cfg.rc_max_quantizer = 63;
             cfg.rc_undershoot_pct = 100;
             cfg.rc_overshoot_pct = 15;
             // Rate-control buffer in ms (the values WebRTC uses).

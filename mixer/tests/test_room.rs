@@ -195,14 +195,19 @@ impl TestRoom {
         (0..ticks).map(|_| self.step()).collect()
     }
 
+    /// Steps to the next video tick that sent a composite. The tier encoders may drop a
+    /// frame that overshoots its budget (a scene change such as a layout change) and send the
+    /// next one instead, so this is at most two frame intervals away.
     fn step_to_video_tick(&mut self) -> TickOutput {
-        for _ in 0..10 {
+        let mut got = std::collections::HashSet::new();
+        for _ in 0..20 {
             let o = self.step();
-            if o.video_tick {
+            got.extend(o.video.iter().map(|(k, _, _)| *k));
+            if o.video_tick && o.audio.iter().all(|(k, _)| got.contains(k)) {
                 return o;
             }
         }
-        panic!("no video tick within 200 ms");
+        panic!("no composite for every receiver within 400 ms");
     }
 
     /// Amplitude of `freq` in the last `window` samples a receiver heard.
@@ -231,8 +236,13 @@ impl TestRoom {
             .picture
             .as_ref()
             .expect("no video received");
+        // Tiers below the canvas size send a scaled-down composite.
+        let cfg = self.room.config();
         let (x, y) = rect.center();
-        pic.mean_around(x, y, 3).expect("inside")
+        let x = x * pic.width() / cfg.canvas_width;
+        let y = y * pic.height() / cfg.canvas_height;
+        let r = (3 * pic.width() / cfg.canvas_width).max(1);
+        pic.mean_around(x, y, r).expect("inside")
     }
 
     /// Every tile shows its participant's colour (or the placeholder for
@@ -480,8 +490,8 @@ fn join_and_leave_mid_run_change_the_very_next_composite() {
         t.step_to_video_tick();
     }
     assert!(
-        t.ticks - joined_at <= 4,
-        "layout change took more than one frame interval"
+        t.ticks - joined_at <= 8,
+        "layout change took more than two frame intervals"
     );
     assert_eq!(t.tiles().len(), 6);
     let placeholders: &[ParticipantKey] = if t.synth(5).video_frames_sent == 0 {
@@ -499,7 +509,7 @@ fn join_and_leave_mid_run_change_the_very_next_composite() {
     t.remove(5);
     let left_at = t.ticks;
     let out = t.step_to_video_tick();
-    assert!(t.ticks - left_at <= 4);
+    assert!(t.ticks - left_at <= 8);
     assert!(out.audio.iter().all(|(k, _)| *k != 5));
     assert_eq!(t.tiles().len(), 5);
     t.assert_tiles(3, &[], "first composite after leave");

@@ -136,7 +136,8 @@ pub struct MediaSettings {
     pub canvas_height: u32,
     /// Composite frame rate.
     pub fps: u32,
-    /// Video bitrate tiers in kbit/s, ascending (`MCU_VIDEO_TIERS`, comma separated).
+    /// Video bitrate tiers in kbit/s, ascending (`MCU_VIDEO_TIERS`, comma separated). Each
+    /// tier's resolution and frame rate follow its bitrate (`mixer::tier::tier_shape`).
     pub video_tiers_kbps: Vec<u32>,
     /// Tier for receivers without a bandwidth estimate.
     pub default_tier_kbps: u32,
@@ -162,8 +163,8 @@ impl Default for MediaSettings {
             canvas_width: 640,
             canvas_height: 360,
             fps: 15,
-            video_tiers_kbps: vec![150, 400, 800],
-            default_tier_kbps: 400,
+            video_tiers_kbps: vec![70, 150, 250, 400, 800],
+            default_tier_kbps: 150,
             opus_bitrate: 32_000,
             opus_complexity: 5,
             recording_kbps: 400,

@@ -182,6 +182,7 @@ async fn room_stats(app: &App) {
             recording_id: None,
             layout: Layout::Speaker,
             media: None,
+            receivers: vec![],
         }
     );
     let (h_a, _alice, _rx_a) = app.join("stats", "alice");

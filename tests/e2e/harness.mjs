@@ -50,8 +50,12 @@ async function freePort() {
 /** The join-token secret of every test server (tests sign their own tokens with it). */
 export const TOKEN_SECRET = 'e2e-token-secret-0123456789abcdef0123456789';
 
-/** Starts the real server binary on loopback with a fresh SQLite database (`args`: e.g. ['--dev']). */
-export async function startServer(extraEnv = {}, reuse = null, args = []) {
+/**
+ * Starts the real server binary on loopback with a fresh SQLite database (`args`: e.g. ['--dev']).
+ * `netns`: run it inside that network namespace, listening on every address of it, and reach its
+ * API at `apiHost` (an address of that namespace the driver can route to).
+ */
+export async function startServer(extraEnv = {}, reuse = null, args = [], { netns = null, apiHost = '127.0.0.1' } = {}) {
   if (!existsSync(serverBin)) throw new Error(`${serverBin} missing: run cargo build first`);
   const port = reuse?.port ?? (await freePort());
   const dir = reuse?.dir ?? mkdtempSync(path.join(tmpdir(), 'mcu-e2e-'));
@@ -68,11 +72,14 @@ export async function startServer(extraEnv = {}, reuse = null, args = []) {
     MCU_LOG: process.env.MCU_LOG || 'info,webrtc=warn,rtc=warn',
     ...extraEnv,
   };
-  const proc = spawn(serverBin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  if (netns) env.MCU_LISTEN = `0.0.0.0:${port}`;
+  const proc = netns
+    ? spawn('ip', ['netns', 'exec', netns, serverBin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(serverBin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs = [];
   proc.stdout.on('data', (d) => logs.push(d.toString()));
   proc.stderr.on('data', (d) => logs.push(d.toString()));
-  const url = `http://127.0.0.1:${port}`;
+  const url = `http://${apiHost}:${port}`;
   const deadline = Date.now() + 30000;
   for (;;) {
     if (proc.exitCode !== null) throw new Error(`server exited: ${logs.join('')}`);

@@ -79,6 +79,7 @@ impl Modify for BearerAuth {
         rest::MuteRequest,
         super::stats::RoomStats,
         crate::room::manager::MediaStats,
+        crate::room::manager::ReceiverStats,
         recordings::Recording,
         recordings::RecordingList,
         recordings::StartRecordingRequest,

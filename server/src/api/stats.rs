@@ -6,7 +6,7 @@ use crate::api::rest::{self, existing_room};
 use crate::auth::AdminAuth;
 use crate::error::{ApiError, ErrorBody};
 use crate::model::Layout;
-use crate::room::manager::MediaStats;
+use crate::room::manager::{MediaStats, ReceiverStats};
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -37,6 +37,9 @@ pub struct RoomStats {
     pub layout: Layout,
     /// The media thread's figures since it started, or null when it is not running.
     pub media: Option<MediaStats>,
+    /// Per connected participant: its bandwidth estimate, the video tier it gets (or paused),
+    /// what we send it, the loss and round trip it reports.
+    pub receivers: Vec<ReceiverStats>,
 }
 
 /// Live figures of a room: participants, media tick timing, deadline misses, encoders.
@@ -47,7 +50,10 @@ pub struct RoomStats {
         (status = 200, description = "Live figures of the room", body = RoomStats,
          example = json!({"room": "standup", "live": true, "participants": 3, "recording_id": null,
              "layout": "grid", "media": {"ticks": 1500, "tick_mean_us": 2530, "tick_max_us": 9800,
-             "deadline_misses": 0, "audio_encoders": 2, "video_encoders": 1}})),
+             "deadline_misses": 0, "audio_encoders": 2, "video_encoders": 1},
+             "receivers": [{"participant_id": "PA_2fJ3kQ", "estimate_kbps": 280, "tier_kbps": 150,
+                 "video_paused": false, "sent_kbps": 205, "loss_percent": 2.0, "rtt_ms": 48,
+                 "video_queue_ms": 12, "pacer_dropped": 0}]})),
         (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
@@ -63,7 +69,9 @@ pub async fn room_stats(
     let room = existing_room(&state, &path).await?;
     let live = state.rooms.stats(&room.name);
     let media = live.as_ref().and_then(|l| l.media.clone());
+    let receivers = live.as_ref().map_or_else(Vec::new, |l| l.receivers.clone());
     Ok(HttpResponse::Ok().json(RoomStats {
+        receivers,
         live: media.is_some(),
         participants: live.as_ref().map_or(0, |l| l.participants),
         recording_id: state.recordings.active_in(&room.name),

@@ -528,13 +528,18 @@ impl Core {
         let Some(peer) = self.peer.as_mut() else {
             return;
         };
+        let link = peer.link();
         match peer.answer(sdp, out_rx).await {
             Ok(answer) => {
                 self.send(json!({"type": "answer", "sdp": answer}));
                 if let Some(tx) = out_tx {
+                    self.state
+                        .rooms
+                        .set_link(&self.handle.room, &self.handle.id, link.clone());
                     // Media joins the mix only once the client can receive it.
                     media.command(Command::Add {
                         key: self.handle.key,
+                        link,
                         publishes: self.claims.can_publish,
                         out: if self.claims.can_subscribe {
                             tx

@@ -3,6 +3,7 @@
 use crate::config::MediaSettings;
 use crate::model::{CloseReason, Layout, Participant};
 use crate::room::media::{self, Command, MediaHandle, MediaHandleRef, PacketSender};
+use crate::room::pacer::LinkState;
 use chrono::Utc;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ pub enum RoomActivity {
 }
 
 /// What [`RoomManager::stats`] reports of a live room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LiveRoomStats {
     /// Connected participants.
     pub participants: u32,
@@ -46,6 +47,31 @@ pub struct LiveRoomStats {
     pub layout: Layout,
     /// The media thread's figures, None when it is not running.
     pub media: Option<MediaStats>,
+    /// What each participant's link carries and what we send it.
+    pub receivers: Vec<ReceiverStats>,
+}
+
+/// One receiver's link, as the server's sending side sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ReceiverStats {
+    /// The participant.
+    pub participant_id: String,
+    /// Bandwidth estimate (GCC over transport-wide feedback), kbit/s.
+    pub estimate_kbps: u64,
+    /// Video tier encoded for it, kbit/s (0 while its video is paused).
+    pub tier_kbps: u32,
+    /// Its video is paused for bandwidth.
+    pub video_paused: bool,
+    /// RTP sent to it over the last half second, kbit/s.
+    pub sent_kbps: u32,
+    /// Loss it reports on our streams (RTCP receiver reports), percent.
+    pub loss_percent: f64,
+    /// Round trip from its receiver reports, ms (0: not known yet).
+    pub rtt_ms: u32,
+    /// Video waiting in the pacer, ms at the pacing rate.
+    pub video_queue_ms: u64,
+    /// Video packets the pacer dropped (queue overflow).
+    pub pacer_dropped: u64,
 }
 
 /// Figures of a room's media thread since it started (it stops when the room empties).
@@ -80,6 +106,8 @@ struct Entry {
     info: Participant,
     key: u64,
     events: mpsc::Sender<SessionEvent>,
+    /// Its outgoing link, once its peer exists.
+    link: Option<Arc<LinkState>>,
 }
 
 #[derive(Default)]
@@ -204,6 +232,34 @@ impl RoomManager {
                     self.update_participant(room, &id, |p| p.speaking = speaking);
                 }
             }
+            media::Event::VideoPaused(key, paused) => {
+                let msg = if paused {
+                    serde_json::json!({"type": "video_paused", "reason": "bandwidth"})
+                } else {
+                    serde_json::json!({"type": "video_resumed"})
+                };
+                let inner = self.inner.lock();
+                if let Some(e) = inner
+                    .rooms
+                    .get(room)
+                    .and_then(|live| live.participants.iter().find(|e| e.key == key))
+                {
+                    tracing::info!(room, participant = %e.info.id, paused, "video for bandwidth");
+                    deliver(&e.events, SessionEvent::Send(msg));
+                }
+            }
+        }
+    }
+
+    /// Records a participant's outgoing link (for the per-receiver stats).
+    pub fn set_link(&self, room: &str, id: &str, link: Arc<LinkState>) {
+        let mut inner = self.inner.lock();
+        if let Some(e) = inner
+            .rooms
+            .get_mut(room)
+            .and_then(|live| live.participants.iter_mut().find(|e| e.info.id == id))
+        {
+            e.link = Some(link);
         }
     }
 
@@ -257,11 +313,30 @@ impl RoomManager {
                 video_encoders: t.video_encoders.load(Relaxed),
             }
         });
+        let receivers = live
+            .participants
+            .iter()
+            .filter_map(|e| {
+                let l = e.link.as_ref()?;
+                Some(ReceiverStats {
+                    participant_id: e.info.id.clone(),
+                    estimate_kbps: l.estimate_bps.load(Relaxed) / 1000,
+                    tier_kbps: l.tier_kbps.load(Relaxed),
+                    video_paused: l.video_paused.load(Relaxed),
+                    sent_kbps: l.sent_kbps.load(Relaxed),
+                    loss_percent: (l.loss_percent() * 10.0).round() / 10.0,
+                    rtt_ms: l.rtt_ms.load(Relaxed),
+                    video_queue_ms: l.video_queue_ms(),
+                    pacer_dropped: l.dropped_video.load(Relaxed),
+                })
+            })
+            .collect();
         Some(LiveRoomStats {
             participants: live.participants.len() as u32,
             recording_sinks: live.sinks.len() as u32,
             layout: live.layout,
             media,
+            receivers,
         })
     }
 
@@ -305,6 +380,7 @@ impl RoomManager {
             info: info.clone(),
             key,
             events,
+            link: None,
         });
         live.empty_since = None;
         tracing::info!(room, participant = %info.id, identity, "participant joined");

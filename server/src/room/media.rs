@@ -9,6 +9,7 @@
 //!   channels drained with `try_recv`, outputs leave with `try_send` (overflow: drop + count).
 
 use crate::metrics::METRICS;
+use crate::room::pacer::LinkState;
 use bytes::Bytes;
 use mixer::{MediaConfig, MediaRoom, ParticipantKey};
 use std::collections::HashMap;
@@ -41,13 +42,21 @@ pub const EVENT_QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub enum Output {
     /// 20 ms of the participant's mix-minus, Opus.
-    Audio(Arc<[u8]>),
+    Audio {
+        /// The packet.
+        data: Arc<[u8]>,
+        /// Audio packets for this participant dropped (queue full) since the last one sent.
+        dropped_before: u16,
+    },
     /// One composite frame, VP8.
     Video {
         /// The frame.
         data: Arc<[u8]>,
         /// Whether it is a keyframe.
         keyframe: bool,
+        /// Frames for this participant dropped (queue full) since the last one sent: the sender
+        /// waits for a keyframe, which the room was asked for.
+        dropped_before: u16,
     },
     /// The participant's own video decoder needs a keyframe: send PLI upstream.
     Pli,
@@ -99,6 +108,8 @@ pub enum Command {
         publishes: bool,
         /// Where its output goes.
         out: mpsc::Sender<Output>,
+        /// Its link as the sender sees it; the room writes its tier and pause state there.
+        link: Arc<LinkState>,
     },
     /// A participant's media leaves.
     Remove(ParticipantKey),
@@ -115,8 +126,15 @@ pub enum Command {
     Layout(mixer::Layout),
     /// The participant whose screen share gets the large tile (None: the active speaker).
     Presenter(Option<ParticipantKey>),
-    /// A receiver's bandwidth estimate, bit/s.
-    Bandwidth(ParticipantKey, Option<u64>),
+    /// What a receiver's link carries: the bandwidth estimate (bit/s) and the loss it reports.
+    Link {
+        /// Mixer key.
+        key: ParticipantKey,
+        /// Estimate, bit/s.
+        estimate_bps: u64,
+        /// Reported loss, percent.
+        loss_percent: u8,
+    },
     /// A receiver asked for a keyframe (PLI/FIR).
     Keyframe(ParticipantKey),
 }
@@ -154,6 +172,8 @@ pub enum Event {
     ActiveSpeaker(Option<ParticipantKey>),
     /// A participant started or stopped speaking.
     Speaking(ParticipantKey, bool),
+    /// A receiver's video paused for bandwidth (`true`) or resumed (`false`).
+    VideoPaused(ParticipantKey, bool),
 }
 
 /// Per-room timing figures, readable without locking the thread.
@@ -267,6 +287,43 @@ impl Drop for MediaHandle {
 
 struct Receiver {
     out: mpsc::Sender<Output>,
+    link: Arc<LinkState>,
+    /// Audio packets dropped since the last one queued.
+    dropped_audio: u16,
+    /// Video frames dropped since the last one queued.
+    dropped_video: u16,
+}
+
+impl Receiver {
+    fn send_audio(&mut self, data: Arc<[u8]>) {
+        let o = Output::Audio {
+            data,
+            dropped_before: self.dropped_audio,
+        };
+        if self.out.try_send(o).is_ok() {
+            self.dropped_audio = 0;
+        } else {
+            self.dropped_audio = self.dropped_audio.saturating_add(1);
+            METRICS.dropped_packets.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Returns false when the frame was dropped (the receiver then needs a keyframe).
+    fn send_video(&mut self, data: Arc<[u8]>, keyframe: bool) -> bool {
+        let o = Output::Video {
+            data,
+            keyframe,
+            dropped_before: self.dropped_video,
+        };
+        if self.out.try_send(o).is_ok() {
+            self.dropped_video = 0;
+            true
+        } else {
+            self.dropped_video = self.dropped_video.saturating_add(1);
+            METRICS.dropped_packets.fetch_add(1, Relaxed);
+            false
+        }
+    }
 }
 
 fn run(
@@ -331,6 +388,7 @@ fn run(
         let now_ms = out.time_ms;
         let mut dead_sinks = Vec::new();
         let mut lagging_sinks = Vec::new();
+        let mut lagging_receivers = Vec::new();
         let mut bytes_out = 0u64;
         for (key, pkt) in out.audio {
             if let Some(s) = sinks.get(&key) {
@@ -339,11 +397,9 @@ fn run(
                     data: pkt,
                 };
                 feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
-            } else if let Some(r) = receivers.get(&key) {
+            } else if let Some(r) = receivers.get_mut(&key) {
                 bytes_out += pkt.len() as u64;
-                if r.out.try_send(Output::Audio(pkt)).is_err() {
-                    METRICS.dropped_packets.fetch_add(1, Relaxed);
-                }
+                r.send_audio(pkt);
             }
         }
         for (key, data, keyframe) in out.video {
@@ -354,10 +410,11 @@ fn run(
                     keyframe,
                 };
                 feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
-            } else if let Some(r) = receivers.get(&key) {
+            } else if let Some(r) = receivers.get_mut(&key) {
                 bytes_out += data.len() as u64;
-                if r.out.try_send(Output::Video { data, keyframe }).is_err() {
-                    METRICS.dropped_packets.fetch_add(1, Relaxed);
+                if !r.send_video(data, keyframe) {
+                    // What follows cannot be decoded without a keyframe: the stream recovers.
+                    lagging_receivers.push(key);
                 }
             }
         }
@@ -366,8 +423,18 @@ fn run(
                 let _ = r.out.try_send(Output::Pli);
             }
         }
-        for key in lagging_sinks {
+        for key in lagging_sinks.into_iter().chain(lagging_receivers) {
             media.request_keyframe(key);
+        }
+        for &(key, paused) in &out.video_paused_changed {
+            let _ = events.try_send(Event::VideoPaused(key, paused));
+        }
+        if video_tick {
+            for (key, r) in &receivers {
+                let tier = media.tier_of(*key).map_or(0, |t| media.tier_kbps(t));
+                r.link.tier_kbps.store(tier, Relaxed);
+                r.link.video_paused.store(media.video_paused(*key), Relaxed);
+            }
         }
         for key in dead_sinks {
             // The writer is gone (it failed or finished): stop producing for it.
@@ -454,9 +521,18 @@ fn apply(
             key,
             publishes,
             out,
+            link,
         } => {
             media.add_participant(key, publishes);
-            receivers.insert(key, Receiver { out });
+            receivers.insert(
+                key,
+                Receiver {
+                    out,
+                    link,
+                    dropped_audio: 0,
+                    dropped_video: 0,
+                },
+            );
         }
         Command::Remove(key) => {
             media.remove_participant(key);
@@ -465,7 +541,14 @@ fn apply(
         Command::Mute { key, audio, video } => media.set_muted(key, audio, video),
         Command::Layout(l) => media.set_layout(l),
         Command::Presenter(key) => media.set_presenter(key),
-        Command::Bandwidth(key, bps) => media.set_bandwidth(key, bps),
+        Command::Link {
+            key,
+            estimate_bps,
+            loss_percent,
+        } => {
+            media.set_bandwidth(key, Some(estimate_bps));
+            media.set_reported_loss(key, loss_percent);
+        }
         Command::Keyframe(key) => media.request_keyframe(key),
     }
 }

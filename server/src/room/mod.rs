@@ -6,6 +6,7 @@
 
 pub mod manager;
 pub mod media;
+pub mod pacer;
 pub mod peer;
 pub mod vp8;
 

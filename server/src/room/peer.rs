@@ -7,19 +7,22 @@
 use crate::config::{PortRange, RtcConfig};
 use crate::metrics::METRICS;
 use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
+use crate::room::pacer::{LinkState, PriorityPacer};
 use crate::room::vp8::FrameAssembler;
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, EstimatorStats, Gcc, Interceptor, Packet as IPacket,
-    PacketReport, Registry, Slot, StreamInfo, TaggedPacket,
+    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
+    Packet as IPacket, PacketReport, Registry, Slot, StreamInfo, TaggedPacket,
+    TwccReceiverBuilder, TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    CongestionFeedback, configure_congestion_control, configure_nack, configure_rtcp_reports,
+    configure_nack, configure_rtcp_reports,
 };
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
@@ -33,7 +36,7 @@ use rtc::sansio::Protocol;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
@@ -47,6 +50,8 @@ use webrtc::peer_connection::{
 /// Payload types we register; the answer may keep the offer's own numbers.
 const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
+/// Retransmissions of VP8 (RFC 4588), on their own SSRC.
+const RTX_PT: u8 = 97;
 
 /// Events a peer reports to its signaling session.
 #[derive(Debug)]
@@ -191,16 +196,17 @@ impl Interceptor for KeyframeRequestTap {
 
 // ── Bandwidth estimate ──────────────────────────────────────────────────────────────────────
 
-/// GCC, publishing its target bitrate where the room can read it.
+/// GCC, publishing its target bitrate where the pacer and the room read it.
 struct PublishedEstimate {
     inner: Gcc,
-    target: Arc<AtomicU64>,
+    link: Arc<LinkState>,
 }
 
 impl BandwidthEstimator for PublishedEstimate {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.inner.on_reports(now, reports);
-        self.target
+        self.link
+            .estimate_bps
             .store(self.inner.target_bitrate() as u64, Relaxed);
     }
     fn target_bitrate(&self) -> f64 {
@@ -208,7 +214,8 @@ impl BandwidthEstimator for PublishedEstimate {
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.inner.handle_timeout(now);
-        self.target
+        self.link
+            .estimate_bps
             .store(self.inner.target_bitrate() as u64, Relaxed);
     }
     fn poll_timeout(&self) -> Option<Instant> {
@@ -219,9 +226,10 @@ impl BandwidthEstimator for PublishedEstimate {
     }
 }
 
-/// GCC start, floor and ceiling (bit/s). The start covers the default tier plus audio.
-const BWE_START: f64 = 1_000_000.0;
-const BWE_MIN: f64 = 100_000.0;
+/// GCC start, floor and ceiling (bit/s). The start is a guess a weak link can carry (audio and
+/// the 150 kbit/s tier); probing finds more.
+const BWE_START: f64 = crate::room::pacer::START_RATE_BPS as f64;
+const BWE_MIN: f64 = 50_000.0;
 const BWE_MAX: f64 = 4_000_000.0;
 
 // ── Peer ────────────────────────────────────────────────────────────────────────────────────
@@ -344,7 +352,7 @@ pub struct Peer {
     video_ssrc: u32,
     fps: u32,
     media: MediaHandleRef,
-    target_bps: Arc<AtomicU64>,
+    link: Arc<LinkState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -391,6 +399,78 @@ fn rtc_err(e: impl std::fmt::Display) -> OfferError {
     OfferError::Rtc(e.to_string())
 }
 
+/// Codecs, feedback and the interceptor chain of one peer: NACK with RTX, RTCP reports, GCC over
+/// TWCC, and our [`PriorityPacer`] in the pacer's slot.
+fn media_setup(
+    link: &Arc<LinkState>,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+) -> Result<(MediaEngine, Registry), OfferError> {
+    let mut me = MediaEngine::default();
+    for (rtp_codec, payload_type, kind) in [
+        (opus_codec(), OPUS_PT, RtpCodecKind::Audio),
+        (vp8_codec(), VP8_PT, RtpCodecKind::Video),
+        (
+            codec(MIME_TYPE_RTX, 90000, 0, &format!("apt={VP8_PT}")),
+            RTX_PT,
+            RtpCodecKind::Video,
+        ),
+    ] {
+        me.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec,
+                payload_type,
+            },
+            kind,
+        )
+        .map_err(rtc_err)?;
+    }
+    let registry = configure_nack(Registry::new(), &mut me);
+    let registry = configure_rtcp_reports(registry);
+    // Congestion control as `configure_congestion_control` sets it up, with our pacer instead of
+    // the FIFO one (which holds audio behind video).
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+        me.register_feedback(
+            RTCPFeedback {
+                typ: "transport-cc".to_owned(),
+                parameter: String::new(),
+            },
+            kind,
+        );
+        me.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+            },
+            kind,
+            None,
+        )
+        .map_err(rtc_err)?;
+    }
+    let estimator = PublishedEstimate {
+        inner: Gcc::new(BWE_START, BWE_MIN, BWE_MAX),
+        link: link.clone(),
+    };
+    let registry = registry
+        .with(
+            Slot::CongestionControl,
+            CongestionControlBuilder::new(estimator).build(),
+        )
+        .with(
+            Slot::Pacer,
+            PriorityPacer::new(audio_ssrc, video_ssrc, link.clone()),
+        )
+        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+        .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
+        .with(
+            Slot::from(14_000),
+            KeyframeRequestTap {
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
+    Ok((me, registry))
+}
+
 impl Peer {
     /// Builds the connection (not yet negotiated).
     pub async fn new(
@@ -405,45 +485,12 @@ impl Peer {
             video_in: parking_lot::Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
         });
-        let target_bps = Arc::new(AtomicU64::new(0));
+        let link = LinkState::new();
+        let audio_ssrc = rand::random::<u32>();
+        let video_ssrc = rand::random::<u32>();
         let mut last_err = None;
         for addr in udp_addr_candidates(cfg) {
-            let mut me = MediaEngine::default();
-            me.register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: opus_codec(),
-                    payload_type: OPUS_PT,
-                },
-                RtpCodecKind::Audio,
-            )
-            .map_err(rtc_err)?;
-            me.register_codec(
-                RTCRtpCodecParameters {
-                    rtp_codec: vp8_codec(),
-                    payload_type: VP8_PT,
-                },
-                RtpCodecKind::Video,
-            )
-            .map_err(rtc_err)?;
-            let registry = configure_nack(Registry::new(), &mut me);
-            let registry = configure_rtcp_reports(registry);
-            let registry = configure_congestion_control(
-                registry,
-                PublishedEstimate {
-                    inner: Gcc::new(BWE_START, BWE_MIN, BWE_MAX),
-                    target: target_bps.clone(),
-                },
-                CongestionFeedback::Twcc,
-                &mut me,
-            )
-            .map_err(rtc_err)?;
-            let registry = registry.with(
-                Slot::from(14_000),
-                KeyframeRequestTap {
-                    read: VecDeque::new(),
-                    write: VecDeque::new(),
-                },
-            );
+            let (me, registry) = media_setup(&link, audio_ssrc, video_ssrc)?;
             let mut se = SettingEngineBuilder::new()
                 .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
             if let Some(ip) = cfg.public_ip {
@@ -468,7 +515,49 @@ impl Peer {
             match built {
                 Ok(pc) => {
                     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-                    return Peer::with_tracks(pc, shared, ctx.media, ctx.fps, target_bps).await;
+                    let track = |kind, id: &str, ssrc, codec| {
+                        TrackLocalStaticSample::new(
+                            Instant::now(),
+                            MediaStreamTrack::new(
+                                "mcu".to_owned(),
+                                id.to_owned(),
+                                id.to_owned(),
+                                kind,
+                                vec![RTCRtpEncodingParameters {
+                                    rtp_coding_parameters: RTCRtpCodingParameters {
+                                        ssrc: Some(ssrc),
+                                        ..Default::default()
+                                    },
+                                    codec,
+                                    ..Default::default()
+                                }],
+                            ),
+                        )
+                        .map(Arc::new)
+                        .map_err(rtc_err)
+                    };
+                    return Ok(Peer {
+                        pc,
+                        ctx: shared,
+                        audio_out: track(
+                            RtpCodecKind::Audio,
+                            "mix-audio",
+                            audio_ssrc,
+                            opus_codec(),
+                        )?,
+                        video_out: track(
+                            RtpCodecKind::Video,
+                            "mix-video",
+                            video_ssrc,
+                            vp8_codec(),
+                        )?,
+                        audio_ssrc,
+                        video_ssrc,
+                        fps: ctx.fps,
+                        media: ctx.media,
+                        link,
+                        tasks: Vec::new(),
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "cannot build peer on this address");
@@ -482,50 +571,9 @@ impl Peer {
         )))
     }
 
-    async fn with_tracks(
-        pc: Arc<dyn PeerConnection>,
-        ctx: Arc<PeerContextShared>,
-        media: MediaHandleRef,
-        fps: u32,
-        target_bps: Arc<AtomicU64>,
-    ) -> Result<Peer, OfferError> {
-        let audio_ssrc = rand::random::<u32>();
-        let video_ssrc = rand::random::<u32>();
-        let track = |kind, id: &str, ssrc, codec| {
-            TrackLocalStaticSample::new(
-                Instant::now(),
-                MediaStreamTrack::new(
-                    "mcu".to_owned(),
-                    id.to_owned(),
-                    id.to_owned(),
-                    kind,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(ssrc),
-                            ..Default::default()
-                        },
-                        codec,
-                        ..Default::default()
-                    }],
-                ),
-            )
-            .map(Arc::new)
-            .map_err(rtc_err)
-        };
-        let audio_out = track(RtpCodecKind::Audio, "mix-audio", audio_ssrc, opus_codec())?;
-        let video_out = track(RtpCodecKind::Video, "mix-video", video_ssrc, vp8_codec())?;
-        Ok(Peer {
-            pc,
-            ctx,
-            audio_out,
-            video_out,
-            audio_ssrc,
-            video_ssrc,
-            fps,
-            media,
-            target_bps,
-            tasks: Vec::new(),
-        })
+    /// What this peer's link looks like from the sending side.
+    pub fn link(&self) -> Arc<LinkState> {
+        self.link.clone()
     }
 
     /// Applies an offer and returns the answer SDP. The first offer also starts the output.
@@ -553,24 +601,29 @@ impl Peer {
             .await
             .map_err(rtc_err)?;
         if let Some(rx) = output {
-            let opus_pt = negotiated_pt(&sdp, "opus/48000", OPUS_PT);
-            let vp8_pt = negotiated_pt(&sdp, "vp8/90000", VP8_PT);
+            let out = OutputTracks {
+                audio: self.audio_out.clone(),
+                video: self.video_out.clone(),
+                audio_ssrc: self.audio_ssrc,
+                video_ssrc: self.video_ssrc,
+                opus_pt: negotiated_pt(&sdp, "opus/48000", OPUS_PT),
+                vp8_pt: negotiated_pt(&sdp, "vp8/90000", VP8_PT),
+                frame: Duration::from_micros(1_000_000 / self.fps.max(1) as u64),
+            };
             self.tasks.push(tokio::spawn(send_output(
                 rx,
-                self.audio_out.clone(),
-                self.video_out.clone(),
-                (self.audio_ssrc, opus_pt),
-                (self.video_ssrc, vp8_pt),
-                self.fps,
+                out,
                 self.ctx.clone(),
+                self.link.clone(),
+                self.media.clone(),
             )));
             self.tasks.push(tokio::spawn(keyframe_requests(
                 self.video_out.clone(),
                 self.media.clone(),
                 self.ctx.key,
             )));
-            self.tasks.push(tokio::spawn(report_bandwidth(
-                self.target_bps.clone(),
+            self.tasks.push(tokio::spawn(report_link(
+                self.link.clone(),
                 self.media.clone(),
                 self.ctx.key,
             )));
@@ -599,29 +652,104 @@ impl Peer {
     }
 }
 
+/// A participant's two output tracks and how to write to them.
+struct OutputTracks {
+    audio: Arc<TrackLocalStaticSample>,
+    video: Arc<TrackLocalStaticSample>,
+    audio_ssrc: u32,
+    video_ssrc: u32,
+    opus_pt: u8,
+    vp8_pt: u8,
+    frame: Duration,
+}
+
+/// Shortest interval between two keyframe requests a sender makes for itself after skipping.
+const SKIP_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Whether to write a composite frame, given the link: the video half of the send policy that
+/// runs before packetizing (see `pacer`). Frames that would only deepen a congested queue are
+/// skipped, and so is everything after a skip or a drop until a keyframe (nothing undecodable
+/// goes out).
+#[derive(Debug, Default)]
+struct VideoGate {
+    awaiting_keyframe: bool,
+    last_request: Option<Instant>,
+    /// Frames skipped (reported in logs at debug level).
+    skipped: u64,
+}
+
+impl VideoGate {
+    /// Returns (write this frame, ask the room for a keyframe now).
+    fn admit(&mut self, keyframe: bool, congested: bool, broken: bool, now: Instant) -> (bool, bool) {
+        if broken {
+            self.awaiting_keyframe = true;
+        }
+        let write = if congested {
+            self.awaiting_keyframe = true;
+            false
+        } else if self.awaiting_keyframe {
+            keyframe
+        } else {
+            true
+        };
+        if write && keyframe {
+            self.awaiting_keyframe = false;
+        }
+        if !write {
+            self.skipped += 1;
+        }
+        // Ask once the queue has room for the keyframe, and not at every frame.
+        let ask = self.awaiting_keyframe
+            && !congested
+            && !write
+            && self
+                .last_request
+                .is_none_or(|t| now.duration_since(t) >= SKIP_KEYFRAME_REQUEST_INTERVAL);
+        if ask {
+            self.last_request = Some(now);
+        }
+        (write, ask)
+    }
+}
+
 /// Writes the room's output for one participant to its tracks; sends PLI for its own video.
 async fn send_output(
     mut rx: mpsc::Receiver<Output>,
-    audio: Arc<TrackLocalStaticSample>,
-    video: Arc<TrackLocalStaticSample>,
-    (audio_ssrc, opus_pt): (u32, u8),
-    (video_ssrc, vp8_pt): (u32, u8),
-    fps: u32,
+    out: OutputTracks,
     ctx: Arc<PeerContextShared>,
+    link: Arc<LinkState>,
+    media: MediaHandleRef,
 ) {
-    let frame = Duration::from_micros(1_000_000 / fps.max(1) as u64);
+    let mut gate = VideoGate::default();
     while let Some(o) = rx.recv().await {
         if !ctx.connected.load(Relaxed) {
             continue; // not yet (or no longer) connected: drop rather than queue stale media
         }
         let r = match o {
-            Output::Audio(data) => {
-                let s = sample(data, Duration::from_millis(20));
-                audio.write_sample(audio_ssrc, opus_pt, &s, &[]).await
+            Output::Audio { data, dropped_before } => {
+                let s = sample(data, Duration::from_millis(20), dropped_before);
+                out.audio
+                    .write_sample(out.audio_ssrc, out.opus_pt, &s, &[])
+                    .await
             }
-            Output::Video { data, .. } => {
-                let s = sample(data, frame);
-                video.write_sample(video_ssrc, vp8_pt, &s, &[]).await
+            Output::Video {
+                data,
+                keyframe,
+                dropped_before,
+            } => {
+                let broken = link.video_broken.swap(false, Relaxed) || dropped_before > 0;
+                let (write, ask) =
+                    gate.admit(keyframe, link.video_congested(), broken, Instant::now());
+                if ask {
+                    media.command(Command::Keyframe(ctx.key));
+                }
+                if !write {
+                    continue;
+                }
+                let s = sample(data, out.frame, dropped_before);
+                out.video
+                    .write_sample(out.video_ssrc, out.vp8_pt, &s, &[])
+                    .await
             }
             Output::Pli => {
                 let target = ctx.video_in.lock().clone();
@@ -642,40 +770,61 @@ async fn send_output(
             tracing::trace!(error = %e, "sample not written");
         }
     }
+    tracing::debug!(key = ctx.key, skipped = gate.skipped, "output ended");
 }
 
 /// Wraps the room's shared packet without copying it (receivers of one tier or mix share it).
-fn sample(data: Arc<[u8]>, duration: Duration) -> rtc::media::Sample {
+/// `dropped_before`: packets of this track lost in our own queues just before it, so that the
+/// sequence numbers show the gap to the receiver.
+fn sample(data: Arc<[u8]>, duration: Duration, dropped_before: u16) -> rtc::media::Sample {
     rtc::media::Sample {
         data: bytes::Bytes::from_owner(data),
         timestamp: Instant::now(),
         duration,
         packet_timestamp: 0,
-        prev_dropped_packets: 0,
+        prev_dropped_packets: dropped_before,
         prev_padding_packets: 0,
     }
 }
 
-/// Forwards a receiver's PLI/FIR on the composite to the room (keyframe from its tier only).
+/// Forwards a receiver's PLI/FIR on the composite to the room (keyframe from its tier only, which
+/// the room coalesces and rate-limits per tier).
 async fn keyframe_requests(video: Arc<TrackLocalStaticSample>, media: MediaHandleRef, key: u64) {
     while let Some(ev) = video.poll().await {
-        if let TrackLocalEvent::OnRtcpPacket(_) = ev {
+        if let TrackLocalEvent::OnRtcpPacket(pkts) = ev
+            && pkts.iter().any(|p| {
+                let a = p.as_any();
+                a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
+            })
+        {
             media.command(Command::Keyframe(key));
         }
     }
 }
 
-/// Pushes the bandwidth estimate to the room when it moves by more than 10%.
-async fn report_bandwidth(target: Arc<AtomicU64>, media: MediaHandleRef, key: u64) {
-    let mut last = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+/// How often the link is reported to the room (tier choice runs on it) and the sent rate sampled.
+const LINK_REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reports the estimate and the reported loss to the room, and samples the sent rate.
+async fn report_link(link: Arc<LinkState>, media: MediaHandleRef, key: u64) {
+    let mut tick = tokio::time::interval(LINK_REPORT_INTERVAL);
+    let mut last_bytes = link.sent_bytes.load(Relaxed);
+    let mut last_at = Instant::now();
     loop {
         tick.tick().await;
-        let bps = target.load(Relaxed);
-        if bps > 0 && bps.abs_diff(last) * 10 > last {
-            last = bps;
-            media.command(Command::Bandwidth(key, Some(bps)));
+        let now = Instant::now();
+        let bytes = link.sent_bytes.load(Relaxed);
+        let secs = now.duration_since(last_at).as_secs_f64();
+        if secs > 0.0 {
+            let kbps = (bytes.saturating_sub(last_bytes) as f64 * 8.0 / secs / 1000.0) as u32;
+            link.sent_kbps.store(kbps, Relaxed);
         }
+        (last_bytes, last_at) = (bytes, now);
+        media.command(Command::Link {
+            key,
+            estimate_bps: link.estimate_bps.load(Relaxed),
+            loss_percent: link.loss_percent().round() as u8,
+        });
     }
 }
 
@@ -719,6 +868,30 @@ m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264
             summarize_offer(pcmu),
             Err(OfferError::NoCommonCodec(_))
         ));
+    }
+
+    #[test]
+    fn the_video_gate_skips_into_a_congested_queue_and_resumes_on_a_keyframe() {
+        let mut g = VideoGate::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Flowing: every frame goes.
+        assert_eq!(g.admit(true, false, false, ms(0)), (true, false));
+        assert_eq!(g.admit(false, false, false, ms(66)), (true, false));
+        // The pacer's queue is over its bound: skip, and do not ask while it drains.
+        assert_eq!(g.admit(false, true, false, ms(133)), (false, false));
+        assert_eq!(g.admit(true, true, false, ms(200)), (false, false));
+        // Drained: inter frames still cannot be decoded; ask for a keyframe, once per 500 ms.
+        assert_eq!(g.admit(false, false, false, ms(266)), (false, true));
+        assert_eq!(g.admit(false, false, false, ms(333)), (false, false));
+        assert_eq!(g.admit(false, false, false, ms(800)), (false, true));
+        // The keyframe goes, and so does what follows.
+        assert_eq!(g.admit(true, false, false, ms(866)), (true, false));
+        assert_eq!(g.admit(false, false, false, ms(933)), (true, false));
+        // A drop (pacer overflow or our own queue) breaks the chain the same way.
+        assert_eq!(g.admit(false, false, true, ms(1400)), (false, true));
+        assert_eq!(g.admit(true, false, false, ms(1466)), (true, false));
+        assert_eq!(g.skipped, 6);
     }
 
     #[test]

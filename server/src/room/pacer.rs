@@ -1,0 +1,422 @@
+//! What leaves for one participant, and when: the send policy of a peer, in one place.
+//!
+//! - **Audio first.** The mix-minus never waits: its packets go out as they come, and what they
+//!   cost is charged to the budget, so video yields to them.
+//! - **Video is paced** within the bandwidth estimate ([`PACING_FACTOR`] x the estimate, small
+//!   bursts), so the link's own queue stays short and audio behind it stays on time. Video
+//!   retransmissions (RTX) are paced with it.
+//! - **Video that cannot go out in time is not made.** The application reads [`LinkState`]
+//!   before it hands over a frame: when the queue holds more than [`VIDEO_QUEUE_MAX_MS`], the
+//!   frame is skipped, and the stream continues from a keyframe. The pacer drops packets itself
+//!   only past [`VIDEO_QUEUE_LIMIT`] (counted, and the stream again waits for a keyframe).
+//! - **What the receiver says** (RTCP receiver reports on our streams: loss and round trip) is
+//!   read here and published in [`LinkState`], with the estimate and the bytes sent.
+//!
+//! Sans-IO like the rest of the interceptor chain: time comes in with every call, so the policy is
+//! tested with synthetic instants. It sits at the chain's pacer slot, below every generator (NACK
+//! responder, RTCP reports) and above the TWCC numbering and the send history, which therefore see
+//! release times, not enqueue times.
+
+use rtc::interceptor::{Interceptor, Packet as IPacket, StreamInfo, TaggedPacket};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::sansio::Protocol;
+use rtc::shared::marshal::MarshalSize;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Pacing rate as a multiple of the estimate: a little above it, so that the queue drains after a
+/// keyframe, but not the 2.5x of libwebrtc, whose bursts a weak link's queue turns into audio delay.
+pub const PACING_FACTOR: f64 = 1.2;
+/// Credit the budget may build up while idle, in time at the pacing rate.
+pub const BURST: Duration = Duration::from_millis(20);
+/// Queued video beyond this (at the pacing rate) makes the application skip frames.
+pub const VIDEO_QUEUE_MAX_MS: u64 = 250;
+/// Packets the video queue holds before it drops (a stall well past [`VIDEO_QUEUE_MAX_MS`]).
+pub const VIDEO_QUEUE_LIMIT: usize = 600;
+/// Rate used before any estimate arrives (bit/s).
+pub const START_RATE_BPS: u64 = 300_000;
+/// Floor of the pacing rate, so that a collapsed estimate still drains the queue (bit/s).
+const MIN_RATE_BPS: f64 = 50_000.0;
+
+/// What one participant's link looks like from the sending side; written by the interceptor chain
+/// and the bandwidth estimator, read by the room and the stats endpoint.
+#[derive(Debug)]
+pub struct LinkState {
+    /// Bandwidth estimate (GCC over TWCC), bit/s.
+    pub estimate_bps: AtomicU64,
+    /// RTP bytes released to the wire.
+    pub sent_bytes: AtomicU64,
+    /// Video queued in the pacer, bits.
+    pub queued_video_bits: AtomicU64,
+    /// Video packets dropped by the pacer (queue over [`VIDEO_QUEUE_LIMIT`]).
+    pub dropped_video: AtomicU64,
+    /// Set when the pacer dropped video: the sender waits for a keyframe.
+    pub video_broken: AtomicBool,
+    /// Loss the receiver reports on our streams, the worse of audio and video (1/256 units).
+    pub fraction_lost: AtomicU32,
+    /// Round trip from its receiver reports, ms (0: unknown).
+    pub rtt_ms: AtomicU32,
+    /// RTP sent over the last half second, kbit/s.
+    pub sent_kbps: AtomicU32,
+    /// Video tier the room encodes for this receiver, kbit/s (0: paused).
+    pub tier_kbps: AtomicU32,
+    /// The room pauses this receiver's video for bandwidth.
+    pub video_paused: AtomicBool,
+}
+
+impl LinkState {
+    /// A fresh link at the start rate.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            estimate_bps: AtomicU64::new(START_RATE_BPS),
+            sent_bytes: AtomicU64::new(0),
+            queued_video_bits: AtomicU64::new(0),
+            dropped_video: AtomicU64::new(0),
+            video_broken: AtomicBool::new(false),
+            fraction_lost: AtomicU32::new(0),
+            rtt_ms: AtomicU32::new(0),
+            sent_kbps: AtomicU32::new(0),
+            tier_kbps: AtomicU32::new(0),
+            video_paused: AtomicBool::new(false),
+        })
+    }
+
+    /// The rate the pacer releases at, bit/s.
+    pub fn pacing_rate_bps(&self) -> f64 {
+        (self.estimate_bps.load(Relaxed) as f64 * PACING_FACTOR).max(MIN_RATE_BPS)
+    }
+
+    /// How long the queued video takes to leave at the pacing rate, ms.
+    pub fn video_queue_ms(&self) -> u64 {
+        (self.queued_video_bits.load(Relaxed) as f64 * 1000.0 / self.pacing_rate_bps()) as u64
+    }
+
+    /// Whether a new video frame should be skipped rather than queued.
+    pub fn video_congested(&self) -> bool {
+        self.video_queue_ms() > VIDEO_QUEUE_MAX_MS
+    }
+
+    /// Reported loss, percent.
+    pub fn loss_percent(&self) -> f64 {
+        f64::from(self.fraction_lost.load(Relaxed)) * 100.0 / 256.0
+    }
+}
+
+/// The pacing interceptor (see the module docs).
+pub struct PriorityPacer {
+    audio_ssrc: u32,
+    media_ssrcs: [u32; 2],
+    link: Arc<LinkState>,
+    budget_bits: f64,
+    last_refill: Option<Instant>,
+    video: VecDeque<TaggedPacket>,
+    video_bits: u64,
+    write_out: VecDeque<TaggedPacket>,
+    read_out: VecDeque<TaggedPacket>,
+}
+
+fn rtp_bits(p: &TaggedPacket) -> u64 {
+    match &p.message.packet {
+        IPacket::Rtp(rtp) => (rtp.marshal_size() * 8) as u64,
+        _ => 0,
+    }
+}
+
+/// The middle 32 bits of the NTP time of `now` (RFC 3550's unit for LSR and DLSR: 1/65536 s).
+fn ntp_middle(now: SystemTime) -> u32 {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (((secs << 32) | frac) >> 16) as u32
+}
+
+impl PriorityPacer {
+    /// A pacer for a peer whose outgoing audio has `audio_ssrc` and video `video_ssrc` (anything
+    /// else, e.g. video RTX, is paced as video).
+    pub fn new(audio_ssrc: u32, video_ssrc: u32, link: Arc<LinkState>) -> Self {
+        Self {
+            audio_ssrc,
+            media_ssrcs: [audio_ssrc, video_ssrc],
+            link,
+            budget_bits: 0.0,
+            last_refill: None,
+            video: VecDeque::new(),
+            video_bits: 0,
+            write_out: VecDeque::new(),
+            read_out: VecDeque::new(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let rate = self.link.pacing_rate_bps();
+        if let Some(last) = self.last_refill {
+            let dt = now.saturating_duration_since(last).as_secs_f64();
+            self.budget_bits = (self.budget_bits + rate * dt).min(rate * BURST.as_secs_f64());
+        }
+        self.last_refill = Some(self.last_refill.map_or(now, |l| l.max(now)));
+    }
+
+    fn release(&mut self, now: Instant) {
+        self.refill(now);
+        while self.budget_bits > 0.0 {
+            let Some(mut p) = self.video.pop_front() else {
+                break;
+            };
+            let bits = rtp_bits(&p);
+            self.video_bits -= bits;
+            self.budget_bits -= bits as f64;
+            p.now = now;
+            self.sent(bits);
+            self.write_out.push_back(p);
+        }
+        self.link
+            .queued_video_bits
+            .store(self.video_bits, Relaxed);
+    }
+
+    fn sent(&self, bits: u64) {
+        self.link.sent_bytes.fetch_add(bits / 8, Relaxed);
+    }
+
+    /// Loss and round trip from a report block on one of our streams.
+    fn observe_report(&self, ssrc: u32, fraction_lost: u8, lsr: u32, dlsr: u32, worst: &mut u8) {
+        if !self.media_ssrcs.contains(&ssrc) {
+            return;
+        }
+        *worst = (*worst).max(fraction_lost);
+        if lsr != 0 {
+            let rtt = ntp_middle(SystemTime::now())
+                .wrapping_sub(lsr)
+                .wrapping_sub(dlsr);
+            // Units of 1/65536 s; a wrapped (negative) value is a clock step: ignore it.
+            if rtt < 65536 * 10 {
+                self.link
+                    .rtt_ms
+                    .store((u64::from(rtt) * 1000 / 65536) as u32, Relaxed);
+            }
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let IPacket::Rtcp(pkts) = &msg.message.packet {
+            let mut worst: Option<u8> = None;
+            for p in pkts {
+                let a = p.as_any();
+                let blocks = if let Some(rr) = a.downcast_ref::<ReceiverReport>() {
+                    &rr.reports
+                } else if let Some(sr) = a.downcast_ref::<SenderReport>() {
+                    &sr.reports
+                } else {
+                    continue;
+                };
+                for b in blocks {
+                    let w = worst.get_or_insert(0);
+                    self.observe_report(
+                        b.ssrc,
+                        b.fraction_lost,
+                        b.last_sender_report,
+                        b.delay,
+                        w,
+                    );
+                }
+            }
+            if let Some(w) = worst {
+                self.link.fraction_lost.store(u32::from(w), Relaxed);
+            }
+        }
+        self.read_out.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read_out.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        let now = msg.now;
+        let audio = match &msg.message.packet {
+            IPacket::Rtp(rtp) => rtp.header.ssrc == self.audio_ssrc,
+            _ => {
+                // Feedback is only useful fresh: never paced.
+                self.write_out.push_back(msg);
+                return Ok(());
+            }
+        };
+        self.refill(now);
+        if audio {
+            let bits = rtp_bits(&msg);
+            // Charged, so that video yields; the debt is bounded by what audio sends.
+            self.budget_bits -= bits as f64;
+            self.sent(bits);
+            self.write_out.push_back(msg);
+            return Ok(());
+        }
+        if self.video.len() >= VIDEO_QUEUE_LIMIT {
+            self.link.dropped_video.fetch_add(1, Relaxed);
+            self.link.video_broken.store(true, Relaxed);
+            return Ok(());
+        }
+        self.video_bits += rtp_bits(&msg);
+        self.video.push_back(msg);
+        self.release(now);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write_out.pop_front()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        self.release(now);
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.video.is_empty() {
+            return None;
+        }
+        let last = self.last_refill?;
+        let rate = self.link.pacing_rate_bps();
+        // The head goes once the budget is positive again; never a deadline in the past.
+        let wait = (-self.budget_bits).max(0.0) / rate + 0.001;
+        Some(last + Duration::from_secs_f64(wait))
+    }
+}
+
+impl Interceptor for PriorityPacer {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::AttributedPacket;
+    use rtc::shared::{TransportContext, TransportMessage};
+
+    const AUDIO: u32 = 1;
+    const VIDEO: u32 = 2;
+
+    fn rtp(ssrc: u32, seq: u16, payload: usize, now: Instant) -> TaggedPacket {
+        let mut p = rtc::rtp::Packet::default();
+        p.header.ssrc = ssrc;
+        p.header.sequence_number = seq;
+        p.payload = vec![0u8; payload].into();
+        TransportMessage {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(IPacket::Rtp(p)),
+        }
+    }
+
+    fn drain(p: &mut PriorityPacer) -> Vec<(u32, u16)> {
+        let mut out = Vec::new();
+        while let Some(m) = p.poll_write() {
+            if let IPacket::Rtp(r) = &m.message.packet {
+                out.push((r.header.ssrc, r.header.sequence_number));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn audio_overtakes_queued_video_and_video_leaves_at_the_pacing_rate() {
+        let link = LinkState::new();
+        link.estimate_bps.store(250_000, Relaxed); // paced at 300 kbit/s
+        let mut p = PriorityPacer::new(AUDIO, VIDEO, link.clone());
+        let t0 = Instant::now();
+        // A 30-packet keyframe (~30 KB, 0.8 s at 300 kbit/s) arrives at once.
+        for s in 0..30 {
+            p.handle_write(rtp(VIDEO, s, 1000, t0)).unwrap();
+        }
+        let first = drain(&mut p);
+        assert!(first.len() <= 1, "no burst: {first:?}");
+        assert!(link.video_queue_ms() > VIDEO_QUEUE_MAX_MS);
+        assert!(link.video_congested());
+        // Audio written now goes straight out, ahead of the queued video.
+        p.handle_write(rtp(AUDIO, 7, 80, t0)).unwrap();
+        assert_eq!(drain(&mut p), vec![(AUDIO, 7)]);
+        // Time runs; the queue drains at about 300 kbit/s, in order.
+        let mut released = Vec::new();
+        let mut now = t0;
+        for _ in 0..100 {
+            now += Duration::from_millis(10);
+            if p.poll_timeout().is_some_and(|d| d <= now) || !p.video.is_empty() {
+                p.handle_timeout(now).unwrap();
+            }
+            released.push((now - t0, drain(&mut p).len()));
+        }
+        let at = |ms: u64| {
+            released
+                .iter()
+                .filter(|(t, _)| *t <= Duration::from_millis(ms))
+                .map(|(_, n)| n)
+                .sum::<usize>()
+                + first.len()
+        };
+        // 300 kbit/s = 37.5 packets of 1 KB per second: ~11 by 300 ms, all 30 by ~850 ms.
+        assert!((8..=14).contains(&at(300)), "by 300 ms: {}", at(300));
+        assert_eq!(at(1000), 30);
+        assert_eq!(link.queued_video_bits.load(Relaxed), 0);
+        assert!(!link.video_congested());
+        let sent = link.sent_bytes.load(Relaxed);
+        assert!(sent >= 30 * 1000 + 80, "sent {sent}");
+    }
+
+    #[test]
+    fn the_deadline_never_lies_in_the_past_and_idle_means_idle() {
+        let link = LinkState::new();
+        let mut p = PriorityPacer::new(AUDIO, VIDEO, link);
+        assert_eq!(p.poll_timeout(), None);
+        let t0 = Instant::now();
+        for s in 0..5 {
+            p.handle_write(rtp(VIDEO, s, 1200, t0)).unwrap();
+        }
+        let mut now = t0;
+        let mut released = drain(&mut p).len();
+        while let Some(d) = p.poll_timeout() {
+            assert!(d > now, "deadline {d:?} not after {now:?}");
+            now = d;
+            p.handle_timeout(now).unwrap();
+            released += drain(&mut p).len();
+        }
+        assert_eq!(released, 5);
+        // 5 x 1.2 KB at 360 kbit/s: about 130 ms.
+        assert!(now - t0 < Duration::from_millis(200), "{:?}", now - t0);
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_stalled_queue_drops_and_says_so() {
+        let link = LinkState::new();
+        link.estimate_bps.store(0, Relaxed);
+        let mut p = PriorityPacer::new(AUDIO, VIDEO, link.clone());
+        let t0 = Instant::now();
+        for s in 0..(VIDEO_QUEUE_LIMIT + 10) {
+            p.handle_write(rtp(VIDEO, s as u16, 1000, t0)).unwrap();
+        }
+        assert!(link.dropped_video.load(Relaxed) >= 10);
+        assert!(link.video_broken.load(Relaxed));
+    }
+
+    #[test]
+    fn ntp_middle_bits() {
+        let t = UNIX_EPOCH + Duration::from_millis(1500);
+        // 2208988800.5 s since 1900: seconds' low 16 bits, then half a second (0x8000).
+        let secs = 2_208_988_801u64 & 0xffff;
+        assert_eq!(ntp_middle(t), ((secs << 16) | 0x8000) as u32);
+    }
+}

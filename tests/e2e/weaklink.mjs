@@ -1,0 +1,244 @@
+// One weak-link scenario, measured the way a user would notice it: a Chromium participant behind a
+// shaped link (rate + random loss both ways) in a mixed room with well-connected Chromiums, all
+// sending camera-like video. Or, for the bar we compare against, the same two ends calling each
+// other directly (libwebrtc peer to peer) over the same link.
+//
+// What is measured on the constrained receiver, between two getStats readings `seconds` apart:
+// audio concealed (concealedSamples / totalSamplesReceived), video fps (framesDecoded), resolution,
+// frozen seconds (Chromium's totalFreezesDuration, plus a trailing gap with no frame at all), and
+// the received kbit/s.
+import { chromium } from 'playwright-core';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { BASE_ARGS, root, startServer, toneLevels, samplePixels } from './harness.mjs';
+import { makeLinks, shaperStats, SRV_IP, DRIVER_SRV_IP } from './netns.mjs';
+
+const mediaDir = path.join(root, 'tests/e2e/media');
+
+/**
+ * Camera-like fake capture: a colour with temporal sensor noise and a moving box (flat colours
+ * would cost the encoders nothing and hide every bandwidth problem), and a sine tone.
+ */
+export function makeCameraMedia(name, color, freq) {
+  mkdirSync(mediaDir, { recursive: true });
+  const y4m = path.join(mediaDir, `cam-${name}.y4m`);
+  const wav = path.join(mediaDir, `cam-${name}.wav`);
+  if (!existsSync(y4m)) {
+    const vf = `noise=alls=24:allf=t+u,drawbox=x='mod(t*120,600)':y=30:w=40:h=40:color=white:t=fill`;
+    execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'lavfi', '-i', `color=c=${color}:size=640x360:rate=15`,
+      '-vf', vf, '-t', '6', '-pix_fmt', 'yuv420p', y4m]);
+  }
+  if (!existsSync(wav)) {
+    execFileSync('ffmpeg', ['-v', 'error', '-y', '-f', 'lavfi', '-i', `sine=frequency=${freq}:sample_rate=48000`,
+      '-af', 'volume=0.5', '-t', '10', '-c:a', 'pcm_s16le', wav]);
+  }
+  return { y4m, wav };
+}
+
+export const PEOPLE = {
+  weak: { name: 'weak', color: 'red', rgb: [255, 0, 0], freq: 500 },
+  good: [
+    { name: 'good1', color: 'lime', rgb: [0, 255, 0], freq: 800 },
+    { name: 'good2', color: 'blue', rgb: [0, 0, 255], freq: 1200 },
+  ],
+};
+
+async function launch(wrapperPath, origin, media) {
+  const args = [...BASE_ARGS, `--unsafely-treat-insecure-origin-as-secure=${origin}`,
+    `--use-file-for-fake-video-capture=${media.y4m}`, `--use-file-for-fake-audio-capture=${media.wav}`];
+  const browser = await chromium.launch({ executablePath: wrapperPath, headless: true, args });
+  const page = await browser.newPage();
+  const events = [];
+  page.on('websocket', (ws) => ws.on('framereceived', (f) => {
+    try {
+      const m = JSON.parse(f.payload);
+      if (m.type === 'video_paused' || m.type === 'video_resumed') events.push({ type: m.type, at: Date.now() });
+    } catch {}
+  }));
+  return { browser, page, events };
+}
+
+/** Inbound figures of the page's RTCPeerConnection (`window.mcu.pc`). */
+async function inbound(page) {
+  return page.evaluate(async () => {
+    const stats = await window.mcu.pc.getStats();
+    const r = { at: performance.now(), concealed: 0, samples: 0, frames: 0, width: 0, height: 0, freezes: 0,
+      bytes: 0, lost: 0, packets: 0, lastFrameAt: window.frameLog?.last ?? 0 };
+    stats.forEach((s) => {
+      if (s.type !== 'inbound-rtp') return;
+      r.bytes += s.bytesReceived || 0;
+      r.lost += Math.max(0, s.packetsLost || 0);
+      r.packets += s.packetsReceived || 0;
+      if (s.kind === 'audio') {
+        r.concealed += s.concealedSamples || 0;
+        r.samples += s.totalSamplesReceived || 0;
+      } else if (s.kind === 'video') {
+        r.frames += s.framesDecoded || 0;
+        r.width = s.frameWidth || r.width;
+        r.height = s.frameHeight || r.height;
+        r.freezes += s.totalFreezesDuration || 0;
+      }
+    });
+    return r;
+  });
+}
+
+/** Records presented frame times (requestVideoFrameCallback) of the #remote video. */
+async function watchFrames(page) {
+  await page.evaluate(() => {
+    const v = document.getElementById('remote');
+    window.frameLog = { last: 0 };
+    const cb = (now) => { window.frameLog.last = now; v.requestVideoFrameCallback(cb); };
+    v.requestVideoFrameCallback(cb);
+  });
+}
+
+function summary(a, b) {
+  const secs = (b.at - a.at) / 1000;
+  const samples = b.samples - a.samples;
+  // A trailing stretch with no frame is a freeze Chromium has not counted yet.
+  const trailing = b.lastFrameAt ? Math.max(0, (b.at - b.lastFrameAt) / 1000 - 0.5) : secs;
+  return {
+    seconds: +secs.toFixed(1),
+    audio_concealed_pct: samples > 0 ? +((100 * (b.concealed - a.concealed)) / samples).toFixed(2) : 100,
+    fps: +((b.frames - a.frames) / secs).toFixed(1),
+    resolution: b.width ? `${b.width}x${b.height}` : '-',
+    frozen_s: +(b.freezes - a.freezes + trailing).toFixed(1),
+    kbps: Math.round(((b.bytes - a.bytes) * 8) / secs / 1000),
+    loss_pct: b.packets - a.packets > 0
+      ? +((100 * (b.lost - a.lost)) / (b.lost - a.lost + b.packets - a.packets)).toFixed(1) : null,
+  };
+}
+
+async function waitConnected(page, timeout = 30000) {
+  await page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout });
+}
+
+/** Waits until the page has decoded some video and played some audio. */
+async function waitFlowing(page, timeout = 30000) {
+  const deadline = Date.now() + timeout;
+  let r;
+  while (Date.now() < deadline) {
+    r = await inbound(page);
+    if (r.samples > 48000 && r.frames > 0) return r;
+    await new Promise((res) => setTimeout(res, 250));
+  }
+  return r;
+}
+
+/**
+ * Runs one scenario. `mode`: 'mcu' (a mixed room with the weak one and two good ones) or 'p2p'
+ * (the weak one calls one good one directly). Returns the weak receiver's summary, and for 'mcu'
+ * the tone levels both ways, the composite colours the others see, and the server's stats.
+ */
+export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, serverEnv = {}, log = () => {} }) {
+  const links = makeLinks({ kbit, loss });
+  const opened = [];
+  let server;
+  try {
+    server = await startServer({ MCU_LISTEN: `0.0.0.0:0`, MCU_RTC_BIND: SRV_IP, ...serverEnv }, null, [],
+      { netns: links.srv, apiHost: DRIVER_SRV_IP });
+    const origin = `http://${SRV_IP}:${server.port}`;
+    const weakMedia = makeCameraMedia(PEOPLE.weak.name, PEOPLE.weak.color, PEOPLE.weak.freq);
+    const weak = await launch(links.wrapper(links.weak), origin, weakMedia);
+    opened.push(weak.browser);
+    if (mode === 'p2p') return await runP2p({ links, origin, weak, opened, seconds, warmup, log });
+
+    const room = 'weak';
+    const r = await server.api('POST', '/rooms', { name: room, layout: 'grid' });
+    if (r.status !== 201) throw new Error(`room: ${r.status}`);
+    const goods = [];
+    for (const p of PEOPLE.good) {
+      const g = await launch(links.wrapper(links.srv), origin, makeCameraMedia(p.name, p.color, p.freq));
+      opened.push(g.browser);
+      const token = await server.token(room, p.name);
+      await g.page.goto(`${origin}/?autojoin=1&raw_audio=1&token=${encodeURIComponent(token)}`);
+      await waitConnected(g.page);
+      goods.push({ ...p, ...g });
+    }
+    const token = await server.token(room, PEOPLE.weak.name);
+    await weak.page.goto(`${origin}/?autojoin=1&raw_audio=1&token=${encodeURIComponent(token)}`);
+    await waitConnected(weak.page, 40000);
+    await watchFrames(weak.page);
+    await waitFlowing(weak.page);
+    log(`${mode} ${kbit} kbit/s ${loss * 100}%: connected, warming up ${warmup} s`);
+    await new Promise((res) => setTimeout(res, warmup * 1000));
+    const a = await inbound(weak.page);
+    const before = shaperStats(links);
+    await new Promise((res) => setTimeout(res, seconds * 1000));
+    const b = await inbound(weak.page);
+    const after = shaperStats(links);
+    const result = summary(a, b);
+    result.shaper_dropped = { down: after.down.dropped - before.down.dropped, up: after.up.dropped - before.up.dropped };
+    result.video_events = weak.events.map((e) => e.type);
+    const freqs = [PEOPLE.weak.freq, ...PEOPLE.good.map((p) => p.freq)];
+    result.weak_hears = await toneLevels(weak.page, freqs);
+    result.others_hear_weak = [];
+    result.others_see_weak = [];
+    for (const g of goods) {
+      const levels = await toneLevels(g.page, freqs);
+      result.others_hear_weak.push({ name: g.name, weak: levels[0], levels });
+      // The weak participant joined third: its tile is the third of a 2x2 grid (bottom left).
+      const px = await samplePixels(g.page, [[0.25, 0.75], [0.2, 0.7], [0.3, 0.8]]);
+      result.others_see_weak.push({ name: g.name, px: px.px });
+      const s = await inbound(g.page);
+      result[`${g.name}_frames`] = s.frames;
+    }
+    const stats = await server.api('GET', `/rooms/${room}/stats`);
+    result.server = stats.body;
+    return result;
+  } finally {
+    for (const b of opened) await b.close().catch(() => {});
+    if (server) await server.stop().catch(() => {});
+    links.close();
+  }
+}
+
+/** libwebrtc peer to peer over the same link: the bar. Signaling through the test driver. */
+async function runP2p({ links, origin, weak, opened, seconds, warmup, log }) {
+  const goodP = PEOPLE.good[0];
+  const good = await launch(links.wrapper(links.srv), origin, makeCameraMedia(goodP.name, goodP.color, goodP.freq));
+  opened.push(good.browser);
+  const setup = async (page) => {
+    await page.goto(`${origin}/healthz`);
+    await page.evaluate(async () => {
+      document.body.innerHTML = '<video id="remote" autoplay playsinline muted></video><audio id="a" autoplay></audio>';
+      const pc = new RTCPeerConnection();
+      window.mcu = { pc };
+      const media = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+        video: { width: 640, height: 360, frameRate: 15 },
+      });
+      for (const t of media.getTracks()) pc.addTrack(t, media);
+      pc.ontrack = (e) => {
+        if (e.track.kind === 'video') document.getElementById('remote').srcObject = new MediaStream([e.track]);
+        else document.getElementById('a').srcObject = new MediaStream([e.track]);
+      };
+    });
+  };
+  await setup(weak.page);
+  await setup(good.page);
+  const gathered = (page, fn) => page.evaluate(async (fn) => {
+    const pc = window.mcu.pc;
+    const d = fn === 'offer' ? await pc.createOffer() : await pc.createAnswer();
+    await pc.setLocalDescription(d);
+    if (pc.iceGatheringState !== 'complete') {
+      await new Promise((r) => pc.addEventListener('icegatheringstatechange', () => pc.iceGatheringState === 'complete' && r()));
+    }
+    return pc.localDescription.sdp;
+  }, fn);
+  const offer = await gathered(good.page, 'offer');
+  await weak.page.evaluate((sdp) => window.mcu.pc.setRemoteDescription({ type: 'offer', sdp }), offer);
+  const answer = await gathered(weak.page, 'answer');
+  await good.page.evaluate((sdp) => window.mcu.pc.setRemoteDescription({ type: 'answer', sdp }), answer);
+  await waitConnected(weak.page);
+  await watchFrames(weak.page);
+  await waitFlowing(weak.page);
+  log(`p2p: connected, warming up ${warmup} s`);
+  await new Promise((res) => setTimeout(res, warmup * 1000));
+  const a = await inbound(weak.page);
+  await new Promise((res) => setTimeout(res, seconds * 1000));
+  const b = await inbound(weak.page);
+  return summary(a, b);
+}
