@@ -4,10 +4,12 @@
 //! The policy, in one place (LiveKit's stream allocator, simplified to one stream):
 //! - Audio comes first: [`AUDIO_RESERVE_BPS`] of the estimate is kept for the mix-minus (Opus
 //!   with its RTP/UDP/IP overhead); video gets [`VIDEO_SHARE_PERCENT`] of what is left.
-//! - A tier that no longer fits is left at once, for the largest one that does. When not even
+//! - A tier that no longer fits ([`HOLD_PERCENT`] of it) is left at once, for the largest one
+//!   that does. When not even
 //!   [`PAUSE_FRACTION_PERCENT`] of the lowest tier fits, video pauses (audio never does).
 //! - Going up is a probe: one tier at a time, only when the next tier fits with
-//!   [`UP_MARGIN_PERCENT`] to spare and the last move down is [`ProbeState::backoff_ms`] old. A
+//!   [`UP_MARGIN_PERCENT`] to spare, the last move up is [`UP_HOLD_MS`] old and the last move
+//!   down is [`ProbeState::backoff_ms`] old. A
 //!   probe that fails (a move down soon after a move up) doubles that wait, up to
 //!   [`MAX_UP_BACKOFF_MS`]; a tier held for long resets it.
 
@@ -19,14 +21,20 @@ pub const VIDEO_SHARE_PERCENT: u64 = 85;
 pub const AUDIO_RESERVE_BPS: u64 = 60_000;
 /// Video pauses when less than this share of the lowest tier fits, and resumes when all of it does.
 pub const PAUSE_FRACTION_PERCENT: u64 = 80;
+/// A tier already in use is kept while this share of it fits (hysteresis on the way down: the
+/// encoders undershoot, and a probe that fails falls back to the tier it came from).
+pub const HOLD_PERCENT: u64 = 85;
 /// Margin the next tier up must fit with before it is tried.
 pub const UP_MARGIN_PERCENT: u64 = 10;
 /// First wait after a move down before going up again.
 pub const MIN_UP_BACKOFF_MS: u64 = 4_000;
 /// Longest wait between two probes up.
 pub const MAX_UP_BACKOFF_MS: u64 = 64_000;
+/// A tier reached by a move up is held this long before the next move up (the estimate needs
+/// that long to show whether the link carries it).
+pub const UP_HOLD_MS: u64 = 5_000;
 /// A move down this soon after a move up means the probe failed.
-pub const FAILED_PROBE_MS: u64 = 6_000;
+pub const FAILED_PROBE_MS: u64 = 15_000;
 /// Bits per pixel a tier needs at full canvas size before it gets it (VP8, camera content:
 /// below this the picture is all blocks and half the size looks better).
 pub const MIN_BITS_PER_PIXEL: f64 = 0.05;
@@ -123,10 +131,12 @@ pub fn next_tier(
 ) -> Option<usize> {
     let lowest = u64::from(*tiers_kbps.first()?) * 1000;
     let budget = video_budget(estimate_bps);
-    let fitting = largest_fitting(budget, tiers_kbps);
+    let holds = |t: usize| u64::from(tiers_kbps[t]) * 1000 * HOLD_PERCENT / 100 <= budget;
+    let fitting = (0..tiers_kbps.len()).rev().find(|&t| holds(t));
     let may_go_up = probe
         .last_down_ms
-        .is_none_or(|t| now_ms >= t + probe.backoff_ms);
+        .is_none_or(|t| now_ms >= t + probe.backoff_ms)
+        && probe.last_up_ms.is_none_or(|t| now_ms >= t + UP_HOLD_MS);
     let down = |probe: &mut ProbeState| {
         if probe
             .last_up_ms
@@ -147,7 +157,7 @@ pub fn next_tier(
         }
         Some(cur) => {
             let cur = cur.min(tiers_kbps.len() - 1);
-            if u64::from(tiers_kbps[cur]) * 1000 > budget {
+            if !holds(cur) {
                 down(probe);
                 match fitting {
                     Some(t) => Some(t),
@@ -234,13 +244,23 @@ mod tests {
         assert_eq!(next_tier(Some(1), 300_000, &TIERS, &mut p, 1_000), Some(1));
         // The estimate climbs (nothing overused yet): not before the back-off.
         assert_eq!(next_tier(Some(1), 700_000, &TIERS, &mut p, 2_000), Some(1));
-        // After it: one step only, not straight to the largest fitting tier.
+        // After it: one step only, not straight to the largest fitting tier, and the next
+        // step only after the hold.
         assert_eq!(next_tier(Some(1), 700_000, &TIERS, &mut p, 4_000), Some(2));
+        assert_eq!(next_tier(Some(2), 900_000, &TIERS, &mut p, 4_500), Some(2));
         // The probe overloads the link and the estimate falls: down, and the wait doubles.
         assert_eq!(next_tier(Some(2), 290_000, &TIERS, &mut p, 5_000), Some(1));
         assert_eq!(p.backoff_ms, 2 * MIN_UP_BACKOFF_MS);
         assert_eq!(next_tier(Some(1), 700_000, &TIERS, &mut p, 9_000), Some(1));
         assert_eq!(next_tier(Some(1), 700_000, &TIERS, &mut p, 13_000), Some(2));
+        assert_eq!(next_tier(Some(2), 700_000, &TIERS, &mut p, 17_000), Some(2));
+        assert_eq!(next_tier(Some(2), 700_000, &TIERS, &mut p, 18_000), Some(3));
+        // A failed probe falls back to the tier it came from while 85% of that fits (budget
+        // 153k: 150 is held, where a fresh choice would take 70).
+        assert_eq!(next_tier(Some(3), 240_000, &TIERS, &mut p, 19_000), Some(1));
+        assert_eq!(tier_for_bandwidth(240_000, &TIERS), 1);
+        assert_eq!(next_tier(Some(1), 225_000, &TIERS, &mut p, 20_000), Some(1));
+        assert_eq!(tier_for_bandwidth(225_000, &TIERS), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 // the received kbit/s.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { BASE_ARGS, root, startServer, toneLevels, samplePixels } from './harness.mjs';
 import { makeLinks, shaperStats, SRV_IP, DRIVER_SRV_IP } from './netns.mjs';
@@ -192,6 +192,7 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     for (const b of opened) await b.close().catch(() => {});
     if (server) await server.stop().catch(() => {});
     links.close();
+    if (server && process.env.WEAK_LOG) writeFileSync(process.env.WEAK_LOG, server.logs.join(''));
   }
 }
 

@@ -70,8 +70,14 @@ pub struct ReceiverStats {
     pub rtt_ms: u32,
     /// Video waiting in the pacer, ms at the pacing rate.
     pub video_queue_ms: u64,
+    /// Queueing delay on the path (one-way delay above its lowest), ms.
+    pub path_queue_ms: u32,
     /// Video packets the pacer dropped (queue overflow).
     pub pacer_dropped: u64,
+    /// Retransmissions sent (answers to its NACKs, on the RTX stream).
+    pub retransmissions: u64,
+    /// Retransmissions not sent because they would have arrived too late.
+    pub retransmissions_dropped: u64,
 }
 
 /// Figures of a room's media thread since it started (it stops when the room empties).
@@ -327,7 +333,10 @@ impl RoomManager {
                     loss_percent: (l.loss_percent() * 10.0).round() / 10.0,
                     rtt_ms: l.rtt_ms.load(Relaxed),
                     video_queue_ms: l.video_queue_ms(),
+                    path_queue_ms: l.queue_delay_ms.load(Relaxed),
                     pacer_dropped: l.dropped_video.load(Relaxed),
+                    retransmissions: l.retransmissions.load(Relaxed),
+                    retransmissions_dropped: l.dropped_rtx.load(Relaxed),
                 })
             })
             .collect();

@@ -4,6 +4,7 @@
 //! handlers (never held across an await). Media of a room runs on its own OS thread
 //! ([`media`]); the control plane talks to it through bounded channels only.
 
+pub mod estimate;
 pub mod manager;
 pub mod media;
 pub mod pacer;

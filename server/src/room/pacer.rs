@@ -27,9 +27,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Pacing rate as a multiple of the estimate: a little above it, so that the queue drains after a
-/// keyframe, but not the 2.5x of libwebrtc, whose bursts a weak link's queue turns into audio delay.
-pub const PACING_FACTOR: f64 = 1.2;
+/// Pacing rate as a multiple of the estimate. Not the 2.5x of libwebrtc, whose bursts a weak
+/// link's queue turns into audio delay: the estimate is what the link carries, and the encoders
+/// aim below it (audio reserve, video share), which is what drains the queue after a keyframe.
+pub const PACING_FACTOR: f64 = 1.0;
+/// What a packet costs on the wire beyond its RTP bytes: SRTP tag (10), UDP (8), IPv4 (20),
+/// rounded up for IPv6 and TWCC extensions. Charged so that the pace is the wire's.
+pub const WIRE_OVERHEAD_BYTES: u64 = 48;
+/// A retransmission that would wait longer than this behind queued video arrives too late to
+/// help: it is dropped (the receiver asks for a keyframe if it still needs one).
+pub const RTX_MAX_QUEUE_MS: u64 = 150;
 /// Credit the budget may build up while idle, in time at the pacing rate.
 pub const BURST: Duration = Duration::from_millis(20);
 /// Queued video beyond this (at the pacing rate) makes the application skip frames.
@@ -53,12 +60,21 @@ pub struct LinkState {
     pub queued_video_bits: AtomicU64,
     /// Video packets dropped by the pacer (queue over [`VIDEO_QUEUE_LIMIT`]).
     pub dropped_video: AtomicU64,
+    /// Retransmissions dropped because they would have arrived too late.
+    pub dropped_rtx: AtomicU64,
+    /// Retransmissions sent.
+    pub retransmissions: AtomicU64,
     /// Set when the pacer dropped video: the sender waits for a keyframe.
     pub video_broken: AtomicBool,
-    /// Loss the receiver reports on our streams, the worse of audio and video (1/256 units).
+    /// Loss the receiver reports on our streams, the worse of audio and video (1/256 units,
+    /// each the last reported value).
     pub fraction_lost: AtomicU32,
+    /// Last reported loss per stream: audio, video (1/256 units).
+    stream_lost: [AtomicU32; 2],
     /// Round trip from its receiver reports, ms (0: unknown).
     pub rtt_ms: AtomicU32,
+    /// Queueing delay on the path, from transport-wide feedback, ms.
+    pub queue_delay_ms: AtomicU32,
     /// RTP sent over the last half second, kbit/s.
     pub sent_kbps: AtomicU32,
     /// Video tier the room encodes for this receiver, kbit/s (0: paused).
@@ -75,9 +91,13 @@ impl LinkState {
             sent_bytes: AtomicU64::new(0),
             queued_video_bits: AtomicU64::new(0),
             dropped_video: AtomicU64::new(0),
+            dropped_rtx: AtomicU64::new(0),
+            retransmissions: AtomicU64::new(0),
             video_broken: AtomicBool::new(false),
             fraction_lost: AtomicU32::new(0),
+            stream_lost: [AtomicU32::new(0), AtomicU32::new(0)],
             rtt_ms: AtomicU32::new(0),
+            queue_delay_ms: AtomicU32::new(0),
             sent_kbps: AtomicU32::new(0),
             tier_kbps: AtomicU32::new(0),
             video_paused: AtomicBool::new(false),
@@ -118,9 +138,10 @@ pub struct PriorityPacer {
     read_out: VecDeque<TaggedPacket>,
 }
 
+/// What a packet costs on the wire, in bits.
 fn rtp_bits(p: &TaggedPacket) -> u64 {
     match &p.message.packet {
-        IPacket::Rtp(rtp) => (rtp.marshal_size() * 8) as u64,
+        IPacket::Rtp(rtp) => (rtp.marshal_size() as u64 + WIRE_OVERHEAD_BYTES) * 8,
         _ => 0,
     }
 }
@@ -182,11 +203,15 @@ impl PriorityPacer {
     }
 
     /// Loss and round trip from a report block on one of our streams.
-    fn observe_report(&self, ssrc: u32, fraction_lost: u8, lsr: u32, dlsr: u32, worst: &mut u8) {
-        if !self.media_ssrcs.contains(&ssrc) {
+    fn observe_report(&self, ssrc: u32, fraction_lost: u8, lsr: u32, dlsr: u32) {
+        let Some(i) = self.media_ssrcs.iter().position(|&s| s == ssrc) else {
             return;
-        }
-        *worst = (*worst).max(fraction_lost);
+        };
+        self.link.stream_lost[i].store(u32::from(fraction_lost), Relaxed);
+        let worst = self.link.stream_lost.iter().map(|l| l.load(Relaxed)).max();
+        self.link
+            .fraction_lost
+            .store(worst.unwrap_or(0), Relaxed);
         if lsr != 0 {
             let rtt = ntp_middle(SystemTime::now())
                 .wrapping_sub(lsr)
@@ -210,7 +235,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         if let IPacket::Rtcp(pkts) = &msg.message.packet {
-            let mut worst: Option<u8> = None;
             for p in pkts {
                 let a = p.as_any();
                 let blocks = if let Some(rr) = a.downcast_ref::<ReceiverReport>() {
@@ -221,18 +245,8 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
                     continue;
                 };
                 for b in blocks {
-                    let w = worst.get_or_insert(0);
-                    self.observe_report(
-                        b.ssrc,
-                        b.fraction_lost,
-                        b.last_sender_report,
-                        b.delay,
-                        w,
-                    );
+                    self.observe_report(b.ssrc, b.fraction_lost, b.last_sender_report, b.delay);
                 }
-            }
-            if let Some(w) = worst {
-                self.link.fraction_lost.store(u32::from(w), Relaxed);
             }
         }
         self.read_out.push_back(msg);
@@ -245,8 +259,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
         let now = msg.now;
-        let audio = match &msg.message.packet {
-            IPacket::Rtp(rtp) => rtp.header.ssrc == self.audio_ssrc,
+        let (audio, retransmission) = match &msg.message.packet {
+            IPacket::Rtp(rtp) => (
+                rtp.header.ssrc == self.audio_ssrc,
+                !self.media_ssrcs.contains(&rtp.header.ssrc),
+            ),
             _ => {
                 // Feedback is only useful fresh: never paced.
                 self.write_out.push_back(msg);
@@ -261,6 +278,13 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
             self.sent(bits);
             self.write_out.push_back(msg);
             return Ok(());
+        }
+        if retransmission {
+            if self.link.video_queue_ms() > RTX_MAX_QUEUE_MS {
+                self.link.dropped_rtx.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            self.link.retransmissions.fetch_add(1, Relaxed);
         }
         if self.video.len() >= VIDEO_QUEUE_LIMIT {
             self.link.dropped_video.fetch_add(1, Relaxed);
@@ -335,7 +359,7 @@ mod tests {
     #[test]
     fn audio_overtakes_queued_video_and_video_leaves_at_the_pacing_rate() {
         let link = LinkState::new();
-        link.estimate_bps.store(250_000, Relaxed); // paced at 300 kbit/s
+        link.estimate_bps.store(300_000, Relaxed);
         let mut p = PriorityPacer::new(AUDIO, VIDEO, link.clone());
         let t0 = Instant::now();
         // A 30-packet keyframe (~30 KB, 0.8 s at 300 kbit/s) arrives at once.
@@ -367,7 +391,7 @@ mod tests {
                 .sum::<usize>()
                 + first.len()
         };
-        // 300 kbit/s = 37.5 packets of 1 KB per second: ~11 by 300 ms, all 30 by ~850 ms.
+        // 300 kbit/s = 35 packets of 1060 wire bytes per second: ~11 by 300 ms, all 30 by ~850 ms.
         assert!((8..=14).contains(&at(300)), "by 300 ms: {}", at(300));
         assert_eq!(at(1000), 30);
         assert_eq!(link.queued_video_bits.load(Relaxed), 0);
@@ -394,9 +418,26 @@ mod tests {
             released += drain(&mut p).len();
         }
         assert_eq!(released, 5);
-        // 5 x 1.2 KB at 360 kbit/s: about 130 ms.
+        // 5 x 1.26 KB on the wire at 300 kbit/s: about 170 ms.
         assert!(now - t0 < Duration::from_millis(200), "{:?}", now - t0);
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn late_retransmissions_are_dropped_timely_ones_paced() {
+        let link = LinkState::new();
+        let mut p = PriorityPacer::new(AUDIO, VIDEO, link.clone());
+        let t0 = Instant::now();
+        const RTX: u32 = 3;
+        p.handle_write(rtp(RTX, 1, 1000, t0)).unwrap();
+        assert_eq!(link.retransmissions.load(Relaxed), 1);
+        for s in 0..20 {
+            p.handle_write(rtp(VIDEO, s, 1000, t0)).unwrap();
+        }
+        assert!(link.video_queue_ms() > RTX_MAX_QUEUE_MS);
+        p.handle_write(rtp(RTX, 2, 1000, t0)).unwrap();
+        assert_eq!(link.dropped_rtx.load(Relaxed), 1);
+        assert!(!link.video_broken.load(Relaxed));
     }
 
     #[test]

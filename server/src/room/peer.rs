@@ -7,12 +7,12 @@
 use crate::config::{PortRange, RtcConfig};
 use crate::metrics::METRICS;
 use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
+use crate::room::estimate::PublishedEstimate;
 use crate::room::pacer::{LinkState, PriorityPacer};
 use crate::room::vp8::FrameAssembler;
 use rtc::interceptor::{
-    Attribute, BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, Interceptor,
-    Packet as IPacket, PacketReport, Registry, Slot, StreamInfo, TaggedPacket,
-    TwccReceiverBuilder, TwccSenderBuilder,
+    Attribute, CongestionControlBuilder, Interceptor, Packet as IPacket, Registry, Slot,
+    StreamInfo, TaggedPacket, TwccReceiverBuilder, TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -195,36 +195,6 @@ impl Interceptor for KeyframeRequestTap {
 }
 
 // ── Bandwidth estimate ──────────────────────────────────────────────────────────────────────
-
-/// GCC, publishing its target bitrate where the pacer and the room read it.
-struct PublishedEstimate {
-    inner: Gcc,
-    link: Arc<LinkState>,
-}
-
-impl BandwidthEstimator for PublishedEstimate {
-    fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
-        self.inner.on_reports(now, reports);
-        self.link
-            .estimate_bps
-            .store(self.inner.target_bitrate() as u64, Relaxed);
-    }
-    fn target_bitrate(&self) -> f64 {
-        self.inner.target_bitrate()
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        self.inner.handle_timeout(now);
-        self.link
-            .estimate_bps
-            .store(self.inner.target_bitrate() as u64, Relaxed);
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.inner.poll_timeout()
-    }
-    fn stats(&self) -> EstimatorStats {
-        self.inner.stats()
-    }
-}
 
 /// GCC start, floor and ceiling (bit/s). The start is a guess a weak link can carry (audio and
 /// the 150 kbit/s tier); probing finds more.
@@ -446,10 +416,7 @@ fn media_setup(
         )
         .map_err(rtc_err)?;
     }
-    let estimator = PublishedEstimate {
-        inner: Gcc::new(BWE_START, BWE_MIN, BWE_MAX),
-        link: link.clone(),
-    };
+    let estimator = PublishedEstimate::new(BWE_START, BWE_MIN, BWE_MAX, link.clone());
     let registry = registry
         .with(
             Slot::CongestionControl,
