@@ -18,7 +18,7 @@ pub enum Layout {
 }
 
 /// Media settings of one room. `Default` is 640x360@15, grid, tiers
-/// 70/150/250/400/800 kbit/s (starting at 150), Opus 32 kbit/s complexity 5,
+/// 50/100/150/250/400/800 kbit/s (starting at 150), Opus 32 kbit/s complexity 5,
 /// a 40 ms jitter target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -54,7 +54,7 @@ impl Default for MediaConfig {
             canvas_height: 360,
             fps: 15,
             layout: Layout::Grid,
-            video_tiers_kbps: vec![70, 150, 250, 400, 800],
+            video_tiers_kbps: vec![50, 100, 150, 250, 400, 800],
             default_tier_kbps: 150,
             opus_bitrate: 32_000,
             opus_complexity: 5,
@@ -164,8 +164,8 @@ mod tests {
             default_tier_kbps: 500,
             ..MediaConfig::default()
         };
-        assert_eq!(cfg.default_tier(), 3);
-        cfg.default_tier_kbps = 50;
+        assert_eq!(cfg.default_tier(), 4);
+        cfg.default_tier_kbps = 40;
         assert_eq!(cfg.default_tier(), 0);
     }
 }

@@ -1188,7 +1188,7 @@ mod tests {
 
         // A bitrate that matches no tier gets one dedicated encoder, dropped with the sink.
         room.add_sink(101, 1200);
-        assert_eq!(room.tier_of(101), Some(5));
+        assert_eq!(room.tier_of(101), Some(6));
         let o = loop {
             let o = room.tick();
             if o.video_tick {
@@ -1240,7 +1240,7 @@ mod tests {
         // Receiver 1 has room for far more: it probes one tier up (250 kbit/s),
         // a second encoder, and a keyframe for that tier only.
         room.set_bandwidth(1, Some(10_000_000));
-        assert_eq!(room.tier_of(1), Some(2));
+        assert_eq!(room.tier_of(1), Some(3));
         let o = video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 2);
         let by_key: HashMap<u64, (Arc<[u8]>, bool)> = o
@@ -1277,7 +1277,7 @@ mod tests {
                 .all(|(_, d, _)| Arc::ptr_eq(d, &o.video[0].1))
         );
         // Receiver 3 on a thin link: lowest tier.
-        room.set_bandwidth(3, Some(150_000));
+        room.set_bandwidth(3, Some(120_000));
         video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 2);
         assert_eq!(room.tier_of(3), Some(0));
@@ -1295,8 +1295,8 @@ mod tests {
             }
         };
         video_tick(&mut room);
-        // 110 kbit/s leaves 42 kbit/s for video: not 80% of the 70 kbit/s tier.
-        room.set_bandwidth(1, Some(110_000));
+        // 90 kbit/s leaves 34 kbit/s for video: not 80% of the 50 kbit/s tier.
+        room.set_bandwidth(1, Some(90_000));
         assert!(room.video_paused(1));
         let o = room.tick();
         assert_eq!(o.video_paused_changed, vec![(1, true)]);

@@ -17,8 +17,8 @@
 /// keyframes and estimate error).
 pub const VIDEO_SHARE_PERCENT: u64 = 85;
 /// Bits per second kept for audio before video gets anything: 32 kbit/s Opus plus 50 packets a
-/// second of IP/UDP/RTP/SRTP overhead (~23 kbit/s), rounded up.
-pub const AUDIO_RESERVE_BPS: u64 = 60_000;
+/// second of IP/UDP/RTP/SRTP overhead (measured: 46-50 kbit/s acknowledged for audio alone).
+pub const AUDIO_RESERVE_BPS: u64 = 50_000;
 /// Video pauses when less than this share of the lowest tier fits, and resumes when all of it does.
 pub const PAUSE_FRACTION_PERCENT: u64 = 80;
 /// A tier already in use is kept while this share of it fits (hysteresis on the way down: the
@@ -193,16 +193,16 @@ mod tests {
 
     #[test]
     fn tier_table() {
-        // (estimate bit/s, expected tier index): budget = (estimate - 60k) * 85%.
+        // (estimate bit/s, expected tier index): budget = (estimate - 50k) * 85%.
         let table: &[(u64, usize)] = &[
             (0, 0),
             (100_000, 0),
-            (142_353, 0), // budget 70_000
-            (236_470, 0), // budget 149_999
-            (236_471, 1), // 150_000
-            (354_118, 2), // 250_000
-            (530_589, 3), // 400_000
-            (1_001_177, 4),
+            (132_353, 0), // budget 70_000
+            (226_470, 0), // budget 149_999
+            (226_471, 1), // 150_000
+            (344_118, 2), // 250_000
+            (520_589, 3), // 400_000
+            (991_177, 4),
             (u64::MAX, 4),
         ];
         for &(bps, want) in table {
@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn moves_down_at_once_and_up_one_step_after_a_wait() {
         let mut p = ProbeState::default();
-        // A 300 kbit/s link: estimate around 290k -> budget 195k -> tier 1 (150).
+        // A 300 kbit/s link: estimate around 290k -> budget 204k -> tier 1 (150).
         assert_eq!(next_tier(Some(3), 290_000, &TIERS, &mut p, 0), Some(1));
         // Held while the estimate stays.
         assert_eq!(next_tier(Some(1), 300_000, &TIERS, &mut p, 1_000), Some(1));
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(next_tier(Some(2), 700_000, &TIERS, &mut p, 17_000), Some(2));
         assert_eq!(next_tier(Some(2), 700_000, &TIERS, &mut p, 18_000), Some(3));
         // A failed probe falls back to the tier it came from while 85% of that fits (budget
-        // 153k: 150 is held, where a fresh choice would take 70).
+        // 149k: 150 is held, where a fresh choice would take 70).
         assert_eq!(next_tier(Some(3), 240_000, &TIERS, &mut p, 19_000), Some(1));
         assert_eq!(tier_for_bandwidth(240_000, &TIERS), 1);
         assert_eq!(next_tier(Some(1), 225_000, &TIERS, &mut p, 20_000), Some(1));
@@ -266,9 +266,9 @@ mod tests {
     #[test]
     fn pauses_below_the_lowest_tier_and_resumes_with_room() {
         let mut p = ProbeState::default();
-        // budget 51k: 73% of the 70k tier -> paused.
-        assert_eq!(next_tier(Some(1), 120_000, &TIERS, &mut p, 0), None);
-        // budget 59.5k (85%): not enough to resume (needs all of the lowest tier).
+        // budget 42.5k: 61% of the 70k tier -> paused.
+        assert_eq!(next_tier(Some(1), 100_000, &TIERS, &mut p, 0), None);
+        // budget 68k (97%): not enough to resume (needs all of the lowest tier).
         assert_eq!(next_tier(None, 130_000, &TIERS, &mut p, 10_000), None);
         // Enough, but only once the back-off has passed.
         let mut q = ProbeState {
@@ -277,8 +277,8 @@ mod tests {
         };
         assert_eq!(next_tier(None, 150_000, &TIERS, &mut q, 11_000), None);
         assert_eq!(next_tier(None, 150_000, &TIERS, &mut q, 14_000), Some(0));
-        // On the lowest tier, 80% of it still fitting keeps video going.
-        assert_eq!(next_tier(Some(0), 126_000, &TIERS, &mut q, 20_000), Some(0));
+        // On the lowest tier, 85% of it still fitting keeps video going.
+        assert_eq!(next_tier(Some(0), 120_000, &TIERS, &mut q, 20_000), Some(0));
         assert_eq!(next_tier(Some(0), 100_000, &TIERS, &mut q, 21_000), None);
         assert_eq!(next_tier(None, 10_000_000, &[], &mut q, 0), None);
     }

@@ -344,7 +344,7 @@ fn goertzel_measures_amplitude() {
 fn five_participants_hear_each_other_minus_themselves_and_see_everyone() {
     let mut t = TestRoom::with_five();
     // Three tiers in use: 1 on a thin link, 2 on a fat one, the rest unknown.
-    t.room.set_bandwidth(1, Some(200_000));
+    t.room.set_bandwidth(1, Some(150_000));
     t.room.set_bandwidth(2, Some(10_000_000));
     let outs = t.run(150);
     assert!(

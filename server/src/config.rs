@@ -163,7 +163,7 @@ impl Default for MediaSettings {
             canvas_width: 640,
             canvas_height: 360,
             fps: 15,
-            video_tiers_kbps: vec![70, 150, 250, 400, 800],
+            video_tiers_kbps: vec![50, 100, 150, 250, 400, 800],
             default_tier_kbps: 150,
             opus_bitrate: 32_000,
             opus_complexity: 5,

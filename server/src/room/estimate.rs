@@ -218,6 +218,7 @@ pub struct PublishedEstimate {
     gcc: Gcc,
     queue: QueueEstimate,
     link: Arc<LinkState>,
+    last_log: Option<Instant>,
 }
 
 impl PublishedEstimate {
@@ -227,6 +228,7 @@ impl PublishedEstimate {
             gcc: Gcc::new(initial, min, max),
             queue: QueueEstimate::new(initial, min, max),
             link,
+            last_log: None,
         }
     }
 
@@ -244,6 +246,19 @@ impl BandwidthEstimator for PublishedEstimate {
         self.gcc.on_reports(now, reports);
         self.queue.on_reports(now, reports);
         self.publish();
+        if self
+            .last_log
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(2))
+        {
+            self.last_log = Some(now);
+            tracing::debug!(
+                gcc_delay = self.gcc.delay_based_bitrate() as u64,
+                queue_estimate = self.queue.target() as u64,
+                acked = self.queue.acked_bps() as u64,
+                queue_ms = self.queue.queue_ms() as u64,
+                "estimate"
+            );
+        }
     }
     fn target_bitrate(&self) -> f64 {
         // GCC's loss-based half holds (never rises) between 2 and 10 % loss: on a radio link with
