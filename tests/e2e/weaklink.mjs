@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { BASE_ARGS, root, startServer, toneLevels, samplePixels } from './harness.mjs';
 import { makeLinks, shaperStats, SRV_IP, DRIVER_SRV_IP } from './netns.mjs';
+import { gridCentres } from './layout.mjs';
 
 const mediaDir = path.join(root, 'tests/e2e/media');
 
@@ -179,8 +180,10 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     for (const g of goods) {
       const levels = await toneLevels(g.page, freqs);
       result.others_hear_weak.push({ name: g.name, weak: levels[0], levels });
-      // The weak participant joined third: its tile is the third of a 2x2 grid (bottom left).
-      const px = await samplePixels(g.page, [[0.25, 0.75], [0.2, 0.7], [0.3, 0.8]]);
+      // The weak participant joined third: its tile is the third of the grid (the last row,
+      // centred). Three points around its centre, clear of the moving box near its top.
+      const [cx, cy] = gridCentres(3, 640, 360)[2].map((v, i) => v / (i ? 360 : 640));
+      const px = await samplePixels(g.page, [[cx, cy], [cx - 0.05, cy + 0.05], [cx + 0.05, cy + 0.05]]);
       result.others_see_weak.push({ name: g.name, px: px.px });
       const s = await inbound(g.page);
       result[`${g.name}_frames`] = s.frames;
