@@ -3,6 +3,7 @@
 
 use crate::janus::{self, Janus, JanusTarget};
 use crate::media::{Camera, Schedule, Voice};
+use crate::shaper::LinkShape;
 use crate::participant::{Report, Shared, Spec, Target, run};
 use crate::{Summary, summarize};
 use std::collections::HashMap;
@@ -229,6 +230,10 @@ pub struct Scenario {
     /// Tiles the server's grid shows (`MCU_MAX_TILES` it runs with); the probes need it to
     /// find the tiles in the composite.
     pub max_tiles: usize,
+    /// Of which receive through a constrained link (the first ones, in-process shaping).
+    pub shaped: usize,
+    /// That link.
+    pub shape: Option<LinkShape>,
 }
 
 /// The pre-encoded media of one room's participants (shared by every room of a scenario).
@@ -290,6 +295,7 @@ pub fn specs(sc: &Scenario, cast: &Cast, probes: bool) -> Vec<Spec> {
             },
             video: i < sc.video,
             probe: probes && i >= sc.per_room.saturating_sub(sc.probes),
+            shape: sc.shape.filter(|_| i < sc.shaped),
         });
     }
     out

@@ -829,7 +829,7 @@ async fn joined(
     let (handler, mut gathered) = Handler::new(None, rx.clone(), *spec, shared.clone(), talkers);
     // Janus is in its own namespace (see the module doc): our sockets are on the host end of
     // its veth pair, so our candidates are that address only.
-    let pc = peer_connection(handler, target.bind_ip.into()).await?;
+    let pc = peer_connection(handler, target.bind_ip.into(), None).await?;
     let audio = audio_track()?;
     let a: Arc<dyn TrackLocal> = audio.clone();
     let audio_sender = pc.add_track(a).await?;

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod janus;
 pub mod media;
 pub mod participant;
+pub mod shaper;
 
 use participant::Report;
 

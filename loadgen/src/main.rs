@@ -42,6 +42,16 @@ enum Cmd {
         probes: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// How many of them receive through a constrained link (constrained-receiver mode:
+        /// in-process rate limit with a 300 ms drop-tail queue and random loss; the first ones).
+        #[arg(long, default_value_t = 0)]
+        shaped: usize,
+        /// The constrained link's rate, kbit/s.
+        #[arg(long, default_value_t = 300)]
+        shape_kbps: u32,
+        /// The constrained link's random loss, 0..1.
+        #[arg(long, default_value_t = 0.02)]
+        shape_loss: f64,
     },
     /// Start the server and run the benchmark scenarios.
     Bench {
@@ -136,7 +146,15 @@ async fn main() -> anyhow::Result<()> {
             talkers,
             probes,
             seconds,
+            shaped,
+            shape_kbps,
+            shape_loss,
         } => {
+            let shape = loadgen::shaper::LinkShape {
+                kbps: shape_kbps,
+                loss: shape_loss,
+                queue_ms: 300,
+            };
             let server_like = bench::Scenario {
                 rooms: 1,
                 per_room: participants,
@@ -146,12 +164,19 @@ async fn main() -> anyhow::Result<()> {
                 hold_s: seconds,
                 ramp_ms: 100,
                 max_tiles: 25,
+                shaped,
+                shape: (shaped > 0).then_some(shape),
             };
             let reports = run_external(&url, &api_key, &room, server_like).await?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&loadgen::summarize(&reports))?
-            );
+            let (weak, rest): (Vec<_>, Vec<_>) = reports.into_iter().partition(|r| r.shaped);
+            let mut out = serde_json::json!({ "all_others": loadgen::summarize(&rest) });
+            if !weak.is_empty() {
+                out["constrained"] = serde_json::json!({
+                    "link": { "kbps": shape_kbps, "loss": shape_loss, "queue_ms": 300 },
+                    "summary": loadgen::summarize(&weak),
+                });
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Cmd::Bench {
             server,
@@ -191,6 +216,8 @@ async fn main() -> anyhow::Result<()> {
                     hold_s: hold,
                     ramp_ms: 30,
                     max_tiles: 25,
+                    shaped: 0,
+                    shape: None,
                 };
                 let s = Server::start(&server, &[]).await?;
                 let row = bench::run_scenario(&s, &format!("audio-{n}"), sc).await?;
@@ -218,6 +245,8 @@ async fn main() -> anyhow::Result<()> {
                     hold_s: hold,
                     ramp_ms: 100,
                     max_tiles: 9,
+                    shaped: 0,
+                    shape: None,
                 };
                 let row = bench::run_scenario(&s, &format!("video-{n}"), sc).await?;
                 eprintln!("{}", table_row(&row));
@@ -234,6 +263,8 @@ async fn main() -> anyhow::Result<()> {
                 hold_s: hold,
                 ramp_ms: 50,
                 max_tiles: 25,
+                shaped: 0,
+                shape: None,
             };
             let row = bench::run_scenario(&s, &format!("{rooms}-rooms-of-{per}"), sc).await?;
             eprintln!("{}", table_row(&row));

@@ -9,7 +9,8 @@
 use crate::media::{Camera, FPS, Schedule, VIDEO_LOOP, Voice, read_marks};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use rtc::interceptor::Registry;
+use crate::shaper::{LinkShape, ShapedLink};
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -53,6 +54,8 @@ pub struct Spec {
     pub video: bool,
     /// Decodes what it receives to measure latency (costs CPU: use on a few).
     pub probe: bool,
+    /// Receives through this constrained link (in-process, see [`crate::shaper`]).
+    pub shape: Option<LinkShape>,
 }
 
 /// Where to join.
@@ -109,6 +112,8 @@ impl Shared {
 pub struct Report {
     /// Participant index.
     pub id: u32,
+    /// Received through a constrained link.
+    pub shaped: bool,
     /// WebSocket open → `welcome`, ms (Janus: session create → AudioBridge's answer).
     pub welcome_ms: Option<f64>,
     /// WebSocket open → first mixed audio packet, ms.
@@ -215,6 +220,7 @@ impl PeerConnectionEventHandler for Handler {
 pub(crate) async fn peer_connection(
     handler: Arc<Handler>,
     bind: std::net::IpAddr,
+    shape: Option<LinkShape>,
 ) -> anyhow::Result<impl PeerConnection> {
     let mut me = MediaEngine::default();
     me.register_codec(
@@ -231,7 +237,11 @@ pub(crate) async fn peer_connection(
         },
         RtpCodecKind::Video,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut me)?;
+    let mut registry = register_default_interceptors(Registry::new(), &mut me)?;
+    if let Some(shape) = shape {
+        // Wire-most: everything above sees what the weak link delivers.
+        registry = registry.with(Slot::from(500), ShapedLink::new(shape, rand::random()));
+    }
     let se = SettingEngineBuilder::new()
         .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
         .with_include_loopback_candidate(true)
@@ -332,6 +342,7 @@ pub async fn run(
     let rx = Arc::new(Mutex::new(Rx::default()));
     let mut report = Report {
         id: spec.id,
+        shaped: spec.shape.is_some(),
         ..Report::default()
     };
     let opened = Instant::now();
@@ -427,7 +438,7 @@ async fn session(
         shared.clone(),
         talkers,
     );
-    let pc = peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into()).await?;
+    let pc = peer_connection(handler, std::net::Ipv4Addr::LOCALHOST.into(), spec.shape).await?;
     let audio = audio_track()?;
     let a: Arc<dyn TrackLocal> = audio.clone();
     let audio_sender = pc.add_track(a).await?;

@@ -68,6 +68,8 @@ pub struct QueueEstimate {
     delays: VecDeque<(Instant, f64)>,
     /// Latest queueing delay seen, ms.
     queue_ms: f64,
+    /// Loss of the last judged window.
+    last_loss: f64,
     lost: usize,
     total: usize,
     last_eval: Option<Instant>,
@@ -87,6 +89,7 @@ impl QueueEstimate {
             acked_bytes: 0,
             delays: VecDeque::new(),
             queue_ms: 0.0,
+            last_loss: 0.0,
             lost: 0,
             total: 0,
             last_eval: None,
@@ -108,6 +111,11 @@ impl QueueEstimate {
     /// The latest queueing delay, ms.
     pub fn queue_ms(&self) -> f64 {
         self.queue_ms
+    }
+
+    /// The loss of the last judged window, 0..1.
+    pub fn loss(&self) -> f64 {
+        self.last_loss
     }
 
     /// Takes one feedback report.
@@ -180,6 +188,9 @@ impl QueueEstimate {
         } else {
             0.0
         };
+        if judged {
+            self.last_loss = loss;
+        }
         let acked = self.acked_bps();
         let congested = self.queue_ms > QUEUE_HIGH_MS || loss > LOSS_HIGH;
         if congested {
@@ -256,6 +267,7 @@ impl BandwidthEstimator for PublishedEstimate {
                 queue_estimate = self.queue.target() as u64,
                 acked = self.queue.acked_bps() as u64,
                 queue_ms = self.queue.queue_ms() as u64,
+                loss = self.queue.loss(),
                 "estimate"
             );
         }
