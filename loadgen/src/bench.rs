@@ -3,8 +3,8 @@
 
 use crate::janus::{self, Janus, JanusTarget};
 use crate::media::{Camera, Schedule, Voice};
-use crate::shaper::LinkShape;
 use crate::participant::{Report, Shared, Spec, Target, run};
+use crate::shaper::LinkShape;
 use crate::{Summary, summarize};
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};

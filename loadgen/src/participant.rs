@@ -7,9 +7,9 @@
 //! comparison send and measure exactly the same way.
 
 use crate::media::{Camera, FPS, Schedule, VIDEO_LOOP, Voice, read_marks};
+use crate::shaper::{LinkShape, ShapedLink};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use crate::shaper::{LinkShape, ShapedLink};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;

@@ -166,7 +166,8 @@ mod tests {
         let mut got = Vec::new();
         for i in 0..75u32 {
             let now = t0 + Duration::from_micros(u64::from(i) * 13_333);
-            link.handle_read(rtp(1000 - 12 - WIRE_OVERHEAD_BYTES, now)).unwrap();
+            link.handle_read(rtp(1000 - 12 - WIRE_OVERHEAD_BYTES, now))
+                .unwrap();
             while let Some(p) = link.poll_read() {
                 got.push(p.now);
             }

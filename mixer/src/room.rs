@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::activity::{SpeakerDetector, VoiceActivity};
 use crate::compositor::{Compositor, Tile, TileContent};
+use crate::image::I420Frame;
 use crate::image::I420View;
 use crate::jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
 use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, layout};
@@ -35,7 +36,6 @@ use crate::mix::AudioMixer;
 use crate::opus_codec::{OpusDecoder, OpusEncoder};
 use crate::scale::Scaler;
 use crate::tier::{ProbeState, TierShape, next_tier, tier_shape};
-use crate::image::I420Frame;
 use crate::vp8_decoder::{Vp8Decoder, is_vp8_keyframe};
 use crate::vpx::{EncodedFrame, Vp8Encoder, Vp8EncoderConfig};
 use crate::{FRAME_SAMPLES, Layout, MediaConfig, MixerError, TICK_MS};
@@ -1262,7 +1262,10 @@ mod tests {
             if o.video.iter().any(|(k, _, kf)| *k == 2 && *kf) {
                 break o;
             }
-            assert!(o.time_ms < asked + KEYFRAME_MIN_INTERVAL_MS + 100, "no keyframe");
+            assert!(
+                o.time_ms < asked + KEYFRAME_MIN_INTERVAL_MS + 100,
+                "no keyframe"
+            );
         };
         let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
         assert!(kf[&0] && kf[&2] && kf[&3] && !kf[&1]);
@@ -1332,7 +1335,11 @@ mod tests {
         }
         // The first frame, then one per second at most.
         assert!(keyframes.len() <= 4, "{keyframes:?}");
-        assert!(keyframes.windows(2).all(|w| w[1] - w[0] >= KEYFRAME_MIN_INTERVAL_MS));
+        assert!(
+            keyframes
+                .windows(2)
+                .all(|w| w[1] - w[0] >= KEYFRAME_MIN_INTERVAL_MS)
+        );
         assert_eq!(keyframes[0], 0);
     }
 

@@ -3,6 +3,7 @@
 use crate::AppState;
 use crate::api::rest;
 use crate::metrics::METRICS;
+use crate::room::manager::ReceiverStats;
 use actix_web::{HttpResponse, http::header, web};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -98,6 +99,64 @@ pub fn render_metrics(state: &AppState, out: &mut String) {
         state.store.backend()
     );
     METRICS.render(out);
+    render_receivers(&state.rooms.all_receivers(), out);
+}
+
+/// One gauge per connected participant's link: what the send policy works from and what it
+/// decided (labels `room`, `participant`).
+fn render_receivers(receivers: &[(String, ReceiverStats)], out: &mut String) {
+    type Metric = (&'static str, &'static str, fn(&ReceiverStats) -> f64);
+    const METRICS_OF_A_RECEIVER: [Metric; 6] = [
+        (
+            "mcu_receiver_estimate_bits_per_second",
+            "Bandwidth estimate of the link to a participant.",
+            |r| r.estimate_kbps as f64 * 1000.0,
+        ),
+        (
+            "mcu_receiver_video_tier_bits_per_second",
+            "Video tier sent to a participant (0: paused).",
+            |r| f64::from(r.tier_kbps) * 1000.0,
+        ),
+        (
+            "mcu_receiver_video_paused",
+            "1 while a participant's video is paused for bandwidth.",
+            |r| f64::from(u8::from(r.video_paused)),
+        ),
+        (
+            "mcu_receiver_sent_bits_per_second",
+            "RTP sent to a participant (last half second).",
+            |r| f64::from(r.sent_kbps) * 1000.0,
+        ),
+        (
+            "mcu_receiver_loss_ratio",
+            "Loss a participant reports on what it receives from us.",
+            |r| r.loss_percent / 100.0,
+        ),
+        (
+            "mcu_receiver_rtt_seconds",
+            "Round trip to a participant (RTCP receiver reports).",
+            |r| f64::from(r.rtt_ms) / 1000.0,
+        ),
+    ];
+    for (name, help, value) in METRICS_OF_A_RECEIVER {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (room, r) in receivers {
+            let _ = writeln!(
+                out,
+                "{name}{{room=\"{}\",participant=\"{}\"}} {}",
+                label(room),
+                label(&r.participant_id),
+                value(r)
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Prometheus metrics.

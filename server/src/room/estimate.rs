@@ -120,13 +120,9 @@ impl QueueEstimate {
 
     /// Takes one feedback report.
     pub fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
-        let epoch = *self.epoch.get_or_insert_with(|| {
-            reports
-                .iter()
-                .map(|r| r.departure)
-                .min()
-                .unwrap_or(now)
-        });
+        let epoch = *self
+            .epoch
+            .get_or_insert_with(|| reports.iter().map(|r| r.departure).min().unwrap_or(now));
         let mut bytes = 0;
         let mut lowest: Option<f64> = None;
         let mut latest: Option<(Instant, f64)> = None;

@@ -319,27 +319,7 @@ impl RoomManager {
                 video_encoders: t.video_encoders.load(Relaxed),
             }
         });
-        let receivers = live
-            .participants
-            .iter()
-            .filter_map(|e| {
-                let l = e.link.as_ref()?;
-                Some(ReceiverStats {
-                    participant_id: e.info.id.clone(),
-                    estimate_kbps: l.estimate_bps.load(Relaxed) / 1000,
-                    tier_kbps: l.tier_kbps.load(Relaxed),
-                    video_paused: l.video_paused.load(Relaxed),
-                    sent_kbps: l.sent_kbps.load(Relaxed),
-                    loss_percent: (l.loss_percent() * 10.0).round() / 10.0,
-                    rtt_ms: l.rtt_ms.load(Relaxed),
-                    video_queue_ms: l.video_queue_ms(),
-                    path_queue_ms: l.queue_delay_ms.load(Relaxed),
-                    pacer_dropped: l.dropped_video.load(Relaxed),
-                    retransmissions: l.retransmissions.load(Relaxed),
-                    retransmissions_dropped: l.dropped_rtx.load(Relaxed),
-                })
-            })
-            .collect();
+        let receivers = receiver_stats(live);
         Some(LiveRoomStats {
             participants: live.participants.len() as u32,
             recording_sinks: live.sinks.len() as u32,
@@ -347,6 +327,20 @@ impl RoomManager {
             media,
             receivers,
         })
+    }
+
+    /// Every connected participant's link figures, with its room (for `/metrics`).
+    pub fn all_receivers(&self) -> Vec<(String, ReceiverStats)> {
+        let inner = self.inner.lock();
+        inner
+            .rooms
+            .iter()
+            .flat_map(|(name, live)| {
+                receiver_stats(live)
+                    .into_iter()
+                    .map(move |r| (name.clone(), r))
+            })
+            .collect()
     }
 
     /// Adds a participant to a live room (creating the live room if needed) and tells the others.
@@ -676,4 +670,29 @@ impl RoomManager {
             .find(|e| e.info.id == id)
             .map(|e| e.key)
     }
+}
+
+/// Link figures of a live room's participants that have a peer.
+fn receiver_stats(live: &LiveRoom) -> Vec<ReceiverStats> {
+    use std::sync::atomic::Ordering::Relaxed;
+    live.participants
+        .iter()
+        .filter_map(|e| {
+            let l = e.link.as_ref()?;
+            Some(ReceiverStats {
+                participant_id: e.info.id.clone(),
+                estimate_kbps: l.estimate_bps.load(Relaxed) / 1000,
+                tier_kbps: l.tier_kbps.load(Relaxed),
+                video_paused: l.video_paused.load(Relaxed),
+                sent_kbps: l.sent_kbps.load(Relaxed),
+                loss_percent: (l.loss_percent() * 10.0).round() / 10.0,
+                rtt_ms: l.rtt_ms.load(Relaxed),
+                video_queue_ms: l.video_queue_ms(),
+                path_queue_ms: l.queue_delay_ms.load(Relaxed),
+                pacer_dropped: l.dropped_video.load(Relaxed),
+                retransmissions: l.retransmissions.load(Relaxed),
+                retransmissions_dropped: l.dropped_rtx.load(Relaxed),
+            })
+        })
+        .collect()
 }

@@ -193,9 +193,7 @@ impl PriorityPacer {
             self.sent(bits);
             self.write_out.push_back(p);
         }
-        self.link
-            .queued_video_bits
-            .store(self.video_bits, Relaxed);
+        self.link.queued_video_bits.store(self.video_bits, Relaxed);
     }
 
     fn sent(&self, bits: u64) {
@@ -209,9 +207,7 @@ impl PriorityPacer {
         };
         self.link.stream_lost[i].store(u32::from(fraction_lost), Relaxed);
         let worst = self.link.stream_lost.iter().map(|l| l.load(Relaxed)).max();
-        self.link
-            .fraction_lost
-            .store(worst.unwrap_or(0), Relaxed);
+        self.link.fraction_lost.store(worst.unwrap_or(0), Relaxed);
         if lsr != 0 {
             let rtt = ntp_middle(SystemTime::now())
                 .wrapping_sub(lsr)

@@ -6,8 +6,8 @@
 
 use crate::config::{PortRange, RtcConfig};
 use crate::metrics::METRICS;
-use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
 use crate::room::estimate::PublishedEstimate;
+use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
 use crate::room::pacer::{LinkState, PriorityPacer};
 use crate::room::vp8::FrameAssembler;
 use rtc::interceptor::{
@@ -22,12 +22,12 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
-use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -647,7 +647,13 @@ struct VideoGate {
 
 impl VideoGate {
     /// Returns (write this frame, ask the room for a keyframe now).
-    fn admit(&mut self, keyframe: bool, congested: bool, broken: bool, now: Instant) -> (bool, bool) {
+    fn admit(
+        &mut self,
+        keyframe: bool,
+        congested: bool,
+        broken: bool,
+        now: Instant,
+    ) -> (bool, bool) {
         if broken {
             self.awaiting_keyframe = true;
         }
@@ -693,7 +699,10 @@ async fn send_output(
             continue; // not yet (or no longer) connected: drop rather than queue stale media
         }
         let r = match o {
-            Output::Audio { data, dropped_before } => {
+            Output::Audio {
+                data,
+                dropped_before,
+            } => {
                 let s = sample(data, Duration::from_millis(20), dropped_before);
                 out.audio
                     .write_sample(out.audio_ssrc, out.opus_pt, &s, &[])
