@@ -1306,10 +1306,10 @@ mod tests {
         let o = video_tick(&mut room);
         assert!(o.video.iter().all(|(k, _, _)| *k == 0), "no video for 1");
         assert!(o.audio.iter().any(|(k, _)| *k == 1), "audio goes on");
-        // Room again, but only after the probe back-off (4 s of room clock).
+        // Room again, but only after the probe back-off (8 s of room clock).
         room.set_bandwidth(1, Some(400_000));
         assert!(room.video_paused(1));
-        for _ in 0..200 {
+        for _ in 0..400 {
             room.tick();
         }
         room.set_bandwidth(1, Some(400_000));

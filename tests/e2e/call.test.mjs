@@ -69,8 +69,16 @@ test('everyone hears the two others and not themselves', async () => {
 test('the composite shows every participant in its grid tile', async () => {
   const centres = gridCentres(3, 640, 360);
   for (const p of joined) {
-    const { width, height, px } = await samplePixels(p.page, centres.map(([x, y]) => [x / 640, y / 360]));
-    assert.equal(`${width}x${height}`, '640x360');
+    // Receivers start on a conservative tier (320x180) and probe up: on loopback they reach the
+    // full-size tiers within seconds.
+    let shot;
+    for (const deadline = Date.now() + 20000; Date.now() < deadline;) {
+      shot = await samplePixels(p.page, centres.map(([x, y]) => [x / 640, y / 360]));
+      if (shot.width === 640) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const { width, height, px } = shot;
+    assert.equal(`${width}x${height}`, '640x360', `${p.name} reaches the full-size composite`);
     PEOPLE.forEach((q, i) => {
       assert.ok(close(px[i], q.rgb), `${p.name} sees ${q.name} at tile ${i}: got rgb ${px[i]}`);
     });

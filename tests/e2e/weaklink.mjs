@@ -65,7 +65,7 @@ async function inbound(page) {
   return page.evaluate(async () => {
     const stats = await window.mcu.pc.getStats();
     const r = { at: performance.now(), concealed: 0, samples: 0, frames: 0, width: 0, height: 0, freezes: 0,
-      bytes: 0, lost: 0, packets: 0, lastFrameAt: window.frameLog?.last ?? 0 };
+      bytes: 0, lost: 0, packets: 0, rtx: 0, fec: 0, audioCodec: null, lastFrameAt: window.frameLog?.last ?? 0 };
     stats.forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
       r.bytes += s.bytesReceived || 0;
@@ -74,7 +74,10 @@ async function inbound(page) {
       if (s.kind === 'audio') {
         r.concealed += s.concealedSamples || 0;
         r.samples += s.totalSamplesReceived || 0;
+        r.fec += s.fecPacketsReceived || 0;
+        r.audioCodec = stats.get(s.codecId)?.mimeType ?? null;
       } else if (s.kind === 'video') {
+        r.rtx += s.retransmittedPacketsReceived || 0;
         r.frames += s.framesDecoded || 0;
         r.width = s.frameWidth || r.width;
         r.height = s.frameHeight || r.height;
@@ -107,6 +110,8 @@ function summary(a, b) {
     resolution: b.width ? `${b.width}x${b.height}` : '-',
     frozen_s: +(b.freezes - a.freezes + trailing).toFixed(1),
     kbps: Math.round(((b.bytes - a.bytes) * 8) / secs / 1000),
+    retransmissions_received: b.rtx - a.rtx,
+    audio_codec: b.audioCodec,
     loss_pct: b.packets - a.packets > 0
       ? +((100 * (b.lost - a.lost)) / (b.lost - a.lost + b.packets - a.packets)).toFixed(1) : null,
   };
@@ -172,7 +177,6 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     const after = shaperStats(links);
     const result = summary(a, b);
     result.shaper_dropped = { down: after.down.dropped - before.down.dropped, up: after.up.dropped - before.up.dropped };
-    result.video_events = weak.events.map((e) => e.type);
     const freqs = [PEOPLE.weak.freq, ...PEOPLE.good.map((p) => p.freq)];
     result.weak_hears = await toneLevels(weak.page, freqs);
     result.others_hear_weak = [];
@@ -190,6 +194,9 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     }
     const stats = await server.api('GET', `/rooms/${room}/stats`);
     result.server = stats.body;
+    // Events read after the server's state, with time for one in flight to arrive.
+    await new Promise((res) => setTimeout(res, 500));
+    result.video_events = weak.events.map((e) => e.type);
     return result;
   } finally {
     for (const b of opened) await b.close().catch(() => {});

@@ -15,7 +15,12 @@
 //!   the same (random loss below it, the few per cent a weak radio link has, is not congestion);
 //! - **room**: a short queue and little loss let the estimate grow by [`GROWTH_PER_S`] a second,
 //!   never beyond [`ACKED_CAP_FACTOR`] x the acknowledged rate plus [`ACKED_HEADROOM_BPS`]
-//!   (libwebrtc caps its increases by the acknowledged rate for the same reason).
+//!   (libwebrtc caps its increases by the acknowledged rate for the same reason), or just past
+//!   the estimate at which the receiver would try its next tier up when that is more: cheap
+//!   content (a still picture) undershoots its tier, and a cap by the acknowledged rate alone
+//!   would keep a good link on a low tier for ever. Moving up one tier is the probe; a standing
+//!   queue or heavy loss brings the estimate back. The estimate never runs further ahead than one
+//!   tier, so a failed probe overloads a weak link by one step only.
 //!
 //! Time is an input (the instants the interceptor chain hands in).
 
@@ -43,6 +48,9 @@ pub const GROWTH_PER_S: f64 = 1.08;
 pub const ACKED_CAP_FACTOR: f64 = 1.5;
 /// ...plus this, so that a quiet start (audio only) can still reach the lowest video tier.
 pub const ACKED_HEADROOM_BPS: f64 = 100_000.0;
+/// How far past the next tier's probe estimate growth may go (so that the tier choice, which
+/// sees the estimate every 500 ms, does cross it).
+pub const PROBE_HEADROOM: f64 = 1.05;
 /// Window of the acknowledged rate.
 pub const ACKED_WINDOW: Duration = Duration::from_secs(1);
 /// The base one-way delay is the lowest seen within this window (it follows route changes).
@@ -76,6 +84,8 @@ pub struct QueueEstimate {
     last_backoff: Option<Instant>,
     /// The departure instant the one-way delays are measured from.
     epoch: Option<Instant>,
+    /// The estimate at which the receiver tries its next tier up, bit/s: the cap's floor.
+    probe_floor: f64,
 }
 
 impl QueueEstimate {
@@ -95,7 +105,14 @@ impl QueueEstimate {
             last_eval: None,
             last_backoff: None,
             epoch: None,
+            probe_floor: 0.0,
         }
+    }
+
+    /// The estimate (bit/s) at which the receiver would try its next tier up (0: none): growth
+    /// may always reach just past it.
+    pub fn set_probe_floor(&mut self, bps: f64) {
+        self.probe_floor = bps;
     }
 
     /// The estimate, bit/s.
@@ -206,7 +223,8 @@ impl QueueEstimate {
             }
         } else if self.queue_ms < QUEUE_LOW_MS && loss < LOSS_LOW {
             let grown = self.target * GROWTH_PER_S.powf(dt.as_secs_f64().min(1.0));
-            let cap = acked * ACKED_CAP_FACTOR + ACKED_HEADROOM_BPS;
+            let cap = (acked * ACKED_CAP_FACTOR + ACKED_HEADROOM_BPS)
+                .max(self.probe_floor * PROBE_HEADROOM);
             // Never grow past the cap; never cut to it either (that is what congestion is for).
             self.target = grown.min(cap).max(self.target);
         }
@@ -251,6 +269,8 @@ impl PublishedEstimate {
 impl BandwidthEstimator for PublishedEstimate {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.gcc.on_reports(now, reports);
+        self.queue
+            .set_probe_floor(self.link.probe_bps.load(Relaxed) as f64);
         self.queue.on_reports(now, reports);
         self.publish();
         if self
@@ -375,13 +395,20 @@ mod tests {
 
     #[test]
     fn sending_little_does_not_inflate_the_estimate() {
-        // 150 kbit/s sent on a fat link: the estimate stays within 1.5x + 100k of it.
+        // 150 kbit/s sent on a fat link: the estimate stays within 1.5x + 100k of it...
         let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
         let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
         let last = trace.last().expect("trace").1;
         // (10% for the granularity of a one-second window of 1000-byte packets.)
         assert!(last <= (150_000.0 * 1.5 + 100_000.0) * 1.1, "{last}");
         assert!(last >= 300_000.0, "no reason to go down: {last}");
+        // ...or just past where the next tier would be tried, when that is more (cheap
+        // content undershoots its tier).
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(568_000.0);
+        let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
+        let last = trace.last().expect("trace").1;
+        assert!(last > 568_000.0 && last <= 568_000.0 * PROBE_HEADROOM * 1.01, "{last}");
     }
 
     #[test]

@@ -249,7 +249,10 @@ impl MediaHandle {
                 "media-{}",
                 room.chars().take(9).collect::<String>()
             ))
-            .spawn(move || run(name, media, control_rx, packets_rx, events, t, s))
+            .spawn(move || {
+                raise_priority(&name);
+                run(name, media, control_rx, packets_rx, events, t, s)
+            })
             .map_err(|e| {
                 mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}"))
             })?;
@@ -282,6 +285,29 @@ impl Drop for MediaHandle {
         // The thread sees the flag within one tick and exits; it is not joined so that the
         // caller (often an async task) never blocks.
         self.stop.store(true, Relaxed);
+    }
+}
+
+/// Nice value of media threads: above the HTTP workers, the webrtc tasks and anything else the
+/// host runs (browsers in our tests), because a late tick is a gap every listener hears.
+const MEDIA_THREAD_NICE: i32 = -10;
+
+/// Gives the calling thread [`MEDIA_THREAD_NICE`]. Needs CAP_SYS_NICE (root, or a container given
+/// it); without it the thread keeps the default priority and this says so once in the log.
+fn raise_priority(room: &str) {
+    // SAFETY: gettid and setpriority only read their integer arguments; a failure is reported
+    // through the return value and errno, nothing is written through a pointer.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, MEDIA_THREAD_NICE)
+    };
+    if r != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let e = std::io::Error::last_os_error();
+        WARNED.call_once(|| {
+            tracing::warn!(room, error = %e, nice = MEDIA_THREAD_NICE,
+                "cannot raise the media threads' priority (CAP_SYS_NICE); they run at the default");
+        });
     }
 }
 
@@ -431,8 +457,19 @@ fn run(
         }
         if video_tick {
             for (key, r) in &receivers {
-                let tier = media.tier_of(*key).map_or(0, |t| media.tier_kbps(t));
-                r.link.tier_kbps.store(tier, Relaxed);
+                let tier = media.tier_of(*key);
+                let kbps = tier.map_or(0, |t| media.tier_kbps(t));
+                // Paused: the lowest tier is the next one up.
+                let next = tier.map_or(0, |t| t + 1);
+                let probe = match media.tier_kbps(next) {
+                    0 => 0,
+                    k if next < media.config().video_tiers_kbps.len() => {
+                        mixer::tier::probe_estimate(k)
+                    }
+                    _ => 0,
+                };
+                r.link.tier_kbps.store(kbps, Relaxed);
+                r.link.probe_bps.store(probe, Relaxed);
                 r.link.video_paused.store(media.video_paused(*key), Relaxed);
             }
         }

@@ -39,8 +39,10 @@ pub const WIRE_OVERHEAD_BYTES: u64 = 48;
 pub const RTX_MAX_QUEUE_MS: u64 = 150;
 /// Credit the budget may build up while idle, in time at the pacing rate.
 pub const BURST: Duration = Duration::from_millis(20);
-/// Queued video beyond this (at the pacing rate) makes the application skip frames.
-pub const VIDEO_QUEUE_MAX_MS: u64 = 250;
+/// Queued video beyond this (at the pacing rate) makes the application skip frames. Our queue
+/// only delays video (audio overtakes it), so it may hold more than a link queue should: a
+/// skip costs a freeze until the next keyframe.
+pub const VIDEO_QUEUE_MAX_MS: u64 = 500;
 /// Packets the video queue holds before it drops (a stall well past [`VIDEO_QUEUE_MAX_MS`]).
 pub const VIDEO_QUEUE_LIMIT: usize = 600;
 /// Rate used before any estimate arrives (bit/s).
@@ -81,6 +83,8 @@ pub struct LinkState {
     pub tier_kbps: AtomicU32,
     /// The room pauses this receiver's video for bandwidth.
     pub video_paused: AtomicBool,
+    /// The estimate at which the room would try this receiver's next tier up, bit/s (0: none).
+    pub probe_bps: AtomicU64,
 }
 
 impl LinkState {
@@ -101,6 +105,7 @@ impl LinkState {
             sent_kbps: AtomicU32::new(0),
             tier_kbps: AtomicU32::new(0),
             video_paused: AtomicBool::new(false),
+            probe_bps: AtomicU64::new(0),
         })
     }
 
