@@ -63,4 +63,6 @@ test('120 kbit/s with 2 % loss: audio still clear (video pauses or runs within w
   const paused = r.video_events.filter((e) => e === 'video_paused').length;
   const resumed = r.video_events.filter((e) => e === 'video_resumed').length;
   assert.ok(paused - resumed === (weak.video_paused ? 1 : 0), `events ${r.video_events} vs paused=${weak.video_paused}`);
+  // The page says so while it lasts (the last picture stays).
+  assert.equal(r.paused_notice_shown, weak.video_paused, 'the "video paused" notice follows the server');
 });

@@ -197,6 +197,7 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     // Events read after the server's state, with time for one in flight to arrive.
     await new Promise((res) => setTimeout(res, 500));
     result.video_events = weak.events.map((e) => e.type);
+    result.paused_notice_shown = await weak.page.evaluate(() => !document.getElementById('video-paused').hidden);
     return result;
   } finally {
     for (const b of opened) await b.close().catch(() => {});
