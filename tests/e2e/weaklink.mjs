@@ -67,6 +67,10 @@ async function inbound(page) {
     const r = { at: performance.now(), concealed: 0, samples: 0, frames: 0, width: 0, height: 0, freezes: 0,
       bytes: 0, lost: 0, packets: 0, rtx: 0, fec: 0, audioCodec: null, lastFrameAt: window.frameLog?.last ?? 0 };
     stats.forEach((s) => {
+      if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const pair = stats.get(s.selectedCandidatePairId);
+        r.protocol = stats.get(pair?.localCandidateId)?.protocol ?? null;
+      }
       if (s.type !== 'inbound-rtp') return;
       r.bytes += s.bytesReceived || 0;
       r.lost += Math.max(0, s.packetsLost || 0);
@@ -112,6 +116,7 @@ function summary(a, b) {
     kbps: Math.round(((b.bytes - a.bytes) * 8) / secs / 1000),
     retransmissions_received: b.rtx - a.rtx,
     audio_codec: b.audioCodec,
+    transport: b.protocol,
     loss_pct: b.packets - a.packets > 0
       ? +((100 * (b.lost - a.lost)) / (b.lost - a.lost + b.packets - a.packets)).toFixed(1) : null,
   };
@@ -240,9 +245,12 @@ async function runP2p({ links, origin, weak, opened, seconds, warmup, log }) {
     }
     return pc.localDescription.sdp;
   }, fn);
-  const offer = await gathered(good.page, 'offer');
+  // UDP only, as our server uses: over ICE-TCP, TCP's own retransmissions would hide the
+  // random loss the link applies to UDP.
+  const udpOnly = (sdp) => sdp.split('\r\n').filter((l) => !(l.startsWith('a=candidate') && / tcp /i.test(l))).join('\r\n');
+  const offer = udpOnly(await gathered(good.page, 'offer'));
   await weak.page.evaluate((sdp) => window.mcu.pc.setRemoteDescription({ type: 'offer', sdp }), offer);
-  const answer = await gathered(weak.page, 'answer');
+  const answer = udpOnly(await gathered(weak.page, 'answer'));
   await good.page.evaluate((sdp) => window.mcu.pc.setRemoteDescription({ type: 'answer', sdp }), answer);
   await waitConnected(weak.page);
   await watchFrames(weak.page);

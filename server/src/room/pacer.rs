@@ -4,7 +4,9 @@
 //!   cost is charged to the budget, so video yields to them.
 //! - **Video is paced** within the bandwidth estimate ([`PACING_FACTOR`] x the estimate, small
 //!   bursts), so the link's own queue stays short and audio behind it stays on time. Video
-//!   retransmissions (RTX) are paced with it.
+//!   retransmissions (RTX) are paced with it, ahead of new video (libwebrtc's order: audio, then
+//!   retransmissions, then video): a lost packet holds up its frame at the receiver, and every
+//!   millisecond it waits behind new frames is a millisecond of frozen picture.
 //! - **Video that cannot go out in time is not made.** The application reads [`LinkState`]
 //!   before it hands over a frame: when the queue holds more than [`VIDEO_QUEUE_MAX_MS`], the
 //!   frame is skipped, and the stream continues from a keyframe. The pacer drops packets itself
@@ -34,9 +36,9 @@ pub const PACING_FACTOR: f64 = 1.0;
 /// What a packet costs on the wire beyond its RTP bytes: SRTP tag (10), UDP (8), IPv4 (20),
 /// rounded up for IPv6 and TWCC extensions. Charged so that the pace is the wire's.
 pub const WIRE_OVERHEAD_BYTES: u64 = 48;
-/// A retransmission that would wait longer than this behind queued video arrives too late to
-/// help: it is dropped (the receiver asks for a keyframe if it still needs one).
-pub const RTX_MAX_QUEUE_MS: u64 = 150;
+/// Retransmissions are dropped while this much video is queued (a congested link, where they
+/// would only compete with the keyframe the receiver will get anyway).
+pub const RTX_MAX_QUEUE_MS: u64 = VIDEO_QUEUE_MAX_MS;
 /// Credit the budget may build up while idle, in time at the pacing rate.
 pub const BURST: Duration = Duration::from_millis(20);
 /// Queued video beyond this (at the pacing rate) makes the application skip frames. Our queue
@@ -137,7 +139,9 @@ pub struct PriorityPacer {
     link: Arc<LinkState>,
     budget_bits: f64,
     last_refill: Option<Instant>,
+    /// Retransmissions first (the first `rtx_queued`), then new video.
     video: VecDeque<TaggedPacket>,
+    rtx_queued: usize,
     video_bits: u64,
     write_out: VecDeque<TaggedPacket>,
     read_out: VecDeque<TaggedPacket>,
@@ -170,6 +174,7 @@ impl PriorityPacer {
             budget_bits: 0.0,
             last_refill: None,
             video: VecDeque::new(),
+            rtx_queued: 0,
             video_bits: 0,
             write_out: VecDeque::new(),
             read_out: VecDeque::new(),
@@ -191,6 +196,7 @@ impl PriorityPacer {
             let Some(mut p) = self.video.pop_front() else {
                 break;
             };
+            self.rtx_queued = self.rtx_queued.saturating_sub(1);
             let bits = rtp_bits(&p);
             self.video_bits -= bits;
             self.budget_bits -= bits as f64;
@@ -293,7 +299,12 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
             return Ok(());
         }
         self.video_bits += rtp_bits(&msg);
-        self.video.push_back(msg);
+        if retransmission {
+            self.video.insert(self.rtx_queued, msg);
+            self.rtx_queued += 1;
+        } else {
+            self.video.push_back(msg);
+        }
         self.release(now);
         Ok(())
     }
@@ -432,11 +443,27 @@ mod tests {
         const RTX: u32 = 3;
         p.handle_write(rtp(RTX, 1, 1000, t0)).unwrap();
         assert_eq!(link.retransmissions.load(Relaxed), 1);
-        for s in 0..20 {
+        for s in 0..10 {
+            p.handle_write(rtp(VIDEO, s, 1000, t0)).unwrap();
+        }
+        // A retransmission overtakes queued new video (not audio).
+        p.handle_write(rtp(RTX, 2, 1000, t0)).unwrap();
+        p.handle_write(rtp(RTX, 3, 1000, t0)).unwrap();
+        let order: Vec<u32> = p
+            .video
+            .iter()
+            .filter_map(|m| match &m.message.packet {
+                IPacket::Rtp(r) => Some(r.header.ssrc),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(&order[..3], &[RTX, RTX, RTX], "{order:?}");
+        assert_eq!(order.iter().filter(|&&s| s == RTX).count(), 3);
+        for s in 10..40 {
             p.handle_write(rtp(VIDEO, s, 1000, t0)).unwrap();
         }
         assert!(link.video_queue_ms() > RTX_MAX_QUEUE_MS);
-        p.handle_write(rtp(RTX, 2, 1000, t0)).unwrap();
+        p.handle_write(rtp(RTX, 4, 1000, t0)).unwrap();
         assert_eq!(link.dropped_rtx.load(Relaxed), 1);
         assert!(!link.video_broken.load(Relaxed));
     }
