@@ -696,18 +696,6 @@ impl MediaRoom {
 
     /// Advances the room clock by 20 ms and produces this tick's output.
     pub fn tick(&mut self) -> TickOutput {
-        self.tick_with(true)
-    }
-
-    /// A tick that makes audio only: a video frame due now is skipped (the
-    /// schedule moves on). For catching up after the caller's thread was late:
-    /// the mixes keep their 20 ms cadence, and the costly video work that made
-    /// it late is not repeated.
-    pub fn tick_audio_only(&mut self) -> TickOutput {
-        self.tick_with(false)
-    }
-
-    fn tick_with(&mut self, video: bool) -> TickOutput {
         let now = self.now_ms;
         let mut out = TickOutput {
             time_ms: now,
@@ -735,10 +723,8 @@ impl MediaRoom {
         // Exact rational schedule: frame f is due at f * 1000 / fps ms.
         if now * u64::from(self.cfg.fps) >= self.video_frames * 1000 {
             self.video_frames += 1;
-            if video {
-                out.video_tick = true;
-                self.video_tick(now, &mut out);
-            }
+            out.video_tick = true;
+            self.video_tick(now, &mut out);
         }
         for p in &mut self.participants {
             if p.pli_pending && p.last_pli_ms.is_none_or(|t| now >= t + PLI_INTERVAL_MS) {
@@ -1332,25 +1318,6 @@ mod tests {
         let o = video_tick(&mut room);
         let kf: HashMap<u64, bool> = o.video.iter().map(|(k, _, kf)| (*k, *kf)).collect();
         assert!(kf[&1], "it resumes on a keyframe");
-    }
-
-    #[test]
-    fn audio_only_ticks_keep_the_mix_and_skip_due_video() {
-        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
-        room.add_participant(0, false);
-        room.add_participant(1, false);
-        let mut video_ticks = 0;
-        for _ in 0..50 {
-            let o = room.tick_audio_only();
-            assert_eq!(o.audio.len(), 2, "audio for everyone");
-            assert!(!o.video_tick && o.video.is_empty());
-            video_ticks += usize::from(o.video_tick);
-        }
-        assert_eq!(video_ticks, 0);
-        assert_eq!(room.stats().time_ms, 1000);
-        // The schedule moved on: the next frame is due at 1000 ms, not 0.
-        let o = room.tick();
-        assert!(o.video_tick, "frame 15 is due at 1000 ms");
     }
 
     #[test]

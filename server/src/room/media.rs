@@ -4,9 +4,7 @@
 //!
 //! Invariants:
 //! - The tick is scheduled as `next += 20 ms` (no drift from sleep overshoot). When the thread is
-//!   more than one tick late it counts a deadline miss and runs the missed ticks at once, audio
-//!   only (a due video frame is skipped), up to [`MAX_CATCH_UP_TICKS`]; further behind it
-//!   realigns.
+//!   more than one tick late it counts a deadline miss and skips ahead instead of bursting.
 //! - The thread never blocks on anything but its own clock: inputs arrive through bounded
 //!   channels drained with `try_recv`, outputs leave with `try_send` (overflow: drop + count).
 
@@ -24,10 +22,6 @@ use tokio::sync::mpsc;
 
 /// Length of one media tick.
 pub const TICK: Duration = Duration::from_millis(20);
-
-/// How far behind (in ticks) the media thread catches up with audio-only ticks before it gives
-/// up and realigns (200 ms: beyond that the receivers have concealed anyway).
-pub const MAX_CATCH_UP_TICKS: u32 = 10;
 
 /// Capacity of the control channel into a room's media thread (joins, mutes, PLI...). Control
 /// messages are rare; overflow means the thread is wedged, and is logged.
@@ -371,32 +365,17 @@ fn run(
     let mut receivers: HashMap<ParticipantKey, Receiver> = HashMap::new();
     let mut sinks: HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>> = HashMap::new();
     let mut next = Instant::now() + TICK;
-    let mut catching_up = false;
     let mut last_counts = (0u64, 0u64);
     'ticks: loop {
         // Sleep until the tick is due.
         let now = Instant::now();
-        let mut audio_only = false;
         if next > now {
             std::thread::sleep(next - now);
-            catching_up = false;
         } else if now - next > TICK {
-            // More than a whole tick late (counted once per episode). Up to
-            // MAX_CATCH_UP_TICKS behind, the missed ticks run at once, audio only: every mix
-            // keeps its 20 ms cadence (a burst the receivers' jitter buffers absorb, where a
-            // skipped tick is a gap everyone hears) and the video work that made us late is
-            // not repeated. Further behind, realign.
-            if !catching_up {
-                timing.misses.fetch_add(1, Relaxed);
-                METRICS.deadline_misses.fetch_add(1, Relaxed);
-            }
-            if now - next > TICK * MAX_CATCH_UP_TICKS {
-                next = now;
-                catching_up = false;
-            } else {
-                audio_only = true;
-                catching_up = true;
-            }
+            // More than a whole tick late: count it, and realign rather than burst.
+            timing.misses.fetch_add(1, Relaxed);
+            METRICS.deadline_misses.fetch_add(1, Relaxed);
+            next = now;
         }
         next += TICK;
         if stop.load(Relaxed) {
@@ -430,11 +409,7 @@ fn run(
             }
         }
 
-        let out = if audio_only {
-            media.tick_audio_only()
-        } else {
-            media.tick()
-        };
+        let out = media.tick();
         let video_tick = out.video_tick;
         let now_ms = out.time_ms;
         let mut dead_sinks = Vec::new();
