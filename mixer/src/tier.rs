@@ -224,8 +224,16 @@ mod tests {
         for (cur, next) in [(0usize, 150u32), (1, 250), (2, 400), (3, 800)] {
             let at = probe_estimate(next);
             let mut q = p;
-            assert_eq!(next_tier(Some(cur), at, &TIERS, &mut q, 0), Some(cur + 1), "{next}");
-            assert_eq!(next_tier(Some(cur), at - 2, &TIERS, &mut p, 0), Some(cur), "{next}");
+            assert_eq!(
+                next_tier(Some(cur), at, &TIERS, &mut q, 0),
+                Some(cur + 1),
+                "{next}"
+            );
+            assert_eq!(
+                next_tier(Some(cur), at - 2, &TIERS, &mut p, 0),
+                Some(cur),
+                "{next}"
+            );
         }
     }
 

@@ -408,7 +408,10 @@ mod tests {
         est.set_probe_floor(568_000.0);
         let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
         let last = trace.last().expect("trace").1;
-        assert!(last > 568_000.0 && last <= 568_000.0 * PROBE_HEADROOM * 1.01, "{last}");
+        assert!(
+            last > 568_000.0 && last <= 568_000.0 * PROBE_HEADROOM * 1.01,
+            "{last}"
+        );
     }
 
     #[test]
