@@ -144,8 +144,10 @@ mod tests {
     use rtc::shared::{TransportContext, TransportMessage};
 
     fn rtp(payload: usize, now: Instant) -> TaggedPacket {
-        let mut p = rtc::rtp::Packet::default();
-        p.payload = vec![0u8; payload].into();
+        let p = rtc::rtp::Packet {
+            payload: vec![0u8; payload].into(),
+            ..Default::default()
+        };
         TransportMessage {
             now,
             transport: TransportContext::default(),

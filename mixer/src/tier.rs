@@ -153,7 +153,7 @@ pub fn next_tier(
         }
         probe.last_down_ms = Some(now_ms);
     };
-    let next = match current {
+    match current {
         None => {
             if budget >= lowest && may_go_up {
                 probe.last_up_ms = Some(now_ms);
@@ -188,8 +188,7 @@ pub fn next_tier(
                 Some(cur)
             }
         }
-    };
-    next
+    }
 }
 
 #[cfg(test)]
@@ -240,7 +239,9 @@ mod tests {
     #[test]
     fn shapes_fit_the_bitrate() {
         // (kbps, canvas) -> shape
-        let table: &[(u32, (u32, u32, u32), (u32, u32, u32))] = &[
+        /// (width, height, fps or divisor)
+        type Dims = (u32, u32, u32);
+        let table: &[(u32, Dims, Dims)] = &[
             (70, (640, 360, 15), (320, 180, 2)),
             (150, (640, 360, 15), (320, 180, 1)),
             (250, (640, 360, 15), (640, 360, 1)),
