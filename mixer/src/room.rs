@@ -739,6 +739,7 @@ impl MediaRoom {
     }
 
     fn mix_audio(&mut self, out: &mut TickOutput) {
+        let now_ms = self.now_ms;
         let Self {
             participants,
             sinks,
@@ -753,9 +754,13 @@ impl MediaRoom {
         for p in participants.iter().filter(|p| p.contributes) {
             mixer.add(&p.pcm[..]);
         }
-        let worst_loss = participants.iter().map(|p| p.reported_loss).max();
-        if let Err(e) = shared_encoder.set_expected_loss(worst_loss.unwrap_or(0)) {
-            tracing::warn!(error = %e, "opus loss setting");
+        // Reports come every 500 ms per receiver: once a second is enough, and keeps a pass over
+        // every participant off the other 49 ticks.
+        if now_ms.is_multiple_of(1000) {
+            let worst_loss = participants.iter().map(|p| p.reported_loss).max();
+            if let Err(e) = shared_encoder.set_expected_loss(worst_loss.unwrap_or(0)) {
+                tracing::warn!(error = %e, "opus loss setting");
+            }
         }
         let mut shared: Option<Arc<[u8]>> = None;
         let mut encodes = 0;

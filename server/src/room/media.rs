@@ -455,24 +455,6 @@ fn run(
         for &(key, paused) in &out.video_paused_changed {
             let _ = events.try_send(Event::VideoPaused(key, paused));
         }
-        if video_tick {
-            for (key, r) in &receivers {
-                let tier = media.tier_of(*key);
-                let kbps = tier.map_or(0, |t| media.tier_kbps(t));
-                // Paused: the lowest tier is the next one up.
-                let next = tier.map_or(0, |t| t + 1);
-                let probe = match media.tier_kbps(next) {
-                    0 => 0,
-                    k if next < media.config().video_tiers_kbps.len() => {
-                        mixer::tier::probe_estimate(k)
-                    }
-                    _ => 0,
-                };
-                r.link.tier_kbps.store(kbps, Relaxed);
-                r.link.probe_bps.store(probe, Relaxed);
-                r.link.video_paused.store(media.video_paused(*key), Relaxed);
-            }
-        }
         for key in dead_sinks {
             // The writer is gone (it failed or finished): stop producing for it.
             sinks.remove(&key);
@@ -520,6 +502,24 @@ fn run(
     tracing::info!(room, "media thread stopped");
 }
 
+/// Writes a receiver's tier, pause state and next probe point to its link (stats, and the
+/// estimator's growth cap). A tier changes only on join and on a link report, so this runs there,
+/// not on the tick.
+fn publish_tier(media: &MediaRoom, key: ParticipantKey, link: &LinkState) {
+    let tier = media.tier_of(key);
+    // Paused: the lowest tier is the next one up.
+    let next = tier.map_or(0, |t| t + 1);
+    let probe = if next < media.config().video_tiers_kbps.len() {
+        mixer::tier::probe_estimate(media.tier_kbps(next))
+    } else {
+        0
+    };
+    link.tier_kbps
+        .store(tier.map_or(0, |t| media.tier_kbps(t)), Relaxed);
+    link.probe_bps.store(probe, Relaxed);
+    link.video_paused.store(media.video_paused(key), Relaxed);
+}
+
 fn feed_sink(
     key: ParticipantKey,
     sink: &stdmpsc::SyncSender<SinkPacket>,
@@ -561,6 +561,7 @@ fn apply(
             link,
         } => {
             media.add_participant(key, publishes);
+            publish_tier(media, key, &link);
             receivers.insert(
                 key,
                 Receiver {
@@ -585,6 +586,9 @@ fn apply(
         } => {
             media.set_bandwidth(key, Some(estimate_bps));
             media.set_reported_loss(key, loss_percent);
+            if let Some(r) = receivers.get(&key) {
+                publish_tier(media, key, &r.link);
+            }
         }
         Command::Keyframe(key) => media.request_keyframe(key),
     }
