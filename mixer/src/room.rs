@@ -116,6 +116,8 @@ pub struct MediaStats {
     pub pli_requested: u64,
     /// Keyframes sent (counted once per tier encode).
     pub keyframes_sent: u64,
+    /// Composite frames skipped by catch-up ticks ([`MediaRoom::tick_audio_only`]).
+    pub video_frames_skipped: u64,
 }
 
 #[derive(Debug)]
@@ -696,6 +698,18 @@ impl MediaRoom {
 
     /// Advances the room clock by 20 ms and produces this tick's output.
     pub fn tick(&mut self) -> TickOutput {
+        self.tick_inner(true)
+    }
+
+    /// A tick that catches up with the clock: audio as usual, but a composite frame due now is
+    /// skipped (its slot passes; the frame rate drops, the audio does not). For a media thread
+    /// that fell behind: every 20 ms of every mix still goes out, the expensive part does not
+    /// run twice.
+    pub fn tick_audio_only(&mut self) -> TickOutput {
+        self.tick_inner(false)
+    }
+
+    fn tick_inner(&mut self, with_video: bool) -> TickOutput {
         let now = self.now_ms;
         let mut out = TickOutput {
             time_ms: now,
@@ -723,8 +737,12 @@ impl MediaRoom {
         // Exact rational schedule: frame f is due at f * 1000 / fps ms.
         if now * u64::from(self.cfg.fps) >= self.video_frames * 1000 {
             self.video_frames += 1;
-            out.video_tick = true;
-            self.video_tick(now, &mut out);
+            if with_video {
+                out.video_tick = true;
+                self.video_tick(now, &mut out);
+            } else {
+                self.stats.video_frames_skipped += 1;
+            }
         }
         for p in &mut self.participants {
             if p.pli_pending && p.last_pli_ms.is_none_or(|t| now >= t + PLI_INTERVAL_MS) {
@@ -1045,6 +1063,21 @@ mod tests {
         fn assert_send<T: Send>() {}
         assert_send::<MediaRoom>();
         assert_send::<TickOutput>();
+    }
+
+    #[test]
+    fn catch_up_ticks_keep_the_audio_and_skip_the_due_frame() {
+        let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
+        room.add_participant(1, true);
+        room.add_participant(2, true);
+        // Tick 0 is a video tick; caught up, it still mixes audio but makes no composite.
+        let out = room.tick_audio_only();
+        assert!(!out.video_tick && out.video.is_empty());
+        assert_eq!(out.audio.len(), 2, "every receiver still gets its 20 ms");
+        assert_eq!(room.stats().video_frames_skipped, 1);
+        // The skipped slot is not owed: the next frame is due on its own schedule (66.7 ms).
+        let ticks: Vec<bool> = (0..4).map(|_| room.tick().video_tick).collect();
+        assert_eq!(ticks, vec![false, false, false, true]);
     }
 
     #[test]

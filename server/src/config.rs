@@ -75,10 +75,52 @@ pub struct RtcConfig {
     pub bind: Option<IpAddr>,
     /// IP to advertise instead of the bound one, for NAT 1:1 (`MCU_PUBLIC_IP`).
     pub public_ip: Option<IpAddr>,
-    /// UDP port range `min-max` (`MCU_UDP_PORTS`); None = OS-chosen.
-    pub udp_ports: Option<PortRange>,
+    /// Media UDP ports (`MCU_UDP_PORTS`): one shared port (the default, 40000; 0 = chosen by the
+    /// OS at start), or a `min-max` pool with a socket per participant.
+    pub udp_ports: UdpPorts,
     /// ICE servers handed to clients in `welcome`.
     pub ice_servers: Vec<IceServer>,
+}
+
+/// Where media is received.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub enum UdpPorts {
+    /// Every participant on this one port (0: a port the OS picks at start).
+    Shared(u16),
+    /// A socket per participant, from this range.
+    Pool(PortRange),
+}
+
+/// The default media port.
+pub const DEFAULT_UDP_PORT: u16 = 40000;
+
+impl Default for UdpPorts {
+    fn default() -> Self {
+        UdpPorts::Shared(DEFAULT_UDP_PORT)
+    }
+}
+
+impl TryFrom<String> for UdpPorts {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.contains('-') {
+            return PortRange::try_from(s).map(UdpPorts::Pool);
+        }
+        let t = s.trim();
+        t.parse()
+            .map(UdpPorts::Shared)
+            .map_err(|_| format!("bad UDP port '{t}' (PORT, or MIN-MAX for a pool)"))
+    }
+}
+
+impl From<UdpPorts> for String {
+    fn from(p: UdpPorts) -> String {
+        match p {
+            UdpPorts::Shared(port) => port.to_string(),
+            UdpPorts::Pool(r) => r.into(),
+        }
+    }
 }
 
 /// An inclusive UDP port range.
@@ -312,11 +354,10 @@ impl Config {
             self.rtc.public_ip = Some(parse("MCU_PUBLIC_IP", &v)?);
         }
         if let Some(v) = get("MCU_UDP_PORTS") {
-            self.rtc.udp_ports =
-                Some(PortRange::try_from(v).map_err(|message| ConfigError::Env {
-                    var: "MCU_UDP_PORTS",
-                    message,
-                })?);
+            self.rtc.udp_ports = UdpPorts::try_from(v).map_err(|message| ConfigError::Env {
+                var: "MCU_UDP_PORTS",
+                message,
+            })?;
         }
         if let Some(v) = get("MCU_ICE_SERVERS") {
             // Comma-separated STUN/TURN URLs without credentials, e.g. `stun:stun.example.org:3478`.
@@ -585,11 +626,16 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(
             c.rtc.udp_ports,
-            Some(PortRange {
+            UdpPorts::Pool(PortRange {
                 min: 40000,
                 max: 40100
             })
         );
+        assert_eq!(Config::default().rtc.udp_ports, UdpPorts::Shared(40000));
+        let one = Config::load(None, env_of(&[("MCU_UDP_PORTS", "41000")])).unwrap();
+        assert_eq!(one.rtc.udp_ports, UdpPorts::Shared(41000));
+        let e = Config::load(None, env_of(&[("MCU_UDP_PORTS", "4x")])).unwrap_err();
+        assert!(e.to_string().contains("MCU_UDP_PORTS"), "{e}");
         assert_eq!(
             (c.media.canvas_width, c.media.canvas_height, c.media.fps),
             (1280, 720, 30)

@@ -40,6 +40,8 @@ pub struct AppState {
     pub started: Instant,
     /// Set on SIGTERM: new joins are refused while rooms and recordings wind down.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// The one media socket (`MCU_UDP_PORTS=PORT`); None with a port pool.
+    pub udp_mux: Option<Arc<room::udp_mux::UdpMux>>,
 }
 
 /// A started server.
@@ -72,6 +74,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let udp_mux = match config.rtc.udp_ports {
+        config::UdpPorts::Shared(port) => {
+            let ip = config
+                .rtc
+                .bind
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            let addr = SocketAddr::new(ip, port);
+            Some(
+                room::udp_mux::UdpMux::bind(addr, rtc_runtime().handle())
+                    .with_context(|| format!("cannot bind the media UDP port {addr}"))?,
+            )
+        }
+        config::UdpPorts::Pool(_) => None,
+    };
     let rooms = RoomManager::new(config.media.clone(), rtc_runtime().handle().clone());
     let recordings = recording::Recordings::new(
         store.clone(),
@@ -97,6 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         recordings: Arc::new(recordings),
         started: Instant::now(),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
+        udp_mux,
     });
     let server = api::http_server(state.clone(), listener)?;
     reaper::spawn(state.clone());

@@ -40,6 +40,11 @@ async fn spawn_app(database_url: &str, dir: &std::path::Path) -> App {
         database_url: database_url.into(),
         recordings_dir: dir.join("recordings"),
         web_dir: dir.join("web"),
+        // One media socket per test server, on a port the OS picks (tests run in parallel).
+        rtc: server::config::RtcConfig {
+            udp_ports: server::config::UdpPorts::Shared(0),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let running = server::start(config).await.expect("server starts");

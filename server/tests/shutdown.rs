@@ -45,6 +45,7 @@ async fn sigterm_closes_sessions_and_completes_recordings() {
         .env("DATABASE_URL", &db)
         .env("MCU_RECORDINGS_DIR", &rec_dir)
         .env("MCU_RTC_BIND", "127.0.0.1")
+        .env("MCU_UDP_PORTS", "0")
         .env("MCU_LOG", "info")
         .env("NO_COLOR", "1");
     let mut server = Server::spawn(cmd, dir.path());

@@ -27,6 +27,7 @@ async fn app() -> App {
         database_url: format!("sqlite://{}/mcu.db", dir.path().display()),
         rtc: server::config::RtcConfig {
             bind: Some("127.0.0.1".parse().unwrap()),
+            udp_ports: server::config::UdpPorts::Shared(0),
             ..Default::default()
         },
         ..Config::default()

@@ -46,6 +46,7 @@ async fn welcome_turn_entry(turn: TurnConfig) -> (Value, String) {
         recordings_dir: dir.path().join("rec"),
         rtc: RtcConfig {
             bind: Some("127.0.0.1".parse().unwrap()),
+            udp_ports: server::config::UdpPorts::Shared(0),
             ice_servers: vec![server::config::IceServer {
                 urls: vec!["stun:127.0.0.1:3478".into()],
                 username: None,

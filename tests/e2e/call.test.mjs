@@ -107,6 +107,7 @@ test('a fourth participant joins and leaves without stalling the others', async 
       for (let i = 1; i < t.length; i++) max = Math.max(max, t[i] - t[i - 1]);
       return { max, n: t.length };
     });
+    console.log(`${p.name}: ${gaps.n} frames, longest gap ${gaps.max.toFixed(0)} ms`);
     assert.ok(gaps.n > 30, `${p.name} kept receiving frames (${gaps.n})`);
     assert.ok(gaps.max < 500, `${p.name}'s composite stalled ${gaps.max.toFixed(0)} ms`);
   }

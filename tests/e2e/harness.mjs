@@ -1,7 +1,7 @@
 // Shared helpers of the browser tests: media files, the real server binary, tokens, Chromium.
 import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, existsSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, existsSync, mkdirSync, appendFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -111,6 +111,8 @@ export async function startServer(extraEnv = {}, reuse = null, args = [], { netn
       const exited = new Promise((r) => proc.once('exit', r));
       proc.kill(signal);
       await exited;
+      // E2E_SERVER_LOG=path keeps every server's log of the run (appended) for a post-mortem.
+      if (process.env.E2E_SERVER_LOG) appendFileSync(process.env.E2E_SERVER_LOG, logs.join(''));
     },
   };
 }

@@ -41,7 +41,7 @@ test('shaping is available (root, iproute2, tc, iptables)', () => {
 // flaky; closing the gap to the bar is open work.
 test('300 kbit/s with 2 % loss: clear audio, video flowing, little frozen in 40 s', { timeout: 240000 }, async () => {
   const r = await runScenario({ mode: 'mcu', kbit: 300, loss: 0.02, seconds: 40 });
-  console.log(JSON.stringify({ ...r, server: r.server?.receivers }));
+  console.log(JSON.stringify({ ...r, server: r.server?.receivers, media: r.server?.media }));
   assertContent(r, '300 kbit/s');
   assert.ok(r.audio_concealed_pct <= 4.5, `audio concealed ${r.audio_concealed_pct} %`);
   assert.ok(r.fps >= 5, `video ${r.fps} fps`);
@@ -55,7 +55,7 @@ test('300 kbit/s with 2 % loss: clear audio, video flowing, little frozen in 40 
 
 test('120 kbit/s with 2 % loss: audio still clear (video pauses or runs within what is left)', { timeout: 240000 }, async () => {
   const r = await runScenario({ mode: 'mcu', kbit: 120, loss: 0.02, seconds: 30 });
-  console.log(JSON.stringify({ ...r, server: r.server?.receivers }));
+  console.log(JSON.stringify({ ...r, server: r.server?.receivers, media: r.server?.media }));
   assertContent(r, '120 kbit/s');
   assert.ok(r.audio_concealed_pct <= 5, `audio concealed ${r.audio_concealed_pct} %`);
   const weak = r.server.receivers.find((x) => x.estimate_kbps < 200);

@@ -79,6 +79,13 @@ async function inbound(page) {
         r.concealed += s.concealedSamples || 0;
         r.samples += s.totalSamplesReceived || 0;
         r.fec += s.fecPacketsReceived || 0;
+        r.audioLost = Math.max(0, s.packetsLost || 0);
+        r.audioPackets = s.packetsReceived || 0;
+        r.audioDiscarded = s.packetsDiscarded || 0;
+        r.concealmentEvents = s.concealmentEvents || 0;
+        r.jbDelay = s.jitterBufferDelay || 0;
+        r.jbEmitted = s.jitterBufferEmittedCount || 0;
+        r.accelerated = s.removedSamplesForAcceleration || 0;
         r.audioCodec = stats.get(s.codecId)?.mimeType ?? null;
       } else if (s.kind === 'video') {
         r.rtx += s.retransmittedPacketsReceived || 0;
@@ -116,6 +123,17 @@ function summary(a, b) {
     kbps: Math.round(((b.bytes - a.bytes) * 8) / secs / 1000),
     retransmissions_received: b.rtx - a.rtx,
     audio_codec: b.audioCodec,
+    // Why audio was concealed: packets lost or discarded (late), and the jitter buffer's depth.
+    audio: {
+      lost: b.audioLost - a.audioLost,
+      packets: b.audioPackets - a.audioPackets,
+      discarded: b.audioDiscarded - a.audioDiscarded,
+      fec_packets: b.fec - a.fec,
+      concealment_events: b.concealmentEvents - a.concealmentEvents,
+      jitter_buffer_ms: b.jbEmitted > a.jbEmitted
+        ? Math.round((1000 * (b.jbDelay - a.jbDelay)) / (b.jbEmitted - a.jbEmitted)) : null,
+      accelerated_ms: Math.round((b.accelerated - a.accelerated) / 48),
+    },
     transport: b.protocol,
     loss_pct: b.packets - a.packets > 0
       ? +((100 * (b.lost - a.lost)) / (b.lost - a.lost + b.packets - a.packets)).toFixed(1) : null,

@@ -106,7 +106,7 @@ pub fn render_metrics(state: &AppState, out: &mut String) {
 /// decided (labels `room`, `participant`).
 fn render_receivers(receivers: &[(String, ReceiverStats)], out: &mut String) {
     type Metric = (&'static str, &'static str, fn(&ReceiverStats) -> f64);
-    const METRICS_OF_A_RECEIVER: [Metric; 6] = [
+    const METRICS_OF_A_RECEIVER: [Metric; 7] = [
         (
             "mcu_receiver_estimate_bits_per_second",
             "Bandwidth estimate of the link to a participant.",
@@ -136,6 +136,11 @@ fn render_receivers(receivers: &[(String, ReceiverStats)], out: &mut String) {
             "mcu_receiver_rtt_seconds",
             "Round trip to a participant (RTCP receiver reports).",
             |r| f64::from(r.rtt_ms) / 1000.0,
+        ),
+        (
+            "mcu_receiver_audio_redundancy_bits_per_second",
+            "What audio redundancy (RED) adds to a participant's audio while it reports loss.",
+            |r| f64::from(r.audio_redundancy_kbps) * 1000.0,
         ),
     ];
     for (name, help, value) in METRICS_OF_A_RECEIVER {

@@ -54,7 +54,7 @@ pub struct RoomStats {
              "receivers": [{"participant_id": "PA_2fJ3kQ", "estimate_kbps": 280, "tier_kbps": 150,
                  "video_paused": false, "sent_kbps": 205, "loss_percent": 2.0, "rtt_ms": 48,
                  "video_queue_ms": 12, "path_queue_ms": 20, "pacer_dropped": 0, "retransmissions": 31,
-                 "retransmissions_dropped": 2}]})),
+                 "retransmissions_dropped": 2, "audio_redundancy_kbps": 34}]})),
         (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
         (status = 404, description = "`room_not_found`", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),

@@ -507,7 +507,8 @@ impl Core {
                 media: media.clone(),
                 fps: self.state.config.media.fps,
             };
-            match Peer::new(&self.state.config.rtc, ctx, peer_tx.clone()).await {
+            let mux = self.state.udp_mux.as_ref();
+            match Peer::new(&self.state.config.rtc, mux, ctx, peer_tx.clone()).await {
                 Ok(p) => self.peer = Some(p),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create peer connection");

@@ -78,6 +78,9 @@ pub struct ReceiverStats {
     pub retransmissions: u64,
     /// Retransmissions not sent because they would have arrived too late.
     pub retransmissions_dropped: u64,
+    /// What audio redundancy (RED, each packet repeating the one before) adds while it reports
+    /// loss, kbit/s (0: plain Opus).
+    pub audio_redundancy_kbps: u32,
 }
 
 /// Figures of a room's media thread since it started (it stops when the room empties).
@@ -692,6 +695,7 @@ fn receiver_stats(live: &LiveRoom) -> Vec<ReceiverStats> {
                 pacer_dropped: l.dropped_video.load(Relaxed),
                 retransmissions: l.retransmissions.load(Relaxed),
                 retransmissions_dropped: l.dropped_rtx.load(Relaxed),
+                audio_redundancy_kbps: (l.audio_redundancy_bps.load(Relaxed) / 1000) as u32,
             })
         })
         .collect()

@@ -11,7 +11,7 @@
 use crate::metrics::METRICS;
 use crate::room::pacer::LinkState;
 use bytes::Bytes;
-use mixer::{MediaConfig, MediaRoom, ParticipantKey};
+use mixer::{MediaConfig, MediaRoom, ParticipantKey, TickOutput};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,6 +22,9 @@ use tokio::sync::mpsc;
 
 /// Length of one media tick.
 pub const TICK: Duration = Duration::from_millis(20);
+/// Ticks a late media thread catches up (audio only) before it gives up and realigns: half a
+/// second, past which a burst would only overflow the receivers' jitter buffers.
+pub const MAX_CATCH_UP: u32 = 25;
 
 /// Capacity of the control channel into a room's media thread (joins, mutes, PLI...). Control
 /// messages are rare; overflow means the thread is wedged, and is logged.
@@ -367,15 +370,24 @@ fn run(
     let mut next = Instant::now() + TICK;
     let mut last_counts = (0u64, 0u64);
     'ticks: loop {
-        // Sleep until the tick is due.
+        // Sleep until the tick is due. Late by whole ticks (a long video tick, the CPU taken by
+        // others): those ticks are caught up with audio-only ticks, so that every mix still gets
+        // every 20 ms (a burst its jitter buffer absorbs, not a gap it must conceal); only the
+        // composite frames due meanwhile are skipped. Beyond MAX_CATCH_UP the clock realigns.
         let now = Instant::now();
+        let mut catch_up = 0u32;
         if next > now {
             std::thread::sleep(next - now);
-        } else if now - next > TICK {
-            // More than a whole tick late: count it, and realign rather than burst.
-            timing.misses.fetch_add(1, Relaxed);
-            METRICS.deadline_misses.fetch_add(1, Relaxed);
-            next = now;
+        } else if now - next >= TICK {
+            let behind = ((now - next).as_micros() / TICK.as_micros()) as u32;
+            timing.misses.fetch_add(u64::from(behind), Relaxed);
+            METRICS.deadline_misses.fetch_add(u64::from(behind), Relaxed);
+            if behind > MAX_CATCH_UP {
+                next = now;
+            } else {
+                catch_up = behind;
+                next += TICK * behind;
+            }
         }
         next += TICK;
         if stop.load(Relaxed) {
@@ -409,64 +421,13 @@ fn run(
             }
         }
 
+        for _ in 0..catch_up {
+            let out = media.tick_audio_only();
+            deliver(out, &mut media, &mut receivers, &mut sinks, &events);
+        }
         let out = media.tick();
         let video_tick = out.video_tick;
-        let now_ms = out.time_ms;
-        let mut dead_sinks = Vec::new();
-        let mut lagging_sinks = Vec::new();
-        let mut lagging_receivers = Vec::new();
-        let mut bytes_out = 0u64;
-        for (key, pkt) in out.audio {
-            if let Some(s) = sinks.get(&key) {
-                let p = SinkPacket::Audio {
-                    pts_ms: now_ms,
-                    data: pkt,
-                };
-                feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
-            } else if let Some(r) = receivers.get_mut(&key) {
-                bytes_out += pkt.len() as u64;
-                r.send_audio(pkt);
-            }
-        }
-        for (key, data, keyframe) in out.video {
-            if let Some(s) = sinks.get(&key) {
-                let p = SinkPacket::Video {
-                    pts_ms: now_ms,
-                    data,
-                    keyframe,
-                };
-                feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
-            } else if let Some(r) = receivers.get_mut(&key) {
-                bytes_out += data.len() as u64;
-                if !r.send_video(data, keyframe) {
-                    // What follows cannot be decoded without a keyframe: the stream recovers.
-                    lagging_receivers.push(key);
-                }
-            }
-        }
-        for key in out.pli {
-            if let Some(r) = receivers.get(&key) {
-                let _ = r.out.try_send(Output::Pli);
-            }
-        }
-        for key in lagging_sinks.into_iter().chain(lagging_receivers) {
-            media.request_keyframe(key);
-        }
-        for &(key, paused) in &out.video_paused_changed {
-            let _ = events.try_send(Event::VideoPaused(key, paused));
-        }
-        for key in dead_sinks {
-            // The writer is gone (it failed or finished): stop producing for it.
-            sinks.remove(&key);
-            media.remove_sink(key);
-        }
-        if let Some(s) = out.active_speaker {
-            let _ = events.try_send(Event::ActiveSpeaker(s));
-        }
-        for (key, speaking) in out.speaking_changed {
-            let _ = events.try_send(Event::Speaking(key, speaking));
-        }
-        METRICS.bytes_out.fetch_add(bytes_out, Relaxed);
+        deliver(out, &mut media, &mut receivers, &mut sinks, &events);
 
         let stats = media.encoder_counts();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
@@ -502,6 +463,72 @@ fn run(
     tracing::info!(room, "media thread stopped");
 }
 
+/// Hands one tick's output to its receivers, sinks and the session events.
+fn deliver(
+    out: TickOutput,
+    media: &mut MediaRoom,
+    receivers: &mut HashMap<ParticipantKey, Receiver>,
+    sinks: &mut HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>>,
+    events: &mpsc::Sender<Event>,
+) {
+    let now_ms = out.time_ms;
+    let mut dead_sinks = Vec::new();
+    let mut lagging_sinks = Vec::new();
+    let mut lagging_receivers = Vec::new();
+    let mut bytes_out = 0u64;
+    for (key, pkt) in out.audio {
+        if let Some(s) = sinks.get(&key) {
+            let p = SinkPacket::Audio {
+                pts_ms: now_ms,
+                data: pkt,
+            };
+            feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
+        } else if let Some(r) = receivers.get_mut(&key) {
+            bytes_out += pkt.len() as u64;
+            r.send_audio(pkt);
+        }
+    }
+    for (key, data, keyframe) in out.video {
+        if let Some(s) = sinks.get(&key) {
+            let p = SinkPacket::Video {
+                pts_ms: now_ms,
+                data,
+                keyframe,
+            };
+            feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
+        } else if let Some(r) = receivers.get_mut(&key) {
+            bytes_out += data.len() as u64;
+            if !r.send_video(data, keyframe) {
+                // What follows cannot be decoded without a keyframe: the stream recovers.
+                lagging_receivers.push(key);
+            }
+        }
+    }
+    for key in out.pli {
+        if let Some(r) = receivers.get(&key) {
+            let _ = r.out.try_send(Output::Pli);
+        }
+    }
+    for key in lagging_sinks.into_iter().chain(lagging_receivers) {
+        media.request_keyframe(key);
+    }
+    for &(key, paused) in &out.video_paused_changed {
+        let _ = events.try_send(Event::VideoPaused(key, paused));
+    }
+    for key in dead_sinks {
+        // The writer is gone (it failed or finished): stop producing for it.
+        sinks.remove(&key);
+        media.remove_sink(key);
+    }
+    if let Some(s) = out.active_speaker {
+        let _ = events.try_send(Event::ActiveSpeaker(s));
+    }
+    for (key, speaking) in out.speaking_changed {
+        let _ = events.try_send(Event::Speaking(key, speaking));
+    }
+    METRICS.bytes_out.fetch_add(bytes_out, Relaxed);
+}
+
 /// Writes a receiver's tier, pause state and next probe point to its link (stats, and the
 /// estimator's growth cap). A tier changes only on join and on a link report, so this runs there,
 /// not on the tick.
@@ -516,6 +543,11 @@ fn publish_tier(media: &MediaRoom, key: ParticipantKey, link: &LinkState) {
     };
     link.tier_kbps
         .store(tier.map_or(0, |t| media.tier_kbps(t)), Relaxed);
+    // In the estimator's units: the estimate the room sees has the audio redundancy taken off.
+    let probe = match probe {
+        0 => 0,
+        p => p + link.audio_redundancy_bps.load(Relaxed),
+    };
     link.probe_bps.store(probe, Relaxed);
     link.video_paused.store(media.video_paused(key), Relaxed);
 }

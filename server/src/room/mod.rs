@@ -9,6 +9,8 @@ pub mod manager;
 pub mod media;
 pub mod pacer;
 pub mod peer;
+pub mod red;
+pub mod udp_mux;
 pub mod vp8;
 
 pub use manager::{ParticipantHandle, RoomActivity, RoomManager, SessionEvent};

@@ -87,6 +87,9 @@ pub struct LinkState {
     pub video_paused: AtomicBool,
     /// The estimate at which the room would try this receiver's next tier up, bit/s (0: none).
     pub probe_bps: AtomicU64,
+    /// What audio redundancy (RED) adds to the mix-minus now, bit/s: the room sizes video on the
+    /// estimate minus this.
+    pub audio_redundancy_bps: AtomicU64,
 }
 
 impl LinkState {
@@ -108,6 +111,7 @@ impl LinkState {
             tier_kbps: AtomicU32::new(0),
             video_paused: AtomicBool::new(false),
             probe_bps: AtomicU64::new(0),
+            audio_redundancy_bps: AtomicU64::new(0),
         })
     }
 

@@ -4,11 +4,13 @@
 //! Async only at the edges: receive tasks depacketize and `try_send` into the room's media
 //! thread; one sender task writes the room's output for this participant to its two tracks.
 
-use crate::config::{PortRange, RtcConfig};
+use crate::config::{PortRange, RtcConfig, UdpPorts};
 use crate::metrics::METRICS;
 use crate::room::estimate::PublishedEstimate;
 use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
 use crate::room::pacer::{LinkState, PriorityPacer};
+use crate::room::red::{self, Redundancy};
+use crate::room::udp_mux::{self, MuxPeer, UdpMux};
 use crate::room::vp8::FrameAssembler;
 use rtc::interceptor::{
     Attribute, CongestionControlBuilder, Interceptor, Packet as IPacket, Registry, Slot,
@@ -52,6 +54,9 @@ const OPUS_PT: u8 = 111;
 const VP8_PT: u8 = 96;
 /// Retransmissions of VP8 (RFC 4588), on their own SSRC.
 const RTX_PT: u8 = 97;
+/// Audio redundancy (RFC 2198) over Opus, Chromium's number for it.
+const RED_PT: u8 = 63;
+const MIME_TYPE_RED: &str = "audio/red";
 
 /// Events a peer reports to its signaling session.
 #[derive(Debug)]
@@ -135,6 +140,11 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, OfferError> {
 
 /// The payload type the answer uses for a codec (`a=rtpmap:<pt> <name>/...`).
 fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
+    find_pt(sdp, codec).unwrap_or(fallback)
+}
+
+/// The payload type `codec` (e.g. `red/48000`) has in `sdp`, if it is there.
+fn find_pt(sdp: &str, codec: &str) -> Option<u8> {
     let codec = codec.to_ascii_lowercase();
     sdp.lines()
         .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
@@ -144,7 +154,6 @@ fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
                 .starts_with(&codec)
                 .then(|| pt.parse().ok())?
         })
-        .unwrap_or(fallback)
 }
 
 // ── Keyframe requests from receivers reach the application ─────────────────────────────────
@@ -221,6 +230,8 @@ pub struct PeerContext {
 struct Handler {
     events: mpsc::Sender<PeerEvent>,
     ctx: Arc<PeerContextShared>,
+    /// The shared media port our candidates must name (None with a port pool).
+    shared_port: Option<u16>,
 }
 
 struct PeerContextShared {
@@ -231,13 +242,19 @@ struct PeerContextShared {
     video_in: parking_lot::Mutex<Option<(Arc<dyn TrackRemote>, u32)>>,
     /// DTLS/SRTP is up: before that, writing media only fails (and the stack logs each one).
     connected: std::sync::atomic::AtomicBool,
+    /// Negotiated payload type of `audio/red` (0: not negotiated): incoming packets with it are
+    /// split into their Opus frames.
+    red_pt: std::sync::atomic::AtomicU8,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
-            Ok(c) => {
+            Ok(mut c) => {
+                if let Some(port) = self.shared_port {
+                    c.candidate = udp_mux::rewrite_candidate_port(&c.candidate, port);
+                }
                 let _ = self.events.try_send(PeerEvent::Candidate(Some(c)));
             }
             Err(e) => tracing::warn!(error = %e, "cannot serialise local candidate"),
@@ -281,12 +298,32 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
                 }
                 METRICS.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
                 match kind {
-                    RtpCodecKind::Audio => ctx.packets.send(Packet::Audio {
-                        key: ctx.key,
-                        seq: p.header.sequence_number,
-                        ts: p.header.timestamp,
-                        payload: p.payload,
-                    }),
+                    RtpCodecKind::Audio => {
+                        let red_pt = ctx.red_pt.load(Relaxed);
+                        if red_pt == 0 || p.header.payload_type != red_pt {
+                            ctx.packets.send(Packet::Audio {
+                                key: ctx.key,
+                                seq: p.header.sequence_number,
+                                ts: p.header.timestamp,
+                                payload: p.payload,
+                            });
+                            continue;
+                        }
+                        // RED: each frame under its own sequence number (the jitter buffer drops
+                        // the copies it already has).
+                        let Some(blocks) = red::split(&p.payload) else {
+                            tracing::debug!(key = ctx.key, "malformed RED packet dropped");
+                            continue;
+                        };
+                        for b in blocks.into_iter().filter(|b| !b.data.is_empty()) {
+                            ctx.packets.send(Packet::Audio {
+                                key: ctx.key,
+                                seq: p.header.sequence_number.wrapping_sub(b.distance),
+                                ts: p.header.timestamp.wrapping_sub(b.timestamp_offset),
+                                payload: p.payload.slice_ref(b.data),
+                            });
+                        }
+                    }
                     RtpCodecKind::Video => {
                         for f in assembler.push(
                             p.header.sequence_number,
@@ -324,6 +361,8 @@ pub struct Peer {
     media: MediaHandleRef,
     link: Arc<LinkState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Its routes on the shared media socket (None with a port pool).
+    mux: Option<MuxPeer>,
 }
 
 static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
@@ -331,8 +370,10 @@ static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
 fn udp_addr_candidates(cfg: &RtcConfig) -> Vec<String> {
     let ip = cfg.bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     match cfg.udp_ports {
-        None => vec![format!("{}", std::net::SocketAddr::new(ip, 0))],
-        Some(PortRange { min, max }) => {
+        // The shared socket: the connection binds a throwaway port whose only use is to name its
+        // local candidate (see `udp_mux`).
+        UdpPorts::Shared(_) => vec![format!("{}", std::net::SocketAddr::new(ip, 0))],
+        UdpPorts::Pool(PortRange { min, max }) => {
             // Rotate through the range so concurrent joins rarely collide; each attempt that
             // fails to bind moves on to the next port.
             let n = (max - min) as usize + 1;
@@ -379,6 +420,11 @@ fn media_setup(
     let mut me = MediaEngine::default();
     for (rtp_codec, payload_type, kind) in [
         (opus_codec(), OPUS_PT, RtpCodecKind::Audio),
+        (
+            codec(MIME_TYPE_RED, 48000, 2, &format!("{OPUS_PT}/{OPUS_PT}")),
+            RED_PT,
+            RtpCodecKind::Audio,
+        ),
         (vp8_codec(), VP8_PT, RtpCodecKind::Video),
         (
             codec(MIME_TYPE_RTX, 90000, 0, &format!("apt={VP8_PT}")),
@@ -442,15 +488,18 @@ impl Peer {
     /// Builds the connection (not yet negotiated).
     pub async fn new(
         cfg: &RtcConfig,
+        mux: Option<&Arc<UdpMux>>,
         ctx: PeerContext,
         events: mpsc::Sender<PeerEvent>,
     ) -> Result<Peer, OfferError> {
+        let mux = mux.map(|m| m.register());
         let shared = Arc::new(PeerContextShared {
             key: ctx.key,
             publishes: ctx.publishes,
             packets: ctx.packets,
             video_in: parking_lot::Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
+            red_pt: std::sync::atomic::AtomicU8::new(0),
         });
         let link = LinkState::new();
         let audio_ssrc = rand::random::<u32>();
@@ -469,8 +518,15 @@ impl Peer {
             let handler = Arc::new(Handler {
                 events: events.clone(),
                 ctx: shared.clone(),
+                shared_port: mux.as_ref().map(MuxPeer::port),
             });
-            let built = PeerConnectionBuilder::new()
+            let mut builder = PeerConnectionBuilder::new();
+            if let Some(m) = &mux {
+                let rt = webrtc::runtime::default_runtime()
+                    .ok_or_else(|| OfferError::Rtc("no async runtime".into()))?;
+                builder = builder.with_runtime(m.runtime(rt));
+            }
+            let built = builder
                 .with_configuration(RTCConfigurationBuilder::new().build())
                 .with_media_engine(me)
                 .with_setting_engine(se.build())
@@ -524,6 +580,7 @@ impl Peer {
                         media: ctx.media,
                         link,
                         tasks: Vec::new(),
+                        mux,
                     });
                 }
                 Err(e) => {
@@ -562,11 +619,22 @@ impl Peer {
             }
         }
         let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
-        let sdp = answer.sdp.clone();
+        let mut sdp = answer.sdp.clone();
         self.pc
             .set_local_description(answer)
             .await
             .map_err(rtc_err)?;
+        if let Some(m) = &self.mux {
+            // Checks naming this answer's ufrag (new on an ICE restart) reach this peer, and its
+            // candidates name the shared port.
+            for u in udp_mux::sdp_ufrags(&sdp) {
+                m.add_ufrag(u);
+            }
+            sdp = udp_mux::rewrite_sdp_candidates(&sdp, m.port());
+        }
+        self.ctx
+            .red_pt
+            .store(find_pt(&sdp, "red/48000").unwrap_or(0), Relaxed);
         if let Some(rx) = output {
             let out = OutputTracks {
                 audio: self.audio_out.clone(),
@@ -574,6 +642,7 @@ impl Peer {
                 audio_ssrc: self.audio_ssrc,
                 video_ssrc: self.video_ssrc,
                 opus_pt: negotiated_pt(&sdp, "opus/48000", OPUS_PT),
+                red_pt: find_pt(&sdp, "red/48000").filter(|_| std::env::var("NORED").is_err()),
                 vp8_pt: negotiated_pt(&sdp, "vp8/90000", VP8_PT),
                 frame: Duration::from_micros(1_000_000 / self.fps.max(1) as u64),
             };
@@ -626,9 +695,15 @@ struct OutputTracks {
     audio_ssrc: u32,
     video_ssrc: u32,
     opus_pt: u8,
+    /// `audio/red` when the receiver negotiated it: redundancy while it reports loss.
+    red_pt: Option<u8>,
     vp8_pt: u8,
     frame: Duration,
 }
+
+/// Duration of one audio frame of the mix, and in RTP units (48 kHz).
+const AUDIO_FRAME: Duration = Duration::from_millis(20);
+const AUDIO_FRAME_SAMPLES: u32 = 960;
 
 /// Shortest interval between two keyframe requests a sender makes for itself after skipping.
 const SKIP_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -694,6 +769,9 @@ async fn send_output(
     media: MediaHandleRef,
 ) {
     let mut gate = VideoGate::default();
+    let mut redundancy = Redundancy::default();
+    // What the copies add, bit/s, smoothed over about a second of frames.
+    let mut redundancy_bps = 0.0;
     while let Some(o) = rx.recv().await {
         if !ctx.connected.load(Relaxed) {
             continue; // not yet (or no longer) connected: drop rather than queue stale media
@@ -703,10 +781,26 @@ async fn send_output(
                 data,
                 dropped_before,
             } => {
-                let s = sample(data, Duration::from_millis(20), dropped_before);
-                out.audio
-                    .write_sample(out.audio_ssrc, out.opus_pt, &s, &[])
-                    .await
+                let now = Instant::now();
+                redundancy.observe_loss(link.fraction_lost.load(Relaxed), now);
+                let red = out.red_pt.and_then(|pt| {
+                    let red = redundancy.payload(
+                        out.opus_pt,
+                        &data,
+                        dropped_before,
+                        AUDIO_FRAME_SAMPLES,
+                        now,
+                    )?;
+                    Some((pt, Arc::<[u8]>::from(red)))
+                });
+                let extra = red.as_ref().map_or(0, |(_, r)| r.len() - data.len()) as f64;
+                let extra_bps = extra * 8.0 * 1000.0 / AUDIO_FRAME.as_millis() as f64;
+                redundancy_bps += (extra_bps - redundancy_bps) * 0.05;
+                link.audio_redundancy_bps
+                    .store(redundancy_bps as u64, Relaxed);
+                let (pt, data) = red.unwrap_or((out.opus_pt, data));
+                let s = sample(data, AUDIO_FRAME, dropped_before);
+                out.audio.write_sample(out.audio_ssrc, pt, &s, &[]).await
             }
             Output::Video {
                 data,
@@ -796,9 +890,12 @@ async fn report_link(link: Arc<LinkState>, media: MediaHandleRef, key: u64) {
             link.sent_kbps.store(kbps, Relaxed);
         }
         (last_bytes, last_at) = (bytes, now);
+        // Video is sized on what audio leaves: the tier policy reserves plain Opus, so the cost
+        // of redundancy comes off the estimate.
+        let estimate = link.estimate_bps.load(Relaxed);
         media.command(Command::Link {
             key,
-            estimate_bps: link.estimate_bps.load(Relaxed),
+            estimate_bps: estimate.saturating_sub(link.audio_redundancy_bps.load(Relaxed)),
             loss_percent: link.loss_percent().round() as u8,
         });
     }
