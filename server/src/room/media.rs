@@ -291,15 +291,29 @@ impl Drop for MediaHandle {
     }
 }
 
-/// Nice value of media threads: above the HTTP workers, the webrtc tasks and anything else the
-/// host runs (browsers in our tests), because a late tick is a gap every listener hears.
+/// Nice value of media threads where real-time scheduling is refused: above the HTTP workers,
+/// the webrtc tasks and anything else the host runs (browsers in our tests), because a late tick
+/// is a gap every listener hears.
 const MEDIA_THREAD_NICE: i32 = -10;
+/// Real-time priority of media threads (SCHED_RR, the lowest level): a tick that wakes up runs
+/// at once instead of waiting for the scheduler to get round to it. The kernel's real-time
+/// throttling (`sched_rt_runtime_us`, 95 % by default) keeps a runaway room from locking a core.
+const MEDIA_THREAD_RT_PRIORITY: i32 = 1;
 
-/// Gives the calling thread [`MEDIA_THREAD_NICE`]. Needs CAP_SYS_NICE (root, or a container given
-/// it); without it the thread keeps the default priority and this says so once in the log.
+/// Gives the calling thread real-time round-robin scheduling, or [`MEDIA_THREAD_NICE`] where
+/// that is refused. Both need CAP_SYS_NICE (root, or a container given it); without it the
+/// thread keeps the default priority and this says so once in the log.
 fn raise_priority(room: &str) {
-    // SAFETY: gettid and setpriority only read their integer arguments; a failure is reported
-    // through the return value and errno, nothing is written through a pointer.
+    let param = libc::sched_param {
+        sched_priority: MEDIA_THREAD_RT_PRIORITY,
+    };
+    // SAFETY: sched_setscheduler reads `param` (a live local) for the calling thread (pid 0);
+    // gettid and setpriority only read their integer arguments. Failures come back through the
+    // return value and errno.
+    let rt = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
+    if rt == 0 {
+        return;
+    }
     let r = unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, MEDIA_THREAD_NICE)
