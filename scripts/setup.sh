@@ -9,7 +9,9 @@ SUDO=""
 
 PKGS=(pkg-config cmake clang libclang-dev libvpx-dev libavcodec-dev libavformat-dev libavutil-dev
       libswscale-dev libswresample-dev ffmpeg mkvtoolnix chromium python3-venv nodejs npm curl
-      janus coturn docker-compose)
+      janus coturn docker-compose iproute2 iptables conntrack)
+# iproute2, iptables, conntrack: the shaped-link and one-port tests build network namespaces
+# (the one-port test moves a client's NAT mapping mid-call with `conntrack -F`).
 # coturn: the TURN credential test runs turnserver/turnutils_uclient on loopback (its service
 # stays disabled); docker-compose: `config -q` validates docker-compose.yml (no engine needed).
 # janus: the benchmark's AudioBridge comparison starts its own `janus` with a generated

@@ -22,7 +22,7 @@ function sh(cmd, args, opts = {}) {
   return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts }).toString();
 }
 const ip = (...a) => sh('ip', a);
-const inNs = (ns, cmd, ...a) => sh('ip', ['netns', 'exec', ns, cmd, ...a]);
+export const inNs = (ns, cmd, ...a) => sh('ip', ['netns', 'exec', ns, cmd, ...a]);
 
 /** Whether this process may create namespaces (root with iproute2, tc and iptables). */
 export function canShape() {

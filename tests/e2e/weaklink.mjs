@@ -45,7 +45,7 @@ export const PEOPLE = {
   ],
 };
 
-async function launch(wrapperPath, origin, media) {
+export async function launch(wrapperPath, origin, media) {
   const args = [...BASE_ARGS, `--unsafely-treat-insecure-origin-as-secure=${origin}`,
     `--use-file-for-fake-video-capture=${media.y4m}`, `--use-file-for-fake-audio-capture=${media.wav}`];
   const browser = await chromium.launch({ executablePath: wrapperPath, headless: true, args });
@@ -61,7 +61,7 @@ async function launch(wrapperPath, origin, media) {
 }
 
 /** Inbound figures of the page's RTCPeerConnection (`window.mcu.pc`). */
-async function inbound(page) {
+export async function inbound(page) {
   return page.evaluate(async () => {
     const stats = await window.mcu.pc.getStats();
     const r = { at: performance.now(), concealed: 0, samples: 0, frames: 0, width: 0, height: 0, freezes: 0,
@@ -100,7 +100,7 @@ async function inbound(page) {
 }
 
 /** Records presented frame times (requestVideoFrameCallback) of the #remote video. */
-async function watchFrames(page) {
+export async function watchFrames(page) {
   await page.evaluate(() => {
     const v = document.getElementById('remote');
     window.frameLog = { last: 0 };
@@ -109,7 +109,7 @@ async function watchFrames(page) {
   });
 }
 
-function summary(a, b) {
+export function summary(a, b) {
   const secs = (b.at - a.at) / 1000;
   const samples = b.samples - a.samples;
   // A trailing stretch with no frame is a freeze Chromium has not counted yet.
@@ -140,7 +140,7 @@ function summary(a, b) {
   };
 }
 
-async function waitConnected(page, timeout = 30000) {
+export async function waitConnected(page, timeout = 30000) {
   await page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout });
 }
 

@@ -99,7 +99,29 @@ pub fn render_metrics(state: &AppState, out: &mut String) {
         state.store.backend()
     );
     METRICS.render(out);
+    if let Some(mux) = &state.udp_mux {
+        render_mux(&mux.counters, out);
+    }
     render_receivers(&state.rooms.all_receivers(), out);
+}
+
+/// What the one media socket did with the datagrams it received.
+fn render_mux(c: &crate::room::udp_mux::MuxCounters, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let name = "mcu_media_udp_datagrams_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Datagrams received on the media UDP port, by what became of them.\n\
+         # TYPE {name} counter"
+    );
+    for (outcome, v) in [
+        ("routed", &c.routed),
+        ("unknown_source", &c.dropped_unknown),
+        ("rate_limited", &c.dropped_rate),
+        ("queue_full", &c.dropped_queue),
+    ] {
+        let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", v.load(Relaxed));
+    }
 }
 
 /// One gauge per connected participant's link: what the send policy works from and what it
