@@ -12,7 +12,10 @@
 //! 2. a STUN binding request whose USERNAME starts with a registered ufrag (each answer's
 //!    `a=ice-ufrag`, so an ICE restart registers the new one): to that peer, and the source
 //!    becomes a route. A client whose address changes (NAT rebinding) is found again this way at
-//!    its next consent check;
+//!    its next consent check: when it has been silent on every address it used for
+//!    [`REBIND_SILENCE`], the new address is its old one moved, and the mux carries the
+//!    connection's traffic for the old address there (the ICE agent of `rtc` keeps the pair it
+//!    selected first, so it would go on sending to an address that is gone);
 //! 3. anything else is dropped after a look at a few bytes, counted. An address also becomes a
 //!    route when a peer sends to it (its ICE agent checks the candidates its client signalled),
 //!    unless another peer holds it.
@@ -44,6 +47,9 @@ use webrtc::runtime::{
 pub const PEER_QUEUE: usize = 1024;
 /// Remote addresses one peer may hold (its client's candidates that checked in).
 pub const MAX_ROUTES_PER_PEER: usize = 8;
+/// A client silent this long on every address it used, then heard from a new one with a check
+/// naming its connection, has been moved by its NAT (rebinding).
+pub const REBIND_SILENCE: Duration = Duration::from_secs(1);
 /// STUN messages per second accepted from one source IP that is not a route yet.
 pub const STUN_PER_SOURCE_PER_S: u32 = 200;
 /// Source IPs whose STUN rate is tracked at once (beyond it, the table starts again).
@@ -83,12 +89,25 @@ struct PeerRoutes {
     addrs: VecDeque<SocketAddr>,
 }
 
+/// Where a source address leads.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    peer: u64,
+    /// The address the peer's connection knows this client by: the source itself, or after a
+    /// NAT rebinding the address the client had before.
+    core: SocketAddr,
+    /// Last datagram from it.
+    seen: Option<Instant>,
+}
+
 #[derive(Debug, Default)]
 struct Routes {
     next_id: u64,
     peers: HashMap<u64, PeerRoutes>,
     by_ufrag: HashMap<String, u64>,
-    by_addr: HashMap<SocketAddr, u64>,
+    by_addr: HashMap<SocketAddr, Route>,
+    /// Rebound clients: the address a connection sends to -> where the client is now.
+    moved: HashMap<SocketAddr, SocketAddr>,
     /// STUN budget per source IP over the current second.
     stun_budget: HashMap<IpAddr, u32>,
     budget_since: Option<Instant>,
@@ -96,12 +115,17 @@ struct Routes {
 
 impl Routes {
     fn add_addr(&mut self, peer: u64, addr: SocketAddr) {
+        self.add_route(peer, addr, addr, None);
+    }
+
+    fn add_route(&mut self, peer: u64, addr: SocketAddr, core: SocketAddr, seen: Option<Instant>) {
         if !self.peers.contains_key(&peer) {
             return;
         }
-        if let Some(old) = self.by_addr.insert(addr, peer)
-            && old != peer
-            && let Some(o) = self.peers.get_mut(&old)
+        let route = Route { peer, core, seen };
+        if let Some(old) = self.by_addr.insert(addr, route)
+            && old.peer != peer
+            && let Some(o) = self.peers.get_mut(&old.peer)
         {
             o.addrs.retain(|a| *a != addr);
         }
@@ -116,6 +140,20 @@ impl Routes {
                 self.by_addr.remove(&gone);
             }
         }
+    }
+
+    /// Whether `peer`'s client has gone quiet on every address it used ([`REBIND_SILENCE`]):
+    /// then a check from a new address is that client behind a NAT that moved it, and the
+    /// address its connection knows (the one heard last) is returned.
+    fn rebound(&self, peer: u64, now: Instant) -> Option<SocketAddr> {
+        let p = self.peers.get(&peer)?;
+        let (last, core) = p
+            .addrs
+            .iter()
+            .filter_map(|a| self.by_addr.get(a))
+            .filter_map(|r| Some((r.seen?, r.core)))
+            .max_by_key(|(seen, _)| *seen)?;
+        (now.duration_since(last) >= REBIND_SILENCE).then_some(core)
     }
 
     /// Whether one more STUN message from `ip` fits this second's budget.
@@ -189,8 +227,11 @@ impl UdpMux {
     /// Routes one received datagram.
     fn deliver(&self, from: SocketAddr, dst_ip: Option<IpAddr>, data: &[u8], now: Instant) {
         let mut r = self.routes.lock();
-        let peer = match r.by_addr.get(&from) {
-            Some(&p) => p,
+        let (peer, core) = match r.by_addr.get_mut(&from) {
+            Some(route) => {
+                route.seen = Some(now);
+                (route.peer, route.core)
+            }
             None => {
                 if !is_stun(data) {
                     self.counters.dropped_unknown.fetch_add(1, Relaxed);
@@ -205,9 +246,16 @@ impl UdpMux {
                     self.counters.dropped_unknown.fetch_add(1, Relaxed);
                     return;
                 };
-                r.add_addr(p, from);
-                tracing::debug!(%from, peer = p, "media route learned from a STUN check");
-                p
+                if let Some(core) = r.rebound(p, now) {
+                    // Its connection keeps talking to `core`; the mux carries it to `from`.
+                    r.add_route(p, from, core, Some(now));
+                    r.moved.insert(core, from);
+                    tracing::info!(%from, was = %core, peer = p, "client moved (NAT rebinding)");
+                } else {
+                    r.add_route(p, from, from, Some(now));
+                    tracing::debug!(%from, peer = p, "media route learned from a STUN check");
+                }
+                (p, r.by_addr.get(&from).map_or(from, |route| route.core))
             }
         };
         let Some(entry) = r.peers.get(&peer) else {
@@ -223,7 +271,7 @@ impl UdpMux {
             return;
         };
         let d = Datagram {
-            from,
+            from: core,
             data: data.to_vec(),
         };
         if tx.try_send(d).is_ok() {
@@ -239,11 +287,12 @@ impl UdpMux {
         self: &Arc<Self>,
         cx: &mut Context<'_>,
         t: &Transmit<'_>,
+        destination: SocketAddr,
         src_ip: Option<IpAddr>,
         wait: &mut Option<WritableWait>,
     ) -> Poll<io::Result<usize>> {
         let t = Transmit {
-            destination: t.destination,
+            destination,
             ecn: t.ecn,
             contents: t.contents,
             segment_size: t.segment_size,
@@ -389,8 +438,11 @@ impl Drop for MuxPeer {
                 }
             }
             for a in p.addrs {
-                if r.by_addr.get(&a) == Some(&self.id) {
+                if let Some(route) = r.by_addr.get(&a).copied()
+                    && route.peer == self.id
+                {
                     r.by_addr.remove(&a);
+                    r.moved.remove(&route.core);
                 }
             }
         }
@@ -425,15 +477,21 @@ impl AsyncUdpSocket for MuxSocket {
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         // Our ICE agent only sends to candidates its client signalled: learn them as routes
         // (answers to our own checks then find their way), unless another peer holds one.
-        {
+        let destination = {
             let mut r = self.mux.routes.lock();
-            if !r.by_addr.contains_key(&transmit.destination) {
-                r.add_addr(self.peer, transmit.destination);
+            let d = r
+                .moved
+                .get(&transmit.destination)
+                .copied()
+                .unwrap_or(transmit.destination);
+            if !r.by_addr.contains_key(&d) {
+                r.add_addr(self.peer, d);
             }
-        }
+            d
+        };
         let src_ip = Some(self.local.ip()).filter(|ip| !ip.is_unspecified());
         self.mux
-            .poll_send(cx, transmit, src_ip, &mut self.writable.lock())
+            .poll_send(cx, transmit, destination, src_ip, &mut self.writable.lock())
     }
 
     fn poll_recv(
@@ -714,6 +772,23 @@ mod tests {
     }
 
     #[test]
+    fn a_client_silent_on_its_address_and_checking_in_from_a_new_one_was_moved() {
+        let mut r = Routes::default();
+        r.peers.insert(1, PeerRoutes::default());
+        let old = SocketAddr::from(([10, 0, 0, 2], 20001));
+        let t0 = Instant::now();
+        r.add_route(1, old, old, Some(t0));
+        // Still talking on its address: a new one is another candidate of the same client.
+        assert_eq!(r.rebound(1, t0 + Duration::from_millis(300)), None);
+        // Silent for a second: its NAT moved it.
+        assert_eq!(r.rebound(1, t0 + REBIND_SILENCE), Some(old));
+        // A peer that never heard from its client has nothing to move.
+        r.peers.insert(2, PeerRoutes::default());
+        r.add_addr(2, SocketAddr::from(([10, 0, 0, 3], 1)));
+        assert_eq!(r.rebound(2, t0 + REBIND_SILENCE * 5), None);
+    }
+
+    #[test]
     fn stun_from_one_source_is_rate_limited() {
         let mut r = Routes::default();
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
@@ -736,7 +811,7 @@ mod tests {
         // An address that moves to another peer leaves the first.
         let moved = SocketAddr::from(([10, 0, 0, 1], 1019));
         r.add_addr(2, moved);
-        assert_eq!(r.by_addr[&moved], 2);
+        assert_eq!(r.by_addr[&moved].peer, 2);
         assert!(!r.peers[&1].addrs.contains(&moved));
     }
 }
