@@ -53,8 +53,8 @@ ENV MCU_LISTEN=0.0.0.0:8080 \
 USER mcu
 WORKDIR /var/lib/mcu
 VOLUME ["/var/lib/mcu"]
-# HTTP + signaling WebSocket. Media uses the UDP range of MCU_UDP_PORTS (publish the same range).
-EXPOSE 8080/tcp
+# HTTP + signaling WebSocket, and the one media UDP port (MCU_UDP_PORTS, 40000: publish it 1:1).
+EXPOSE 8080/tcp 40000/udp
 # `--healthcheck` asks GET /healthz on MCU_LISTEN (no curl in the image). It reads the same
 # environment (and MCU_CONFIG) as the server.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
