@@ -26,9 +26,11 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// second, past which a burst would only overflow the receivers' jitter buffers.
 pub const MAX_CATCH_UP: u32 = 25;
 
-/// Capacity of the control channel into a room's media thread (joins, mutes, PLI...). Control
-/// messages are rare; overflow means the thread is wedged, and is logged.
-pub const CONTROL_QUEUE: usize = 1024;
+/// Capacity of the hint channel into a room's media thread (link reports, keyframe requests).
+/// When it is full the newest hint is dropped: the next report or request supersedes it. Joins,
+/// leaves, mutes and layout changes go through a channel of their own that never drops, so that a
+/// flood of hints cannot push out a `Remove` (and leave a ghost tile).
+pub const HINT_QUEUE: usize = 1024;
 
 /// Capacity of the media packet channel into a room's media thread: ~1 s of audio+video for 40
 /// publishers. Overflow drops the newest packet (the jitter buffer conceals it) and is counted.
@@ -209,13 +211,30 @@ pub struct MediaHandle {
 /// Cloneable sender of control commands into a room's media thread (peers hold one). It does not
 /// keep the thread alive: only [`MediaHandle`] does.
 #[derive(Clone)]
-pub struct MediaHandleRef(stdmpsc::SyncSender<Command>);
+pub struct MediaHandleRef {
+    /// Membership, mutes, layout: never dropped (unbounded; the thread drains it every tick).
+    state: stdmpsc::Sender<Command>,
+    /// Link reports and keyframe requests: bounded, the newest dropped when full.
+    hints: stdmpsc::SyncSender<Command>,
+}
+
+impl Command {
+    /// A hint that a later one supersedes (may be dropped under a flood).
+    fn is_hint(&self) -> bool {
+        matches!(self, Command::Link { .. } | Command::Keyframe(_))
+    }
+}
 
 impl MediaHandleRef {
-    /// Sends a control command (never blocks).
+    /// Sends a control command (never blocks). Hints are dropped when their queue is full;
+    /// everything else is always delivered while the thread runs.
     pub fn command(&self, c: Command) {
-        if let Err(e) = self.0.try_send(c) {
-            tracing::debug!(error = %e, "media control queue full or thread gone; command dropped");
+        if c.is_hint() {
+            if let Err(e) = self.hints.try_send(c) {
+                tracing::trace!(error = %e, "media hint queue full or thread gone; hint dropped");
+            }
+        } else if self.state.send(c).is_err() {
+            tracing::debug!("media thread gone; command dropped");
         }
     }
 }
@@ -241,7 +260,8 @@ impl MediaHandle {
         events: mpsc::Sender<Event>,
     ) -> Result<MediaHandle, mixer::MixerError> {
         let media = MediaRoom::new(cfg)?;
-        let (control, control_rx) = stdmpsc::sync_channel(CONTROL_QUEUE);
+        let (state, state_rx) = stdmpsc::channel();
+        let (hints, hints_rx) = stdmpsc::sync_channel(HINT_QUEUE);
         let (packets, packets_rx) = stdmpsc::sync_channel(PACKET_QUEUE);
         let timing = Arc::new(RoomTiming::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -254,13 +274,13 @@ impl MediaHandle {
             ))
             .spawn(move || {
                 raise_priority(&name);
-                run(name, media, control_rx, packets_rx, events, t, s)
+                run(name, media, (state_rx, hints_rx), packets_rx, events, t, s)
             })
             .map_err(|e| {
                 mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}"))
             })?;
         Ok(MediaHandle {
-            control: MediaHandleRef(control),
+            control: MediaHandleRef { state, hints },
             packets,
             stop,
             timing,
@@ -372,7 +392,7 @@ impl Receiver {
 fn run(
     room: String,
     mut media: MediaRoom,
-    control: stdmpsc::Receiver<Command>,
+    (control, hints): (stdmpsc::Receiver<Command>, stdmpsc::Receiver<Command>),
     packets: stdmpsc::Receiver<Packet>,
     events: mpsc::Sender<Event>,
     timing: Arc<RoomTiming>,
@@ -409,12 +429,16 @@ fn run(
         }
         let started = Instant::now();
 
+        // Membership first (a hint may name a participant that joins in the same tick).
         loop {
             match control.try_recv() {
                 Ok(c) => apply(&mut media, &mut receivers, &mut sinks, c),
                 Err(stdmpsc::TryRecvError::Empty) => break,
                 Err(stdmpsc::TryRecvError::Disconnected) => break 'ticks,
             }
+        }
+        while let Ok(c) = hints.try_recv() {
+            apply(&mut media, &mut receivers, &mut sinks, c);
         }
         // Only what is already queued: packets arriving during the tick wait for the next one.
         for _ in 0..PACKET_QUEUE {
@@ -637,5 +661,49 @@ fn apply(
             }
         }
         Command::Keyframe(key) => media.request_keyframe(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_flood_of_hints_never_pushes_out_a_join_or_a_leave() {
+        let (events, _events_rx) = mpsc::channel(EVENT_QUEUE);
+        let h = MediaHandle::start("flood", MediaConfig::default(), events).unwrap();
+        // Keyframe requests many times what their queue holds, faster than a tick drains it.
+        for _ in 0..HINT_QUEUE * 5 {
+            h.command(Command::Keyframe(7));
+        }
+        let (out, mut rx) = mpsc::channel(OUTPUT_QUEUE);
+        h.command(Command::Add {
+            key: 1,
+            publishes: true,
+            out,
+            link: LinkState::new(),
+        });
+        for _ in 0..HINT_QUEUE * 5 {
+            h.command(Command::Keyframe(1));
+        }
+        // Joined: the mix reaches it.
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .expect("output after the join");
+        assert!(matches!(first, Some(Output::Audio { .. } | Output::Video { .. })));
+        for _ in 0..HINT_QUEUE * 5 {
+            h.command(Command::Link {
+                key: 1,
+                estimate_bps: 1,
+                loss_percent: 0,
+            });
+        }
+        h.command(Command::Remove(1));
+        // Left: the room drops its end of the output queue.
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            while rx.recv().await.is_some() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the Remove was applied under the flood");
     }
 }
