@@ -64,6 +64,9 @@ export async function startServer(extraEnv = {}, reuse = null, args = [], { netn
     ...process.env,
     MCU_LISTEN: `127.0.0.1:${port}`,
     MCU_RTC_BIND: '127.0.0.1',
+    // One media socket on a port the OS picks: a test may start a server while another one still
+    // runs (one-port.test.mjs checks the default port, 40000).
+    MCU_UDP_PORTS: '0',
     MCU_API_KEY: apiKey,
     MCU_TOKEN_SECRET: TOKEN_SECRET,
     DATABASE_URL: `sqlite://${dir}/mcu.db`,

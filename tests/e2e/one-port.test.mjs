@@ -87,8 +87,8 @@ before(async () => {
   // port, or to a mapping that is gone, is dropped, as a real NAT would.
   inNs(links.weak, 'iptables', '-A', 'INPUT', '-i', dev, '-p', 'udp', '-m', 'conntrack', '!', '--ctstate',
     'ESTABLISHED,RELATED', '-j', 'DROP');
-  // MCU_UDP_PORTS unset: the default, one port.
-  server = await startServer({ MCU_LISTEN: '0.0.0.0:0', MCU_RTC_BIND: SRV_IP }, null, [],
+  // MCU_UDP_PORTS empty (unset for the server): the default, one port.
+  server = await startServer({ MCU_LISTEN: '0.0.0.0:0', MCU_RTC_BIND: SRV_IP, MCU_UDP_PORTS: '' }, null, [],
     { netns: links.srv, apiHost: DRIVER_SRV_IP });
   origin = `http://${SRV_IP}:${server.port}`;
   const r = await server.api('POST', '/rooms', { name: 'port', layout: 'grid' });

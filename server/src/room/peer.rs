@@ -808,8 +808,14 @@ async fn send_output(
                 dropped_before,
             } => {
                 let broken = link.video_broken.swap(false, Relaxed) || dropped_before > 0;
-                let (write, ask) =
-                    gate.admit(keyframe, link.video_congested(), broken, Instant::now());
+                let congested = link.video_congested();
+                let was_waiting = gate.awaiting_keyframe;
+                let (write, ask) = gate.admit(keyframe, congested, broken, Instant::now());
+                if gate.awaiting_keyframe != was_waiting {
+                    // The receiver's picture freezes from here until the keyframe: say why.
+                    tracing::debug!(key = ctx.key, waiting = gate.awaiting_keyframe, congested,
+                        broken, queue_ms = link.video_queue_ms(), "video gate");
+                }
                 if ask {
                     media.command(Command::Keyframe(ctx.key));
                 }

@@ -12,10 +12,10 @@
 //! 2. a STUN binding request whose USERNAME starts with a registered ufrag (each answer's
 //!    `a=ice-ufrag`, so an ICE restart registers the new one): to that peer, and the source
 //!    becomes a route. A client whose address changes (NAT rebinding) is found again this way at
-//!    its next consent check: when it has been silent on every address it used for
-//!    [`REBIND_SILENCE`], the new address is its old one moved, and the mux carries the
-//!    connection's traffic for the old address there (the ICE agent of `rtc` keeps the pair it
-//!    selected first, so it would go on sending to an address that is gone);
+//!    its next consent check. When the address the connection sends media to has been silent
+//!    for [`REBIND_SILENCE`] while the client talks from the new one, the new one stands for the
+//!    old one both ways (the ICE agent of `rtc` keeps the pair it selected first, so it would go
+//!    on sending to an address that is gone);
 //! 3. anything else is dropped after a look at a few bytes, counted. An address also becomes a
 //!    route when a peer sends to it (its ICE agent checks the candidates its client signalled),
 //!    unless another peer holds it.
@@ -87,6 +87,8 @@ struct PeerRoutes {
     sockets: Vec<(IpAddr, mpsc::Sender<Datagram>)>,
     ufrags: Vec<String>,
     addrs: VecDeque<SocketAddr>,
+    /// Where its connection sends media (DTLS, SRTP): the address it selected, as it knows it.
+    sends_to: Option<SocketAddr>,
 }
 
 /// Where a source address leads.
@@ -142,18 +144,29 @@ impl Routes {
         }
     }
 
-    /// Whether `peer`'s client has gone quiet on every address it used ([`REBIND_SILENCE`]):
-    /// then a check from a new address is that client behind a NAT that moved it, and the
-    /// address its connection knows (the one heard last) is returned.
-    fn rebound(&self, peer: u64, now: Instant) -> Option<SocketAddr> {
-        let p = self.peers.get(&peer)?;
-        let (last, core) = p
-            .addrs
-            .iter()
-            .filter_map(|a| self.by_addr.get(a))
-            .filter_map(|r| Some((r.seen?, r.core)))
-            .max_by_key(|(seen, _)| *seen)?;
-        (now.duration_since(last) >= REBIND_SILENCE).then_some(core)
+    /// The address `peer`'s connection sends media to, when nothing has come from there (or
+    /// from where it moved) for [`REBIND_SILENCE`]: its client is gone from it. If the client
+    /// talks from another address meanwhile, its NAT moved it.
+    fn stale_target(&self, peer: u64, now: Instant) -> Option<SocketAddr> {
+        let target = self.peers.get(&peer)?.sends_to?;
+        let wire = self.moved.get(&target).copied().unwrap_or(target);
+        let seen = self.by_addr.get(&wire)?.seen?;
+        (now.duration_since(seen) >= REBIND_SILENCE).then_some(target)
+    }
+
+    /// A datagram of `peer` came from `from`, which its connection knows as itself: when the
+    /// connection's media goes to an address gone silent, `from` is where the client went, and
+    /// from now on stands for it both ways. Returns the address to hand the connection.
+    fn follow_rebinding(&mut self, peer: u64, from: SocketAddr, now: Instant) -> SocketAddr {
+        let Some(target) = self.stale_target(peer, now).filter(|t| *t != from) else {
+            return from;
+        };
+        self.moved.insert(target, from);
+        if let Some(route) = self.by_addr.get_mut(&from) {
+            route.core = target;
+        }
+        tracing::info!(%from, was = %target, peer, "client moved (NAT rebinding)");
+        target
     }
 
     /// Whether one more STUN message from `ip` fits this second's budget.
@@ -230,7 +243,12 @@ impl UdpMux {
         let (peer, core) = match r.by_addr.get_mut(&from) {
             Some(route) => {
                 route.seen = Some(now);
-                (route.peer, route.core)
+                let (peer, core) = (route.peer, route.core);
+                if core == from {
+                    (peer, r.follow_rebinding(peer, from, now))
+                } else {
+                    (peer, core)
+                }
             }
             None => {
                 if !is_stun(data) {
@@ -246,16 +264,9 @@ impl UdpMux {
                     self.counters.dropped_unknown.fetch_add(1, Relaxed);
                     return;
                 };
-                if let Some(core) = r.rebound(p, now) {
-                    // Its connection keeps talking to `core`; the mux carries it to `from`.
-                    r.add_route(p, from, core, Some(now));
-                    r.moved.insert(core, from);
-                    tracing::info!(%from, was = %core, peer = p, "client moved (NAT rebinding)");
-                } else {
-                    r.add_route(p, from, from, Some(now));
-                    tracing::debug!(%from, peer = p, "media route learned from a STUN check");
-                }
-                (p, r.by_addr.get(&from).map_or(from, |route| route.core))
+                r.add_route(p, from, from, Some(now));
+                tracing::debug!(%from, peer = p, "media route learned from a STUN check");
+                (p, r.follow_rebinding(p, from, now))
             }
         };
         let Some(entry) = r.peers.get(&peer) else {
@@ -486,6 +497,11 @@ impl AsyncUdpSocket for MuxSocket {
                 .unwrap_or(transmit.destination);
             if !r.by_addr.contains_key(&d) {
                 r.add_addr(self.peer, d);
+            }
+            if !is_stun(transmit.contents)
+                && let Some(p) = r.peers.get_mut(&self.peer)
+            {
+                p.sends_to = Some(transmit.destination);
             }
             d
         };
@@ -772,20 +788,30 @@ mod tests {
     }
 
     #[test]
-    fn a_client_silent_on_its_address_and_checking_in_from_a_new_one_was_moved() {
+    fn media_to_an_address_gone_silent_follows_the_client_to_its_new_one() {
         let mut r = Routes::default();
         r.peers.insert(1, PeerRoutes::default());
         let old = SocketAddr::from(([10, 0, 0, 2], 20001));
+        let new = SocketAddr::from(([10, 0, 0, 2], 21007));
         let t0 = Instant::now();
         r.add_route(1, old, old, Some(t0));
-        // Still talking on its address: a new one is another candidate of the same client.
-        assert_eq!(r.rebound(1, t0 + Duration::from_millis(300)), None);
-        // Silent for a second: its NAT moved it.
-        assert_eq!(r.rebound(1, t0 + REBIND_SILENCE), Some(old));
-        // A peer that never heard from its client has nothing to move.
+        r.peers.get_mut(&1).unwrap().sends_to = Some(old);
+        // Another address while the selected one still talks: another candidate, left alone.
+        r.add_route(1, new, new, Some(t0));
+        let soon = t0 + Duration::from_millis(300);
+        assert_eq!(r.follow_rebinding(1, new, soon), new);
+        assert!(r.moved.is_empty());
+        // The selected address silent for a second while the client talks from the new one:
+        // the connection's `old` now means `new`, both ways.
+        let later = t0 + REBIND_SILENCE;
+        assert_eq!(r.follow_rebinding(1, new, later), old);
+        assert_eq!(r.moved[&old], new);
+        assert_eq!(r.by_addr[&new].core, old);
+        // A peer whose connection never sent media has nothing to move.
         r.peers.insert(2, PeerRoutes::default());
-        r.add_addr(2, SocketAddr::from(([10, 0, 0, 3], 1)));
-        assert_eq!(r.rebound(2, t0 + REBIND_SILENCE * 5), None);
+        let other = SocketAddr::from(([10, 0, 0, 3], 1));
+        r.add_route(2, other, other, Some(t0));
+        assert_eq!(r.follow_rebinding(2, other, t0 + REBIND_SILENCE * 5), other);
     }
 
     #[test]
