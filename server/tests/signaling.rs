@@ -310,3 +310,34 @@ async fn a_token_without_a_name_takes_the_name_chosen_on_the_page() {
     let named = app.state.tokens.mint(&claims);
     assert_eq!(name_of(named, "Mallory").await, "Alice");
 }
+
+#[actix_web::test]
+async fn chat_is_rate_limited_per_participant() {
+    let app = app().await;
+    let (mut a, _) = app.join("c", "a").await;
+    let (mut b, _) = app.join("c", "b").await;
+    expect_type(&mut a, "participant_joined").await;
+    // A burst past the allowance: the first ten go round, the rest are refused to the sender.
+    for i in 0..25 {
+        send(&mut a, &json!({"type": "chat", "text": format!("m{i}")}).to_string()).await;
+    }
+    let mut refused = 0;
+    for _ in 0..25 {
+        let v = next_json(&mut a).await;
+        match v["type"].as_str() {
+            Some("chat") => {}
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(refused, 15, "ten at once, the rest refused");
+    for i in 0..10 {
+        assert_eq!(expect_type(&mut b, "chat").await["text"], format!("m{i}"));
+    }
+    // The allowance comes back: one a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_alive(&mut a, "again").await;
+}

@@ -199,6 +199,7 @@ async fn pump(
         handle,
         out: out_tx,
         peer: None,
+        chat: ChatBudget::new(std::time::Instant::now()),
     };
     crate::rtc_runtime().spawn(tracing::Instrument::in_current_span(
         core.run(client_rx, ev_rx),
@@ -345,6 +346,42 @@ struct Core {
     handle: ParticipantHandle,
     out: mpsc::Sender<Out>,
     peer: Option<Peer>,
+    chat: ChatBudget,
+}
+
+/// Chat messages one participant may send in a burst, and how fast the budget refills.
+pub const CHAT_BURST: f64 = 10.0;
+/// Chat messages per second a participant may keep sending.
+pub const CHAT_PER_SECOND: f64 = 1.0;
+
+/// A participant's chat allowance (token bucket): a burst of [`CHAT_BURST`], then
+/// [`CHAT_PER_SECOND`]. Past it a message is refused with `rate_limited` and reaches nobody.
+#[derive(Debug)]
+struct ChatBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl ChatBudget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: CHAT_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes one message's worth, if there is one.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * CHAT_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(CHAT_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Core {
@@ -464,6 +501,14 @@ impl Core {
                     self.error(
                         "invalid_message",
                         format!("chat text must be 1..={MAX_CHAT} characters"),
+                    );
+                } else if !self.chat.take(std::time::Instant::now()) {
+                    self.error(
+                        "rate_limited",
+                        format!(
+                            "too many chat messages: {CHAT_BURST} at once, then \
+                             {CHAT_PER_SECOND} a second; this one was not sent"
+                        ),
                     );
                 } else {
                     let msg = json!({"type": "chat", "from": self.handle.id, "text": text,
