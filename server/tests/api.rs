@@ -164,6 +164,24 @@ async fn suite(app: &App) {
     empty_room_timeout(app).await;
     room_stats(app).await;
     health_metrics_openapi(app).await;
+    security_headers(app).await;
+}
+
+/// Every response says what a page may load and that it may not be framed or sniffed; an API
+/// error too (a browser may render anything it is sent).
+async fn security_headers(app: &App) {
+    for r in [
+        app.http.get(app.url("/healthz")).send().await.unwrap(),
+        app.get("/api/v1/rooms").await,
+        app.http.get(app.url("/api/v1/rooms")).send().await.unwrap(),
+    ] {
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
 }
 
 /// `GET /rooms/{name}/stats`: nothing live before a join; the media thread's figures while

@@ -319,7 +319,11 @@ async fn chat_is_rate_limited_per_participant() {
     expect_type(&mut a, "participant_joined").await;
     // A burst past the allowance: the first ten go round, the rest are refused to the sender.
     for i in 0..25 {
-        send(&mut a, &json!({"type": "chat", "text": format!("m{i}")}).to_string()).await;
+        send(
+            &mut a,
+            &json!({"type": "chat", "text": format!("m{i}")}).to_string(),
+        )
+        .await;
     }
     let mut refused = 0;
     for _ in 0..25 {

@@ -6,11 +6,13 @@
 // and played back in the page through its signed URL with Range requests; ICE restart; the
 // WebSocket cut and rejoined; a kick from the console; clear messages (camera blocked, expired
 // invite, room full, server unreachable); a 360 px phone without horizontal overflow; keyboard and
-// labels; no console errors. Screenshots of the main screens go to docs/screenshots/.
+// labels; no console errors. Screenshots of the main screens go to a temporary folder, or to
+// docs/screenshots/ with UPDATE_SCREENSHOTS=1 (so that running the tests rewrites no tracked file).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { startServer, makeMedia, waitForMedia, toneLevels, samplePixels, BASE_ARGS, TOKEN_SECRET, root } from './harness.mjs';
@@ -18,7 +20,9 @@ import { startServer, makeMedia, waitForMedia, toneLevels, samplePixels, BASE_AR
 const ALICE = { color: 'red', rgb: [255, 0, 0], freq: 400 };
 const BOB = { color: 'blue', rgb: [0, 0, 255], freq: 1000 };
 const MAGENTA = [255, 0, 255];
-const SHOTS = path.join(root, 'docs/screenshots');
+const SHOTS = process.env.UPDATE_SCREENSHOTS
+  ? path.join(root, 'docs/screenshots')
+  : mkdtempSync(path.join(tmpdir(), 'mcu-screenshots-'));
 const DESKTOP = { width: 1280, height: 800 };
 const PHONE = { width: 360, height: 740 };
 

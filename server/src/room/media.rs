@@ -415,7 +415,9 @@ fn run(
         } else if now - next >= TICK {
             let behind = ((now - next).as_micros() / TICK.as_micros()) as u32;
             timing.misses.fetch_add(u64::from(behind), Relaxed);
-            METRICS.deadline_misses.fetch_add(u64::from(behind), Relaxed);
+            METRICS
+                .deadline_misses
+                .fetch_add(u64::from(behind), Relaxed);
             if behind > MAX_CATCH_UP {
                 next = now;
             } else {
@@ -690,7 +692,10 @@ mod tests {
         let first = tokio::time::timeout(Duration::from_secs(2), rx.recv())
             .await
             .expect("output after the join");
-        assert!(matches!(first, Some(Output::Audio { .. } | Output::Video { .. })));
+        assert!(matches!(
+            first,
+            Some(Output::Audio { .. } | Output::Video { .. })
+        ));
         for _ in 0..HINT_QUEUE * 5 {
             h.command(Command::Link {
                 key: 1,

@@ -813,8 +813,14 @@ async fn send_output(
                 let (write, ask) = gate.admit(keyframe, congested, broken, Instant::now());
                 if gate.awaiting_keyframe != was_waiting {
                     // The receiver's picture freezes from here until the keyframe: say why.
-                    tracing::debug!(key = ctx.key, waiting = gate.awaiting_keyframe, congested,
-                        broken, queue_ms = link.video_queue_ms(), "video gate");
+                    tracing::debug!(
+                        key = ctx.key,
+                        waiting = gate.awaiting_keyframe,
+                        congested,
+                        broken,
+                        queue_ms = link.video_queue_ms(),
+                        "video gate"
+                    );
                 }
                 if ask {
                     media.command(Command::Keyframe(ctx.key));

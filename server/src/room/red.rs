@@ -121,10 +121,13 @@ impl Redundancy {
         now: Instant,
     ) -> Option<Vec<u8>> {
         let previous = self.previous.replace(frame.clone());
-        let previous = previous.filter(|p| {
-            dropped_before == 0 && self.active(now) && p.len() <= MAX_BLOCK
-        })?;
-        Some(encode(payload_type, frame, Some((&previous, frame_samples))))
+        let previous =
+            previous.filter(|p| dropped_before == 0 && self.active(now) && p.len() <= MAX_BLOCK)?;
+        Some(encode(
+            payload_type,
+            frame,
+            Some((&previous, frame_samples)),
+        ))
     }
 }
 

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 use webrtc::runtime::{
-    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta,
-    Runtime, Transmit, UdpSockRef, UdpSocketState,
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
+    Transmit, UdpSockRef, UdpSocketState,
 };
 
 /// Datagrams queued for one peer's connection before new ones are dropped.
@@ -351,9 +351,12 @@ async fn receive_loop(mux: std::sync::Weak<UdpMux>) {
             tracing::error!(error = %e, "media socket unreadable; media stops");
             return;
         }
-        let mut bufs: Vec<IoSliceMut<'_>> = storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut bufs: Vec<IoSliceMut<'_>> =
+            storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let got = m.io.try_io(Interest::READABLE, || {
-            let n = m.state.recv(UdpSockRef::from(&m.io), &mut bufs, &mut meta)?;
+            let n = m
+                .state
+                .recv(UdpSockRef::from(&m.io), &mut bufs, &mut meta)?;
             if n == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -364,7 +367,11 @@ async fn receive_loop(mux: std::sync::Weak<UdpMux>) {
             Ok(n) => {
                 let now = Instant::now();
                 for (buf, meta) in storage.iter().zip(&meta).take(n) {
-                    let stride = if meta.stride == 0 { meta.len.max(1) } else { meta.stride };
+                    let stride = if meta.stride == 0 {
+                        meta.len.max(1)
+                    } else {
+                        meta.stride
+                    };
                     for d in buf[..meta.len].chunks(stride) {
                         m.deliver(meta.addr, meta.dst_ip, d, now);
                     }
@@ -417,7 +424,10 @@ impl MuxPeer {
         if let Some(other) = r.by_ufrag.insert(ufrag.to_owned(), self.id)
             && other != self.id
         {
-            tracing::warn!(ufrag, "ICE ufrag collision between two peers; the newer wins");
+            tracing::warn!(
+                ufrag,
+                "ICE ufrag collision between two peers; the newer wins"
+            );
         }
         if let Some(p) = r.peers.get_mut(&self.id) {
             p.ufrags.push(ufrag.to_owned());
@@ -582,7 +592,9 @@ impl Runtime for MuxRuntime {
         {
             let mut r = self.mux.routes.lock();
             let Some(p) = r.peers.get_mut(&self.peer) else {
-                return Err(io::Error::other("peer no longer registered on the media socket"));
+                return Err(io::Error::other(
+                    "peer no longer registered on the media socket",
+                ));
             };
             // A rebind (ICE restart) replaces the socket of that IP.
             p.sockets.retain(|(ip, _)| *ip != local.ip());
@@ -700,7 +712,10 @@ mod tests {
 
     #[test]
     fn reads_the_local_ufrag_of_a_binding_request() {
-        assert_eq!(stun_binding_ufrag(&binding_request("srv1:cli9")), Some("srv1"));
+        assert_eq!(
+            stun_binding_ufrag(&binding_request("srv1:cli9")),
+            Some("srv1")
+        );
         assert_eq!(stun_binding_ufrag(b"\x80\x60garbage garbage garbage"), None);
         // A truncated attribute.
         let mut m = binding_request("abcdefgh:x");
@@ -744,10 +759,13 @@ mod tests {
         let recv = |s: Arc<dyn AsyncUdpSocket>| async move {
             let mut buf = vec![0u8; 1500];
             let mut meta = [RecvMeta::default()];
-            let n = tokio::time::timeout(Duration::from_secs(2), std::future::poll_fn(|cx| {
-                let mut bufs = [IoSliceMut::new(&mut buf)];
-                s.poll_recv(cx, &mut bufs, &mut meta)
-            }))
+            let n = tokio::time::timeout(
+                Duration::from_secs(2),
+                std::future::poll_fn(|cx| {
+                    let mut bufs = [IoSliceMut::new(&mut buf)];
+                    s.poll_recv(cx, &mut bufs, &mut meta)
+                }),
+            )
             .await
             .expect("a datagram")
             .unwrap();
@@ -755,14 +773,23 @@ mod tests {
             (buf[..meta[0].len].to_vec(), meta[0].addr)
         };
         // Garbage first: dropped (and counted) without reaching anyone.
-        client.send_to(b"\x80\x60 not for anyone", server).await.unwrap();
-        client.send_to(&binding_request("nobody:x"), server).await.unwrap();
+        client
+            .send_to(b"\x80\x60 not for anyone", server)
+            .await
+            .unwrap();
+        client
+            .send_to(&binding_request("nobody:x"), server)
+            .await
+            .unwrap();
         // A check naming B's ufrag reaches B and makes the client's address B's route.
         let check = binding_request("ufB:cli");
         client.send_to(&check, server).await.unwrap();
         let (got, from) = recv(sb.clone()).await;
         assert_eq!((got, from), (check, client.local_addr().unwrap()));
-        client.send_to(b"\x80\x60 media for B", server).await.unwrap();
+        client
+            .send_to(b"\x80\x60 media for B", server)
+            .await
+            .unwrap();
         assert_eq!(recv(sb.clone()).await.0, b"\x80\x60 media for B");
         assert_eq!(mux.counters.dropped_unknown.load(Relaxed), 2);
         // A sends to its own client: that address becomes A's route, and the answer goes to A.
@@ -774,7 +801,9 @@ mod tests {
             segment_size: None,
             src_ip: None,
         };
-        std::future::poll_fn(|cx| sa.poll_send(cx, &t)).await.unwrap();
+        std::future::poll_fn(|cx| sa.poll_send(cx, &t))
+            .await
+            .unwrap();
         let mut buf = [0u8; 64];
         let (n, from) = other.recv_from(&mut buf).await.unwrap();
         assert_eq!((&buf[..n], from), (&b"hello"[..], server));

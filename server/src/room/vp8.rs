@@ -7,6 +7,7 @@
 //! waits for a keyframe and asks for one.
 
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 
 /// Frames kept open at once while waiting for reordered packets.
 pub const MAX_PENDING: usize = 3;
@@ -86,7 +87,13 @@ pub struct FrameAssembler {
     highest: Option<u64>,
     /// Packets at or below this extended seq belong to frames already emitted.
     emitted_upto: Option<u64>,
+    /// Recent sequence numbers that carried no frame data (padding): not a loss when missing
+    /// between two frames.
+    padding: VecDeque<u64>,
 }
+
+/// Padding sequence numbers remembered.
+const PADDING_MEMORY: usize = 64;
 
 impl FrameAssembler {
     /// A fresh assembler.
@@ -122,6 +129,14 @@ impl FrameAssembler {
         let mut out = Vec::new();
         if self.emitted_upto.is_some_and(|e| ext <= e) {
             return out; // late duplicate or retransmission of a frame already handed on
+        }
+        if payload.is_empty() {
+            // Padding (bandwidth probing): its number is used, no frame is.
+            self.padding.push_back(ext);
+            if self.padding.len() > PADDING_MEMORY {
+                self.padding.pop_front();
+            }
+            return out;
         }
         let Some((starts, hdr)) = parse_descriptor(payload) else {
             return out; // malformed: the frame will be reported lost when it cannot complete
@@ -161,6 +176,18 @@ impl FrameAssembler {
             let drained: Vec<Partial> = self.pending.drain(..=done).collect();
             for mut p in drained {
                 let data = p.assemble();
+                // A whole frame lost (every packet of it, often its only one) leaves no partial:
+                // only the gap in sequence numbers before this one shows it. The decoder must
+                // not go on from a reference it never got.
+                if let (Some(e), Some(first), true) = (self.emitted_upto, p.first, data.is_some())
+                    && (e + 1..first).any(|seq| !self.padding.contains(&seq))
+                {
+                    out.push(Frame {
+                        ts: p.ts.wrapping_sub(1),
+                        data: Bytes::new(),
+                        complete: false,
+                    });
+                }
                 let upto = p
                     .last
                     .unwrap_or_else(|| p.packets.iter().map(|x| x.0).max().unwrap_or(0));
@@ -253,6 +280,22 @@ mod tests {
                 complete: true
             }]
         );
+    }
+
+    #[test]
+    fn a_frame_lost_whole_is_reported_from_the_sequence_gap() {
+        let mut a = FrameAssembler::new();
+        let f = a.push(1, 100, true, &pkt(true, b"a"));
+        assert!(f.len() == 1 && f[0].complete);
+        // Seq 2 (all of the frame at ts 200) never arrives; seq 3 is a whole frame.
+        let f = a.push(3, 300, true, &pkt(true, b"c"));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(!f[0].complete, "the gap is reported as a lost frame first");
+        assert!(f[1].complete && f[1].ts == 300);
+        // Padding between frames is not a loss.
+        assert!(a.push(4, 300, false, &[]).is_empty());
+        let f = a.push(5, 400, true, &pkt(true, b"e"));
+        assert!(f.len() == 1 && f[0].complete, "{f:?}");
     }
 
     #[test]
