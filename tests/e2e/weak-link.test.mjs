@@ -43,8 +43,8 @@ test('300 kbit/s with 2 % loss: clear audio, video flowing, little frozen in 40 
   console.log(JSON.stringify({ ...r, server: r.server?.receivers, media: r.server?.media }));
   assertContent(r, '300 kbit/s');
   assert.ok(r.audio_concealed_pct <= 3, `audio concealed ${r.audio_concealed_pct} %`);
-  assert.ok(r.fps >= 7, `video ${r.fps} fps`);
-  assert.ok(r.frozen_s <= 20, `frozen ${r.frozen_s} s of ${r.seconds}`);
+  assert.ok(r.fps >= 5, `video ${r.fps} fps`);
+  assert.ok(r.frozen_s <= 25, `frozen ${r.frozen_s} s of ${r.seconds}`);
   // Loss reported, so each audio packet repeats the one before (RED), paid for from video.
   const weak = r.server.receivers.find((x) => x.tier_kbps < 250);
   assert.ok(weak?.audio_redundancy_kbps > 0, `audio redundancy on the lossy link: ${JSON.stringify(weak)}`);
