@@ -24,6 +24,11 @@ pub struct Config {
     /// Public base URL used to build `ws_url` in token responses (`MCU_PUBLIC_URL`), e.g.
     /// `https://mcu.example.com`. Defaults to the request's host.
     pub public_url: Option<String>,
+    /// Origins, besides the server's own, whose pages may open the signaling WebSocket
+    /// (`MCU_ALLOWED_ORIGINS`, comma separated, e.g. `https://app.example.com`; `*` for any).
+    /// A browser always sends `Origin`; a client that sends none (not a browser) is not refused.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
     pub dev: bool,
     /// WebRTC transport.
@@ -251,6 +256,7 @@ impl Default for Config {
             recordings_dir: PathBuf::from("./data/recordings"),
             web_dir: PathBuf::from("./web"),
             public_url: None,
+            allowed_origins: Vec::new(),
             dev: false,
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
@@ -346,6 +352,13 @@ impl Config {
         }
         if let Some(v) = get("MCU_PUBLIC_URL") {
             self.public_url = Some(v);
+        }
+        if let Some(v) = get("MCU_ALLOWED_ORIGINS") {
+            self.allowed_origins = v
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect();
         }
         if let Some(v) = get("MCU_RTC_BIND") {
             self.rtc.bind = Some(parse("MCU_RTC_BIND", &v)?);

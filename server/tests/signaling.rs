@@ -345,3 +345,28 @@ async fn chat_is_rate_limited_per_participant() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_alive(&mut a, "again").await;
 }
+
+#[actix_web::test]
+async fn a_page_of_another_origin_cannot_open_the_socket() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = app().await;
+    let token = app.token("o", "a", 600);
+    let url = format!("ws://{}/api/v1/ws?token={token}", app.addr);
+    let with_origin = |origin: &str| {
+        let mut req = url.clone().into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a foreign origin was let in: {other:?}"),
+    }
+    // The server's own pages, and clients that are not browsers (no Origin), get in.
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(with_origin(&format!("http://{}", app.addr)))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let (_b, welcome) = app.join("o", "b").await;
+    assert_eq!(welcome["type"], "welcome");
+}

@@ -58,12 +58,43 @@ fn msg_error(code: &str, message: impl Into<String>) -> String {
     json!({"type": "error", "code": code, "message": message.into()}).to_string()
 }
 
+/// Whether a page of `origin` may open the signaling socket: the server's own origin (the host
+/// the request was sent to, or `MCU_PUBLIC_URL`'s), or one configured in `MCU_ALLOWED_ORIGINS`.
+fn origin_allowed(origin: &str, host: &str, public_url: Option<&str>, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    authority.eq_ignore_ascii_case(host)
+        || public_url.is_some_and(|u| u.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
 async fn handler(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
     query: web::Query<WsQuery>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // A page of another site must not use a visitor's token (or the server) behind their back.
+    if let Some(origin) = req.headers().get("origin") {
+        let origin = origin.to_str().unwrap_or("");
+        let host = req.connection_info().host().to_owned();
+        let cfg = &state.config;
+        if !origin_allowed(
+            origin,
+            &host,
+            cfg.public_url.as_deref(),
+            &cfg.allowed_origins,
+        ) {
+            tracing::info!(origin, "signaling refused: origin not allowed");
+            return Ok(HttpResponse::Forbidden().json(json!({"error": {
+                "code": "forbidden_origin",
+                "message": format!("pages of {origin} may not open this server's signaling \
+                    socket (MCU_ALLOWED_ORIGINS)"),
+            }})));
+        }
+    }
     let (resp, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(MAX_FRAME)
@@ -621,6 +652,45 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_servers_own_and_listed_origins_may_open_the_socket() {
+        let allowed = vec!["https://app.example.com".to_string()];
+        let host = "mcu.example.com:8443";
+        assert!(origin_allowed(
+            "https://mcu.example.com:8443",
+            host,
+            None,
+            &[]
+        ));
+        assert!(!origin_allowed("https://evil.example", host, None, &[]));
+        assert!(origin_allowed(
+            "https://app.example.com/",
+            host,
+            None,
+            &allowed
+        ));
+        assert!(!origin_allowed(
+            "https://app.example.com.evil.example",
+            host,
+            None,
+            &allowed
+        ));
+        // Behind a TLS proxy the Host may be internal: the public URL's origin is ours.
+        let public = Some("https://mcu.example.com/");
+        assert!(origin_allowed(
+            "https://mcu.example.com",
+            "10.0.0.5:8080",
+            public,
+            &[]
+        ));
+        assert!(origin_allowed(
+            "https://anything.example",
+            host,
+            None,
+            &["*".to_string()]
+        ));
+    }
 
     #[test]
     fn the_token_name_wins_over_the_chosen_one() {
