@@ -33,8 +33,8 @@ impl Server {
         let mut cmd = Command::new(bin);
         cmd.env("MCU_LISTEN", format!("127.0.0.1:{port}"))
             .env("MCU_RTC_BIND", "127.0.0.1")
-            // One media socket as by default, on a port the OS picks: scenarios may overlap a
-            // server that is still shutting down, and a developer's own server may hold 40000.
+            // One media socket as by default, on a port the OS picks: a developer's own server
+            // may hold 40000.
             .env("MCU_UDP_PORTS", "0")
             .env("MCU_API_KEY", &api_key)
             .env(
