@@ -398,7 +398,9 @@ async function loadRoom() {
 function personItem(room, p) {
   const path = `/rooms/${encodeURIComponent(room)}/participants/${encodeURIComponent(p.id)}`;
   const mute = (kind, value) => async () => {
-    const r = await attempt(() => api('POST', `${path}/mute`, { [kind]: value }));
+    // A moderator's mute is locked: the participant cannot simply undo it; unmuting lifts it.
+    const body = value ? { [kind]: true, lock: true } : { [kind]: false };
+    const r = await attempt(() => api('POST', `${path}/mute`, body));
     if (r) {
       notice(`${p.display_name}: ${kind === 'audio' ? 'microphone' : 'camera'} ${value ? 'muted' : 'allowed again'}.`);
       state.rendered.people = null;
@@ -408,7 +410,7 @@ function personItem(room, p) {
   const flags = el('span', { class: 'flags' });
   if (p.speaking && !p.audio_muted) flags.append(el('span', { class: 'badge ok-badge', text: 'speaking' }));
   if (p.screen_sharing) flags.append(el('span', { class: 'badge', text: 'sharing screen' }));
-  if (p.audio_muted) flags.append(el('span', { class: 'badge warn-badge', text: 'mic muted' }));
+  if (p.audio_muted) flags.append(el('span', { class: 'badge warn-badge', text: p.audio_locked ? 'mic muted (locked)' : 'mic muted' }));
   if (p.video_muted) flags.append(el('span', { class: 'badge warn-badge', text: 'camera off' }));
   return el('li', { 'data-id': p.id, 'data-identity': p.identity },
     el('div', { class: 'who' }, el('strong', { text: p.display_name }),
@@ -427,7 +429,7 @@ function personItem(room, p) {
         key: `${p.id}:kick`, cls: 'danger', label: `Remove ${p.display_name} from the room`,
         onClick: async () => {
           const ok = await confirmDialog(`Remove ${p.display_name}?`,
-            `${p.display_name} leaves ${room} at once and is told that a moderator removed them.`, 'Remove');
+            `${p.display_name} leaves ${room} at once, is told that a moderator removed them, and cannot rejoin for a while (5 minutes unless the server sets another time).`, 'Remove');
           if (!ok) return;
           const r = await attempt(() => api('DELETE', path));
           if (r !== undefined) {

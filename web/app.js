@@ -32,6 +32,8 @@ const pathRoom = (() => {
 })();
 const room = claims?.room || pathRoom || params.get('room') || null;
 const canPublish = claims ? claims.can_publish !== false : true;
+/** Moderators (`is_admin` tokens) get mute and remove buttons beside the others. */
+const isModerator = Boolean(claims?.is_admin);
 
 const mcu = (window.mcu = {
   state: 'starting',
@@ -368,15 +370,19 @@ function updateControls() {
   const server = serverMuted();
   const micMuted = wantAudioMuted() || server.audio;
   const camMuted = !media.cam || media.camOff || (server.video && !media.screen);
-  mic.disabled = !media.mic;
-  cam.disabled = !media.cam;
+  const me = mcu.participants.get(mcu.me);
+  const locked = { audio: Boolean(me?.audio_locked), video: Boolean(me?.video_locked) };
+  mic.disabled = !media.mic || locked.audio;
+  cam.disabled = !media.cam || locked.video;
   // Toggle buttons keep one name and say their state with aria-pressed; the tooltip says what a
   // press does.
   mic.setAttribute('aria-pressed', String(micMuted));
-  mic.title = !media.mic ? 'No microphone' : micMuted ? 'Unmute microphone' : 'Mute microphone';
+  mic.title = !media.mic ? 'No microphone' : locked.audio ? 'A moderator muted you; you can unmute once they allow it'
+    : micMuted ? 'Unmute microphone' : 'Mute microphone';
   setIcon(mic, micMuted ? 'mic-off' : 'mic');
   cam.setAttribute('aria-pressed', String(camMuted));
-  cam.title = !media.cam ? 'No camera' : camMuted ? 'Start camera' : 'Stop camera';
+  cam.title = !media.cam ? 'No camera' : locked.video ? 'A moderator turned your camera off; you can start it once they allow it'
+    : camMuted ? 'Start camera' : 'Stop camera';
   setIcon(cam, camMuted ? 'cam-off' : 'cam');
   share.hidden = !canPublish || !navigator.mediaDevices?.getDisplayMedia;
   share.setAttribute('aria-pressed', String(Boolean(media.screen)));
@@ -451,6 +457,7 @@ async function stopShare() {
  * again.
  */
 const moderated = { audio: false, video: false };
+let lockedBefore = false;
 function reconcile() {
   clearTimeout(reconcileTimer);
   updateControls();
@@ -462,7 +469,12 @@ function reconcile() {
     return;
   }
   const byModerator = { audio: me.audio_muted && !wantAudioMuted(), video: me.video_muted && !wantVideoMuted() };
-  if (byModerator.audio && !moderated.audio) status('A moderator muted your microphone. Unmute it when you want to speak.');
+  if (byModerator.audio && !moderated.audio) {
+    status(me.audio_locked ? 'A moderator muted your microphone; you can unmute once they allow it.'
+      : 'A moderator muted your microphone. Unmute it when you want to speak.');
+  }
+  if (moderated.audio && me.audio_muted && !me.audio_locked && lockedBefore) status('A moderator allows you to speak again: unmute when you want.');
+  lockedBefore = Boolean(me.audio_locked);
   if (byModerator.video && !moderated.video) status('A moderator turned your camera off. Start it again when you want to be seen.');
   if (moderated.audio && !me.audio_muted) status('A moderator unmuted your microphone: the others hear you again.');
   moderated.audio = byModerator.audio;
@@ -496,11 +508,39 @@ function renderParticipants() {
     if (p.screen_sharing) flags.append(icon('screen', 'sharing the screen'));
     if (p.audio_muted) flags.append(icon('mic-off', 'microphone muted'));
     if (p.video_muted) flags.append(icon('cam-off', 'camera off'));
+    if (p.audio_locked) flags.append(icon('lock', 'muted by a moderator'));
     li.append(avatar, el('span', { class: 'who' }, el('span', { class: 'pname', text: p.display_name }),
       you ? el('span', { class: 'you', text: ' (you)' }) : null), flags);
+    if (isModerator && !you) li.append(moderatorControls(p));
     ul.append(li);
   }
   $('people-count').textContent = String(mcu.participants.size);
+}
+
+/** A moderator's buttons for one participant: mute (locked) or let speak again, and remove. */
+function moderatorControls(p) {
+  const box = el('span', { class: 'mod' });
+  const mute = el('button', {
+    type: 'button',
+    class: 'mod-btn',
+    'data-action': p.audio_locked ? 'allow' : 'mute',
+    text: p.audio_locked ? 'Allow to speak' : 'Mute',
+    title: p.audio_locked ? `Let ${p.display_name} unmute again` : `Mute ${p.display_name} until you allow them to speak`,
+  });
+  mute.addEventListener('click', () => {
+    const msg = p.audio_locked ? { audio: false } : { audio: true, lock: true };
+    conn?.send({ type: 'mute_participant', participant_id: p.id, ...msg });
+  });
+  const remove = el('button', {
+    type: 'button',
+    class: 'mod-btn danger',
+    'data-action': 'remove',
+    text: 'Remove',
+    title: `Remove ${p.display_name} from the room (they cannot rejoin for a while)`,
+  });
+  remove.addEventListener('click', () => conn?.send({ type: 'kick_participant', participant_id: p.id }));
+  box.append(mute, remove);
+  return box;
 }
 
 function setRecording(id) {
@@ -666,6 +706,8 @@ const ENDED = {
   room_deleted: ['This room was closed', 'The organiser deleted the room, so the call ended.', false],
   token_expired: ['Your invite has expired', 'Your invite link is no longer valid. Ask the organiser for a new one.', false],
   room_full: ['This room is full', 'Every place in this room is taken. Try again in a moment.', true],
+  banned: ['You cannot rejoin yet', 'A moderator removed you from this room.', false],
+  room_not_found: ['This room no longer exists', 'The room this invite was made for was deleted. Ask the organiser for a new invite.', false],
   unauthorized: ['This invite link is not valid', 'The server did not accept this invite link: it may be incomplete (copy the whole link) or made for another server.', false],
   no_invite: ['You need an invite link', 'This room needs an invite link. Ask the organiser for one.', false],
   left: ['You left the call', 'You can rejoin whenever you like.', true],
@@ -681,7 +723,8 @@ function endCall(reason, detail = {}) {
   stopStream(media.stream);
   banner(null);
   $('ended-title').textContent = title;
-  $('ended-text').textContent = reason === 'unauthorized' && detail.message ? `${text} (${detail.message})` : text;
+  const explained = (reason === 'unauthorized' || reason === 'banned') && detail.message;
+  $('ended-text').textContent = explained ? `${text} (${detail.message})` : text;
   $('rejoin').hidden = !canRejoin;
   $('rejoin').textContent = reason === 'room_full' ? 'Try again' : 'Rejoin';
   setScreen('ended');

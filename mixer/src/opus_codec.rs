@@ -10,7 +10,7 @@ use crate::{FRAME_SAMPLES, MixerError, SAMPLE_RATE};
 /// Largest Opus packet the encoder may produce for one 20 ms frame.
 const MAX_PACKET: usize = 1500;
 /// Longest packet duration Opus allows (120 ms at 48 kHz).
-const MAX_PACKET_SAMPLES: usize = 5760;
+pub const MAX_PACKET_SAMPLES: usize = 5760;
 /// Loss rate the encoder assumes; libopus only spends bits on in-band FEC
 /// when this is non-zero.
 const EXPECTED_LOSS_PERC: i32 = 5;
@@ -98,43 +98,36 @@ impl OpusDecoder {
         })
     }
 
-    /// Decodes one packet into `out` (one 20 ms frame). Packets of other
-    /// durations are tolerated: longer ones are cut to 20 ms, shorter ones
-    /// padded with silence (WebRTC sends 20 ms; the room's timeline is 20 ms).
-    pub fn decode(
-        &mut self,
-        packet: &[u8],
-        out: &mut [i16; FRAME_SAMPLES],
-    ) -> Result<(), MixerError> {
+    /// Decodes one packet into `out` and returns how many samples the packet held (its
+    /// duration). Samples past `out`'s length are cut, a shorter packet leaves the rest of `out`
+    /// zero: give `out` room for [`MAX_PACKET_SAMPLES`] to keep every sample.
+    pub fn decode(&mut self, packet: &[u8], out: &mut [i16]) -> Result<usize, MixerError> {
         if packet.is_empty() {
             // libopus treats an empty packet as loss; callers mean data here.
             return Err(MixerError::InvalidFrame("empty opus packet".into()));
         }
         let n = self.inner.decode(packet, &mut self.scratch[..], false)?;
-        let n = n.min(FRAME_SAMPLES);
-        out[..n].copy_from_slice(&self.scratch[..n]);
-        out[n..].fill(0);
-        Ok(())
+        let kept = n.min(out.len());
+        out[..kept].copy_from_slice(&self.scratch[..kept]);
+        out[kept..].fill(0);
+        Ok(n)
     }
 
     /// Recovers the frame *before* `next_packet` from its in-band FEC data
-    /// (falls back to PLC inside libopus when the packet carries none).
-    pub fn decode_fec(
-        &mut self,
-        next_packet: &[u8],
-        out: &mut [i16; FRAME_SAMPLES],
-    ) -> Result<(), MixerError> {
+    /// (falls back to PLC inside libopus when the packet carries none). `out`'s length is the
+    /// missing duration (a multiple of 2.5 ms).
+    pub fn decode_fec(&mut self, next_packet: &[u8], out: &mut [i16]) -> Result<(), MixerError> {
         if next_packet.is_empty() {
             return self.conceal(out);
         }
         // For FEC the output length must be exactly the missing duration.
-        self.inner.decode(next_packet, &mut out[..], true)?;
+        self.inner.decode(next_packet, out, true)?;
         Ok(())
     }
 
-    /// Packet loss concealment for one missing frame.
-    pub fn conceal(&mut self, out: &mut [i16; FRAME_SAMPLES]) -> Result<(), MixerError> {
-        self.inner.decode(&[], &mut out[..], false)?;
+    /// Packet loss concealment for one missing packet of `out.len()` samples.
+    pub fn conceal(&mut self, out: &mut [i16]) -> Result<(), MixerError> {
+        self.inner.decode(&[], out, false)?;
         Ok(())
     }
 }

@@ -30,10 +30,11 @@ use crate::activity::{SpeakerDetector, VoiceActivity};
 use crate::compositor::{Compositor, Tile, TileContent};
 use crate::image::I420Frame;
 use crate::image::I420View;
-use crate::jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
+use crate::jitter::{JitterStats, PushOutcome};
 use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, layout};
 use crate::mix::AudioMixer;
-use crate::opus_codec::{OpusDecoder, OpusEncoder};
+use crate::opus_codec::OpusEncoder;
+use crate::playout::{AudioInput, Tick};
 use crate::scale::Scaler;
 use crate::tier::{ProbeState, TierShape, next_tier, tier_shape};
 use crate::vp8_decoder::{Vp8Decoder, is_vp8_keyframe};
@@ -121,19 +122,13 @@ pub struct MediaStats {
 }
 
 #[derive(Debug)]
-struct AudioIn {
-    jitter: JitterBuffer,
-    decoder: OpusDecoder,
-}
-
-#[derive(Debug)]
 struct Participant {
     key: ParticipantKey,
     publishes: bool,
     audio_muted: bool,
     video_muted: bool,
     /// Publishers only.
-    audio_in: Option<AudioIn>,
+    audio_in: Option<AudioInput>,
     /// This tick's decoded frame (zero when nothing played).
     pcm: Box<[i16; FRAME_SAMPLES]>,
     /// This tick's frame is in the mix.
@@ -356,12 +351,9 @@ impl MediaRoom {
         self.participants.get_mut(i)
     }
 
-    fn new_audio_in(&self) -> Option<AudioIn> {
-        match OpusDecoder::new() {
-            Ok(decoder) => Some(AudioIn {
-                jitter: JitterBuffer::new(self.cfg.jitter_target_frames),
-                decoder,
-            }),
+    fn new_audio_in(&self) -> Option<AudioInput> {
+        match AudioInput::new(self.cfg.jitter_target_frames) {
+            Ok(input) => Some(input),
             Err(e) => {
                 tracing::error!(error = %e, "opus decoder");
                 None
@@ -421,15 +413,15 @@ impl MediaRoom {
         self.update_visibility();
     }
 
-    /// One received Opus RTP payload (untrusted). `seq` orders playout; `ts`
-    /// is not needed (20 ms packets are assumed) and ignored.
+    /// One received Opus RTP payload (untrusted), of 10 to 120 ms. `seq` orders playout; `ts`
+    /// is not needed (each packet's duration is read from it) and ignored.
     pub fn push_audio(&mut self, key: ParticipantKey, seq: u16, _ts: u32, payload: &[u8]) {
         let Some(p) = self.get_mut(key) else {
             return;
         };
         if let Some(a) = &mut p.audio_in {
             // Duplicates, late and malformed packets are counted in the buffer's stats.
-            let _: PushOutcome = a.jitter.push(seq, payload);
+            let _: PushOutcome = a.push(seq, payload);
         }
     }
 
@@ -682,7 +674,7 @@ impl MediaRoom {
         s.active_speaker = self.speaker.active();
         let mut j = JitterStats::default();
         for a in self.participants.iter().filter_map(|p| p.audio_in.as_ref()) {
-            let t = a.jitter.stats();
+            let t = a.stats();
             j.accepted += t.accepted;
             j.duplicate += t.duplicate;
             j.late += t.late;
@@ -1000,31 +992,13 @@ fn pull_audio(p: &mut Participant, decode_errors: &mut u64) -> bool {
     };
     if p.audio_muted {
         // Keep draining so that unmuting resumes at the live edge.
-        let _ = a.jitter.pop();
+        a.skip();
         p.pcm.fill(0);
         return p.activity.reset();
     }
-    let decoded = match a.jitter.pop() {
-        Playout::Packet(pkt) => Some(a.decoder.decode(pkt, &mut p.pcm)),
-        Playout::Fec(next) => Some(a.decoder.decode_fec(next, &mut p.pcm)),
-        Playout::Plc => Some(a.decoder.conceal(&mut p.pcm)),
-        Playout::Silence => None,
-    };
-    let flipped = match decoded {
-        None => {
-            p.pcm.fill(0);
-            p.activity.update_silent()
-        }
-        Some(result) => {
-            if result.is_err() {
-                // A corrupt packet is treated like a lost one.
-                *decode_errors += 1;
-                if a.decoder.conceal(&mut p.pcm).is_err() {
-                    p.pcm.fill(0);
-                }
-            }
-            p.activity.update(&p.pcm[..])
-        }
+    let flipped = match a.play(&mut p.pcm, decode_errors) {
+        Tick::Silence => p.activity.update_silent(),
+        Tick::Sound => p.activity.update(&p.pcm[..]),
     };
     p.contributes = p.activity.contributes();
     flipped
@@ -1034,6 +1008,7 @@ fn pull_audio(p: &mut Participant, decode_errors: &mut u64) -> bool {
 mod tests {
     use super::*;
     use crate::image::{I420Frame, Yuv};
+    use crate::opus_codec::OpusDecoder;
 
     fn tone_packets(freq: f32, amp: f32, count: usize) -> Vec<Arc<[u8]>> {
         let mut enc = OpusEncoder::new(32_000, 5).expect("encoder");
@@ -1056,6 +1031,41 @@ mod tests {
         let out = enc.encode(&f, 0).expect("encode").expect("frame");
         assert!(out.keyframe);
         out.data
+    }
+
+    #[test]
+    fn a_participant_who_may_not_publish_is_neither_heard_nor_shown() {
+        let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
+        room.add_participant(1, true);
+        room.add_participant(2, false); // a viewer's token: can_publish = false
+        room.add_participant(3, true);
+        let loud = tone_packets(700.0, 8000.0, 60);
+        let kf = keyframe(320, 180);
+        let mut heard_by_3 = Vec::new();
+        for t in 0..60u16 {
+            // Whatever the viewer sends (a hostile client ignoring its answer) goes nowhere.
+            room.push_audio(2, t, u32::from(t) * 960, &loud[t as usize]);
+            room.push_video(2, u32::from(t) * 3000, &kf, true);
+            let out = room.tick();
+            if let Some(a) = out.audio.iter().find(|a| a.0 == 3) {
+                heard_by_3.push(a.1.clone());
+            }
+        }
+        let s = room.stats();
+        assert_eq!((s.audio_decoders, s.video_decoders), (2, 0), "{s:?}");
+        assert_eq!(s.jitter.accepted, 0, "nothing of the viewer was buffered");
+        // Participant 3 hears silence: the 700 Hz tone never reached the mix.
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut peak = 0i32;
+        for p in &heard_by_3[5..] {
+            dec.decode(p, &mut pcm).unwrap();
+            peak = peak.max(pcm.iter().map(|x| i32::from(*x).abs()).max().unwrap_or(0));
+        }
+        assert!(
+            peak < 200,
+            "the viewer's tone leaked into the mix: peak {peak}"
+        );
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn yes() -> bool {
 
 /// The claims of a join token. Field names are part of the public contract (services holding
 /// the secret mint their own tokens): `room`, `sub` (identity), `name` (display name), `iat`,
-/// `exp`, `can_publish`, `can_subscribe`, `is_admin`. Permissions default to publish + subscribe,
+/// `exp`, `can_publish`, `can_subscribe`, `is_admin`, `room_id`. Permissions default to publish + subscribe,
 /// no admin, when a third-party token leaves them out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinClaims {
@@ -113,6 +113,11 @@ pub struct JoinClaims {
     /// May moderate the room (kick, mute others).
     #[serde(default)]
     pub is_admin: bool,
+    /// The id of the room the token was minted for (tokens from `POST /rooms/{name}/tokens` carry
+    /// it): such a token admits only to that room, never to a room created again under the same
+    /// name after a delete. Tokens without it admit to whichever room has the name, creating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<uuid::Uuid>,
 }
 
 /// Why a join token is refused.
@@ -250,6 +255,7 @@ mod tests {
             can_publish: true,
             can_subscribe: false,
             is_admin: true,
+            room_id: None,
         }
     }
 

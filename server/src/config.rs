@@ -221,6 +221,9 @@ impl Default for MediaSettings {
     }
 }
 
+/// Longest ban a kick may set (30 days), seconds.
+pub const KICK_BAN_MAX_S: u32 = 30 * 86_400;
+
 /// Defaults and limits for rooms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +236,9 @@ pub struct RoomDefaults {
     pub empty_timeout_s: u32,
     /// Default join-token lifetime, seconds.
     pub token_ttl_s: u32,
+    /// How long a kicked identity is kept out of the room, seconds, when the kick names no
+    /// `ban_s`; 0 = it may rejoin at once.
+    pub kick_ban_s: u32,
 }
 
 impl Default for RoomDefaults {
@@ -242,6 +248,7 @@ impl Default for RoomDefaults {
             max_participants_limit: 1000,
             empty_timeout_s: 300,
             token_ttl_s: 6 * 3600,
+            kick_ban_s: 300,
         }
     }
 }
@@ -429,6 +436,9 @@ impl Config {
         if let Some(v) = get("MCU_TOKEN_TTL_S") {
             self.rooms.token_ttl_s = parse("MCU_TOKEN_TTL_S", &v)?;
         }
+        if let Some(v) = get("MCU_KICK_BAN_S") {
+            self.rooms.kick_ban_s = parse("MCU_KICK_BAN_S", &v)?;
+        }
         if let Some(v) = get("MCU_TURN_URLS") {
             self.turn.urls = v
                 .split(',')
@@ -534,6 +544,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "rooms.token_ttl_s {} out of range 1..=86400",
                 r.token_ttl_s
+            )));
+        }
+        if r.kick_ban_s > KICK_BAN_MAX_S {
+            return Err(ConfigError::Invalid(format!(
+                "rooms.kick_ban_s {} out of range 0..={KICK_BAN_MAX_S}",
+                r.kick_ban_s
             )));
         }
         self.validate_turn()?;
@@ -807,7 +823,7 @@ mod tests {
     #[test]
     fn refuses_out_of_range_media_and_room_settings() {
         type Case = (fn(&mut Config), &'static str);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (|c| c.media.opus_complexity = 11, "opus_complexity"),
             (|c| c.media.opus_bitrate = 1000, "opus_bitrate"),
             (|c| c.rooms.max_participants = 0, "rooms.max_participants"),
@@ -817,6 +833,7 @@ mod tests {
             ),
             (|c| c.rooms.empty_timeout_s = 86_401, "empty_timeout_s"),
             (|c| c.rooms.token_ttl_s = 0, "token_ttl_s"),
+            (|c| c.rooms.kick_ban_s = KICK_BAN_MAX_S + 1, "kick_ban_s"),
             (|c| c.media.video_tiers_kbps = vec![400, 150], "ascending"),
         ];
         for (f, want) in cases {

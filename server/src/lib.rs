@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod moderation;
 pub mod reaper;
 pub mod recording;
 pub mod room;

@@ -63,6 +63,15 @@ pub struct Participant {
     #[serde(default)]
     #[schema(required = true)]
     pub screen_sharing: bool,
+    /// A moderator muted the microphone and locked it: the participant cannot unmute it until a
+    /// moderator unmutes it or lifts the lock.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub audio_locked: bool,
+    /// The same for the camera.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub video_locked: bool,
 }
 
 /// Why the server closed a signaling session.

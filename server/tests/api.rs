@@ -803,6 +803,29 @@ async fn participants(app: &App) {
         .await;
     expect_error(ghost_room, StatusCode::NOT_FOUND, "room_not_found").await;
 
+    // A locked mute through REST, then lifted; a kick's ban is checked before anything happens.
+    let p: Participant = app
+        .post(&path, json!({"audio": true, "lock": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(p.audio_muted && p.audio_locked && !p.video_locked, "{p:?}");
+    let p: Participant = app
+        .post(&path, json!({"lock": false}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(p.audio_muted && !p.audio_locked, "{p:?}");
+    let kick_alice = format!("/api/v1/rooms/meet/participants/{}", alice.id);
+    for bad in ["abc", "-1", "2592001"] {
+        let resp = app.delete(&format!("{kick_alice}?ban_s={bad}")).await;
+        let msg = expect_error(resp, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(msg.contains("ban_s"), "{msg}");
+    }
+    assert!(app.state.rooms.participant("meet", &alice.id).is_some());
+
     // Metrics count the live participant.
     let metrics = app
         .http
@@ -842,6 +865,12 @@ async fn tokens(app: &App) {
     assert!(claims.iat >= before && claims.iat <= chrono::Utc::now().timestamp());
     assert_eq!(t.expires_at.timestamp(), claims.exp);
     assert!(claims.can_publish && claims.can_subscribe && !claims.is_admin);
+    let alpha = app.state.store.get_room("alpha").await.unwrap().unwrap();
+    assert_eq!(
+        claims.room_id,
+        Some(alpha.id),
+        "the token names the room it was minted for"
+    );
     assert_eq!(
         t.ws_url,
         format!("ws{}/api/v1/ws?token={}", &app.base[4..], t.token)

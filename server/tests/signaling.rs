@@ -54,6 +54,7 @@ impl App {
             can_publish: true,
             can_subscribe: true,
             is_admin: false,
+            room_id: None,
         })
     }
 
@@ -93,6 +94,18 @@ async fn expect_type(ws: &mut Ws, ty: &str) -> Value {
         }
     }
     panic!("no '{ty}' message");
+}
+
+/// Reads `participant_updated` messages until one whose participant has `field == value`; returns
+/// that participant.
+async fn expect_update(ws: &mut Ws, field: &str, value: bool) -> Value {
+    for _ in 0..20 {
+        let v = expect_type(ws, "participant_updated").await;
+        if v["participant"][field] == value {
+            return v["participant"].clone();
+        }
+    }
+    panic!("no participant_updated with {field} = {value}");
 }
 
 async fn send(ws: &mut Ws, text: &str) {
@@ -290,6 +303,7 @@ async fn a_token_without_a_name_takes_the_name_chosen_on_the_page() {
         can_publish: true,
         can_subscribe: true,
         is_admin: false,
+        room_id: None,
     };
     let name_of = |token: String, name: &'static str| {
         let addr = app.addr;
@@ -369,4 +383,234 @@ async fn a_page_of_another_origin_cannot_open_the_socket() {
     assert_eq!(next_json(&mut ws).await["type"], "welcome");
     let (_b, welcome) = app.join("o", "b").await;
     assert_eq!(welcome["type"], "welcome");
+}
+
+impl App {
+    /// A token with the given permissions, minted like `POST /rooms/{name}/tokens` does when
+    /// `room_id` is given.
+    fn token_with(
+        &self,
+        room: &str,
+        identity: &str,
+        is_admin: bool,
+        can_publish: bool,
+        room_id: Option<uuid::Uuid>,
+    ) -> String {
+        let now = chrono::Utc::now().timestamp();
+        self.state.tokens.mint(&JoinClaims {
+            room: room.into(),
+            sub: identity.into(),
+            name: Some(identity.into()),
+            iat: now,
+            exp: now + 600,
+            can_publish,
+            can_subscribe: true,
+            is_admin,
+            room_id,
+        })
+    }
+
+    async fn join_with(&self, token: &str) -> (Ws, Value) {
+        let mut ws = self.connect(token).await;
+        let welcome = next_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (ws, welcome)
+    }
+}
+
+#[actix_web::test]
+async fn a_moderator_kicks_and_the_kicked_identity_stays_out() {
+    let app = app().await;
+    let moderator = app.token_with("k", "mod", true, true, None);
+    let (mut m, wm) = app.join_with(&moderator).await;
+    assert_eq!(wm["permissions"]["is_admin"], true);
+    let (mut a, wa) = app.join("k", "alice").await;
+    assert_eq!(wa["permissions"]["is_admin"], false);
+    let (mut b, wb) = app.join("k", "bob").await;
+    let alice = wa["participant_id"].as_str().unwrap();
+    let bob = wb["participant_id"].as_str().unwrap();
+
+    // A participant without is_admin cannot.
+    send(
+        &mut a,
+        &json!({"type": "kick_participant", "participant_id": bob}).to_string(),
+    )
+    .await;
+    let e = expect_type(&mut a, "error").await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    send(
+        &mut a,
+        &json!({"type": "mute_participant", "participant_id": bob, "audio": true}).to_string(),
+    )
+    .await;
+    assert_eq!(expect_type(&mut a, "error").await["code"], "forbidden");
+    assert!(app.state.rooms.participant("k", bob).is_some());
+    assert!(!app.state.rooms.participant("k", bob).unwrap().audio_muted);
+
+    // Bad input from a moderator gets precise errors.
+    send(
+        &mut m,
+        &json!({"type": "kick_participant", "participant_id": "PA_nobody"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        expect_type(&mut m, "error").await["code"],
+        "participant_not_found"
+    );
+    send(
+        &mut m,
+        &json!({"type": "kick_participant", "participant_id": bob, "ban_s": -1}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        expect_type(&mut m, "error").await["code"],
+        "invalid_request"
+    );
+
+    // The moderator removes alice: she is closed as kicked, the others see her leave.
+    send(
+        &mut m,
+        &json!({"type": "kick_participant", "participant_id": alice}).to_string(),
+    )
+    .await;
+    let closed = expect_type(&mut a, "closed").await;
+    assert_eq!(closed["reason"], "kicked");
+    expect_close(&mut a).await;
+    let left = expect_type(&mut b, "participant_left").await;
+    assert_eq!(left["participant_id"], alice);
+
+    // The same token (and a fresh one for the same identity) cannot come back for a while.
+    for _ in 0..2 {
+        let mut again = app.connect(&app.token("k", "alice", 600)).await;
+        let e = next_json(&mut again).await;
+        assert_eq!(e["code"], "banned", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("may rejoin after"),
+            "{e}"
+        );
+        assert_eq!(expect_close(&mut again).await, Some(CloseCode::from(4403)));
+    }
+    // Others may still join.
+    let (_c, _) = app.join("k", "carol").await;
+
+    // A kick with ban_s 0 only disconnects.
+    send(
+        &mut m,
+        &json!({"type": "kick_participant", "participant_id": bob, "ban_s": 0}).to_string(),
+    )
+    .await;
+    assert_eq!(expect_type(&mut b, "closed").await["reason"], "kicked");
+    let (_b2, _) = app.join("k", "bob").await;
+}
+
+#[actix_web::test]
+async fn a_locked_mute_holds_until_the_moderator_allows() {
+    let app = app().await;
+    let (mut m, _) = app
+        .join_with(&app.token_with("l", "mod", true, true, None))
+        .await;
+    let (mut a, wa) = app.join("l", "alice").await;
+    let alice = wa["participant_id"].as_str().unwrap();
+    expect_type(&mut m, "participant_joined").await;
+
+    // An unlocked mute: alice may undo it (today's behaviour).
+    send(
+        &mut m,
+        &json!({"type": "mute_participant", "participant_id": alice, "audio": true}).to_string(),
+    )
+    .await;
+    let up = expect_update(&mut a, "audio_muted", true).await;
+    assert_eq!(up["audio_locked"], false);
+    send(&mut a, r#"{"type":"mute","audio":false}"#).await;
+    expect_update(&mut m, "audio_muted", false).await;
+
+    // A locked mute: alice's unmute is refused and she stays out of the mix.
+    send(
+        &mut m,
+        &json!({"type": "mute_participant", "participant_id": alice, "audio": true, "lock": true})
+            .to_string(),
+    )
+    .await;
+    expect_update(&mut a, "audio_locked", true).await;
+    send(&mut a, r#"{"type":"mute","audio":false,"video":true}"#).await;
+    let e = expect_type(&mut a, "error").await;
+    assert_eq!(e["code"], "mute_locked", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("audio"), "{e}");
+    let p = app.state.rooms.participant("l", alice).unwrap();
+    assert!(p.audio_muted && p.audio_locked, "{p:?}");
+    assert!(p.video_muted, "the unlocked part of the message applies");
+    // Muting again without `lock` keeps the lock.
+    send(
+        &mut m,
+        &json!({"type": "mute_participant", "participant_id": alice, "audio": true}).to_string(),
+    )
+    .await;
+    assert_alive(&mut m, "after re-mute").await;
+    assert!(
+        app.state
+            .rooms
+            .participant("l", alice)
+            .unwrap()
+            .audio_locked
+    );
+
+    // The moderator lifts the lock: still muted, and now alice may unmute herself.
+    send(
+        &mut m,
+        &json!({"type": "mute_participant", "participant_id": alice, "lock": false}).to_string(),
+    )
+    .await;
+    let up = expect_update(&mut a, "audio_locked", false).await;
+    assert_eq!(up["audio_muted"], true);
+    send(&mut a, r#"{"type":"mute","audio":false}"#).await;
+    assert_alive(&mut a, "after unmute").await;
+    assert!(!app.state.rooms.participant("l", alice).unwrap().audio_muted);
+}
+
+#[actix_web::test]
+async fn a_token_for_a_deleted_room_does_not_bring_it_back() {
+    let app = app().await;
+    let store = &app.state.store;
+    let room = store
+        .ensure_room("gone", &app.state.config.rooms)
+        .await
+        .unwrap();
+    let old = app.token_with("gone", "alice", false, true, Some(room.id));
+    let (ws, _) = app.join_with(&old).await; // admits while the room exists
+    drop(ws);
+    assert!(store.delete_room("gone").await.unwrap());
+    let mut refused = app.connect(&old).await;
+    let e = next_json(&mut refused).await;
+    assert_eq!(e["code"], "room_not_found", "{e}");
+    assert_eq!(
+        expect_close(&mut refused).await,
+        Some(CloseCode::from(4404))
+    );
+    assert!(
+        store.get_room("gone").await.unwrap().is_none(),
+        "not created again"
+    );
+    // Created again under the same name: the old token still does not admit.
+    store
+        .ensure_room("gone", &app.state.config.rooms)
+        .await
+        .unwrap();
+    let mut refused = app.connect(&old).await;
+    assert_eq!(next_json(&mut refused).await["code"], "room_not_found");
+    // A token without a room id (minted by another service) keeps working by name.
+    let (_ok, _) = app.join("gone", "bob").await;
+}
+
+#[actix_web::test]
+async fn a_participant_who_may_not_publish_cannot_present() {
+    let app = app().await;
+    let (mut v, wv) = app
+        .join_with(&app.token_with("p", "viewer", false, false, None))
+        .await;
+    assert_eq!(wv["permissions"]["can_publish"], false);
+    send(&mut v, r#"{"type":"screen_share","active":true}"#).await;
+    let e = expect_type(&mut v, "error").await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let id = wv["participant_id"].as_str().unwrap();
+    assert!(!app.state.rooms.participant("p", id).unwrap().screen_sharing);
 }

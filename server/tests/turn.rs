@@ -70,6 +70,7 @@ async fn welcome_turn_entry(turn: TurnConfig) -> (Value, String) {
         can_publish: true,
         can_subscribe: true,
         is_admin: false,
+        room_id: None,
     });
     let url = format!("ws://{addr}/api/v1/ws?token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();

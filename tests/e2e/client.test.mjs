@@ -369,6 +369,57 @@ test('when the WebSocket drops, the page says it is reconnecting, rejoins, and t
   assert.equal(await p.locator('#chat-log li').count(), 2);
 });
 
+test('a moderator in the call mutes Bob (locked), allows him again, and removes a guest who then cannot rejoin', async () => {
+  const mint = async (body) => (await server.api('POST', '/rooms/standup/tokens', body)).body.token;
+  const modToken = await mint({ identity: 'moderator', display_name: 'Moderator', is_admin: true });
+  const mod = pages.moderator = await open(bA, 'moderator');
+  await mod.page.goto(`${server.url}/r/standup?autojoin=1&raw_audio=1&token=${modToken}`);
+  await waitForMedia(mod.page);
+  // Only a moderator's page has the buttons.
+  const bobRow = mod.page.locator('#participants li', { hasText: 'Bob' });
+  await bobRow.locator('button[data-action="mute"]').waitFor();
+  assert.equal(await alice.page.locator('#participants button[data-action="mute"]').count(), 0);
+
+  const [before] = await toneLevels(alice.page, [BOB.freq]);
+  assert.ok(before > -70, `Alice hears Bob: ${before.toFixed(1)} dB`);
+  await bobRow.locator('button[data-action="mute"]').click();
+  const bobMic = bob.page.locator('#mute-audio');
+  await until(async () => bobMic.isDisabled(), "Bob's microphone button locked");
+  assert.match(await bobMic.getAttribute('title'), /moderator muted you/);
+  await sleep(800);
+  const [muted] = await toneLevels(alice.page, [BOB.freq]);
+  assert.ok(before - muted > 30, `Bob's tone is gone from Alice's mix: ${before.toFixed(1)} -> ${muted.toFixed(1)} dB`);
+  const locked = (await participants()).find((x) => x.display_name === 'Bob');
+  assert.equal(locked.audio_muted && locked.audio_locked, true, JSON.stringify(locked));
+  // Bob's own unmute cannot undo it (the page would not let him; the server would refuse too).
+  await bob.page.evaluate(() => window.mcu.ws?.send(JSON.stringify({ type: 'mute', audio: false })));
+  await sleep(500);
+  assert.equal((await participants()).find((x) => x.display_name === 'Bob').audio_muted, true);
+
+  await bobRow.locator('button[data-action="allow"]').click();
+  await until(async () => bobMic.isEnabled(), "Bob's microphone button free again");
+  await sleep(800);
+  const [back] = await toneLevels(alice.page, [BOB.freq]);
+  assert.ok(back > -70, `Bob is heard again: ${back.toFixed(1)} dB`);
+
+  // A guest with an invite for a fixed identity is removed, and the same invite is refused.
+  const guestUrl = `${server.url}/r/standup?autojoin=1&raw_audio=1&token=${await mint({ identity: 'carol', display_name: 'Carol' })}`;
+  const guest = pages.guest = await open(bB, 'guest');
+  await guest.page.goto(guestUrl);
+  await waitForMedia(guest.page);
+  await mod.page.locator('#participants li', { hasText: 'Carol' }).locator('button[data-action="remove"]').click();
+  await guest.page.waitForFunction(() => window.mcu.state === 'ended', null, { timeout: 5000 });
+  assert.equal(await guest.page.getByRole('heading', { level: 1 }).innerText(), 'You were removed from the call');
+  await guest.page.goto(guestUrl);
+  await guest.page.waitForFunction(() => window.mcu.state === 'ended', null, { timeout: 10000 });
+  assert.equal(await guest.page.getByRole('heading', { level: 1 }).innerText(), 'You cannot rejoin yet');
+  assert.match(await guest.page.locator('#ended-text').innerText(), /may rejoin after \d{4}-\d\d-\d\dT/);
+  assert.equal(await guest.page.locator('#rejoin').isHidden(), true);
+  assert.ok(!(await participants()).some((x) => x.display_name === 'Carol'));
+  await guest.context.close();
+  await mod.context.close();
+});
+
 test('a kick from the admin console ends the call with a message, and it stays ended', async () => {
   const a = admin.page;
   await a.goto(`${server.url}/admin#/rooms/standup`);

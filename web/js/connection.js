@@ -26,7 +26,7 @@ export const ICE_RESTART_TIMEOUT_MS = 8000;
 export const ICE_RESTARTS = 2;
 
 /** Server close codes of refusals (docs/server.md). */
-const REFUSED = { 4001: 'unauthorized', 4009: 'room_full', 4503: 'unavailable' };
+const REFUSED = { 4001: 'unauthorized', 4009: 'room_full', 4403: 'banned', 4404: 'room_not_found', 4503: 'unavailable' };
 
 export class Connection extends EventTarget {
   /**
@@ -183,7 +183,9 @@ export class Connection extends EventTarget {
     if (refused === 'unauthorized') {
       return session.error?.code === 'token_expired' ? this.expired() : this.end('unauthorized', { message: session.error?.message });
     }
-    if (refused === 'room_full') return this.end('room_full', { message: session.error?.message });
+    if (refused === 'room_full' || refused === 'banned' || refused === 'room_not_found') {
+      return this.end(refused, { message: session.error?.message });
+    }
     if (refused === 'unavailable') return this.retry('unavailable');
     return this.retry(this.everWelcomed ? 'lost' : 'unreachable');
   }

@@ -245,6 +245,20 @@ pub struct MuteRequest {
     pub audio: Option<bool>,
     /// Mute (true) or unmute (false) the camera.
     pub video: Option<bool>,
+    /// true: the kinds muted here stay muted until a moderator unmutes them or lifts the lock
+    /// (the participant's own `mute` cannot undo it); false: lifts the lock of the kinds given
+    /// (of both when none is given), the mute stays; absent: a lock in place stays.
+    pub lock: Option<bool>,
+}
+
+/// `?ban_s` of `DELETE /rooms/{name}/participants/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KickQuery {
+    /// Seconds the kicked identity may not rejoin the room, 0..=2592000; default
+    /// `rooms.kick_ban_s` (300). 0 lets it rejoin at once.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 2592000)]
+    pub ban_s: Option<String>,
 }
 
 // ----- validation -----------------------------------------------------------------------------
@@ -599,6 +613,7 @@ pub async fn create_token(
         can_publish: b.can_publish.unwrap_or(true),
         can_subscribe: b.can_subscribe.unwrap_or(true),
         is_admin: b.is_admin.unwrap_or(false),
+        room_id: Some(room.id),
     };
     let token = state.tokens.mint(&claims);
     let ws_url = format!(
@@ -649,9 +664,11 @@ pub async fn list_participants(
     params(
         ("name" = String, Path, description = "Room name"),
         ("id" = String, Path, description = "Participant id"),
+        KickQuery,
     ),
     responses(
-        (status = 204, description = "Kicked"),
+        (status = 204, description = "Kicked; the identity is kept out for `ban_s`"),
+        (status = 400, description = "`invalid_request`: `ban_s` out of range", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
         (status = 404, description = "`room_not_found` or `participant_not_found`", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
@@ -663,13 +680,18 @@ pub async fn kick_participant(
     _admin: AdminAuth,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
+    query: web::Query<KickQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, id) = path.into_inner();
-    existing_room(&state, &name).await?;
-    if !state.rooms.kick(&name, &id) {
-        return Err(ApiError::ParticipantNotFound(id));
-    }
-    tracing::info!(room = %name, participant = %id, "participant kicked by admin");
+    let ban = match query.ban_s.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<i64>().map_err(|_| {
+            ApiError::InvalidRequest(format!("ban_s must be an integer, got '{s}'"))
+        })?),
+    };
+    let ban_s = crate::moderation::ban_seconds(&state, ban)?;
+    let room = existing_room(&state, &name).await?;
+    crate::moderation::kick(&state, &room, &id, ban_s, "api").await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -701,11 +723,7 @@ pub async fn mute_participant(
     let (name, id) = path.into_inner();
     let b = body.0;
     existing_room(&state, &name).await?;
-    let p = state
-        .rooms
-        .set_muted(&name, &id, b.audio, b.video)
-        .ok_or_else(|| ApiError::ParticipantNotFound(id.clone()))?;
-    tracing::info!(room = %name, participant = %id, audio = ?b.audio, video = ?b.video, "participant muted by admin");
+    let p = crate::moderation::mute(&state, &name, &id, b.audio, b.video, b.lock, "api")?;
     Ok(HttpResponse::Ok().json(p))
 }
 

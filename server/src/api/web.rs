@@ -71,6 +71,7 @@ pub async fn dev_token(
         can_publish: true,
         can_subscribe: true,
         is_admin: false,
+        room_id: None,
     };
     Ok(HttpResponse::Ok().json(DevToken {
         token: state.tokens.mint(&claims),

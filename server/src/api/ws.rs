@@ -162,12 +162,30 @@ async fn pump(
             .await;
         }
     };
-    let room = match state
-        .store
-        .ensure_room(&claims.room, &state.config.rooms)
-        .await
-    {
-        Ok(r) => r,
+    // A token minted for one room (it names the room's id) admits to that room only: once the
+    // room is deleted, it must not bring it back.
+    let found = match claims.room_id {
+        Some(_) => state.store.get_room(&claims.room).await,
+        None => state
+            .store
+            .ensure_room(&claims.room, &state.config.rooms)
+            .await
+            .map(Some),
+    };
+    let room = match found {
+        Ok(Some(r)) if claims.room_id.is_none_or(|id| id == r.id) => r,
+        Ok(_) => {
+            return refuse(
+                session,
+                "room_not_found",
+                format!(
+                    "room '{}' was deleted; this token was for it (ask for a new one)",
+                    claims.room
+                ),
+                4404,
+            )
+            .await;
+        }
         Err(e) => {
             tracing::warn!(error = %e, room = claims.room, "cannot load room for join");
             return refuse(
@@ -179,6 +197,32 @@ async fn pump(
             .await;
         }
     };
+    match state.store.banned_until(room.id, &claims.sub).await {
+        Ok(None) => {}
+        Ok(Some(until)) => {
+            let until = until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return refuse(
+                session,
+                "banned",
+                format!(
+                    "you were removed from room '{}' and may rejoin after {until}",
+                    room.name
+                ),
+                4403,
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, room = room.name, "cannot read bans for join");
+            return refuse(
+                session,
+                "unavailable",
+                "the room store is unavailable".into(),
+                4503,
+            )
+            .await;
+        }
+    }
     let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
     let display = display_name(&claims, chosen_name.as_deref());
     let joined = state.rooms.join(
@@ -213,6 +257,11 @@ async fn pump(
         "ice_servers": crate::turn::ice_servers_for(&state.config, &me.id, std::time::SystemTime::now()),
         "participants": others,
         "recording_id": state.recordings.active_in(&room.name),
+        "permissions": {
+            "can_publish": claims.can_publish,
+            "can_subscribe": claims.can_subscribe,
+            "is_admin": claims.is_admin,
+        },
     });
     if session.text(welcome.to_string()).await.is_err() {
         return; // gone already; dropping the handle leaves the room
@@ -226,6 +275,7 @@ async fn pump(
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
     let core = Core {
         state: state.clone(),
+        room,
         claims,
         handle,
         out: out_tx,
@@ -329,6 +379,18 @@ enum ClientMsg {
         active: bool,
     },
     Leave,
+    /// Moderators only (`is_admin` tokens).
+    KickParticipant {
+        participant_id: String,
+        ban_s: Option<i64>,
+    },
+    /// Moderators only (`is_admin` tokens).
+    MuteParticipant {
+        participant_id: String,
+        audio: Option<bool>,
+        video: Option<bool>,
+        lock: Option<bool>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -342,13 +404,15 @@ struct CandidateJson {
     username_fragment: Option<String>,
 }
 
-const KNOWN_TYPES: [&str; 6] = [
+const KNOWN_TYPES: [&str; 8] = [
     "offer",
     "candidate",
     "mute",
     "chat",
     "screen_share",
     "leave",
+    "kick_participant",
+    "mute_participant",
 ];
 
 /// Parses a client frame, or returns the `error` message to send back.
@@ -373,6 +437,7 @@ fn parse_client(text: &str) -> Result<ClientMsg, String> {
 
 struct Core {
     state: web::Data<AppState>,
+    room: crate::store::RoomRecord,
     claims: JoinClaims,
     handle: ParticipantHandle,
     out: mpsc::Sender<Out>,
@@ -520,10 +585,19 @@ impl Core {
             ClientMsg::Mute { audio, video } => {
                 if audio.is_none() && video.is_none() {
                     self.error("invalid_message", "mute needs 'audio' and/or 'video'");
-                } else {
+                } else if let Err(locked) =
                     self.state
                         .rooms
-                        .set_muted(&self.handle.room, &self.handle.id, audio, video);
+                        .self_mute(&self.handle.room, &self.handle.id, audio, video)
+                {
+                    self.error(
+                        "mute_locked",
+                        format!(
+                            "a moderator muted your {} and locked it; it stays muted until \
+                             they allow it",
+                            locked.join(" and ")
+                        ),
+                    );
                 }
             }
             ClientMsg::Chat { text } => {
@@ -548,9 +622,58 @@ impl Core {
                 }
             }
             ClientMsg::ScreenShare { active } => {
-                self.state
-                    .rooms
-                    .set_screen_sharing(&self.handle.room, &self.handle.id, active);
+                if active && !self.claims.can_publish {
+                    self.error(
+                        "forbidden",
+                        "this token may not publish, so not present a screen",
+                    );
+                } else {
+                    self.state
+                        .rooms
+                        .set_screen_sharing(&self.handle.room, &self.handle.id, active);
+                }
+            }
+            ClientMsg::KickParticipant {
+                participant_id,
+                ban_s,
+            } => {
+                if !self.may_moderate() {
+                    return true;
+                }
+                let by = format!("moderator {}", self.handle.id);
+                let done = match crate::moderation::ban_seconds(&self.state, ban_s) {
+                    Ok(ban) => {
+                        crate::moderation::kick(&self.state, &self.room, &participant_id, ban, &by)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    self.error(e.code(), e.to_string());
+                }
+            }
+            ClientMsg::MuteParticipant {
+                participant_id,
+                audio,
+                video,
+                lock,
+            } => {
+                if !self.may_moderate() {
+                    return true;
+                }
+                let by = format!("moderator {}", self.handle.id);
+                let room = &self.handle.room;
+                if let Err(e) = crate::moderation::mute(
+                    &self.state,
+                    room,
+                    &participant_id,
+                    audio,
+                    video,
+                    lock,
+                    &by,
+                ) {
+                    self.error(e.code(), e.to_string());
+                }
             }
             ClientMsg::Leave => {
                 let _ = self
@@ -560,6 +683,17 @@ impl Core {
             }
         }
         true
+    }
+
+    /// Whether this participant may moderate; if not, tells it so.
+    fn may_moderate(&self) -> bool {
+        if !self.claims.is_admin {
+            self.error(
+                "forbidden",
+                "only moderators (is_admin tokens) may mute or remove others",
+            );
+        }
+        self.claims.is_admin
     }
 
     async fn on_offer(&mut self, sdp: String, peer_tx: &mpsc::Sender<PeerEvent>) {
@@ -703,6 +837,7 @@ mod tests {
             can_publish: true,
             can_subscribe: true,
             is_admin: false,
+            room_id: None,
         };
         assert_eq!(display_name(&claims, Some("Mallory")), "Alice");
         claims.name = None;

@@ -376,6 +376,8 @@ impl RoomManager {
             video_muted: false,
             speaking: false,
             screen_sharing: false,
+            audio_locked: false,
+            video_locked: false,
         };
         let others: Vec<Participant> = live.participants.iter().map(|e| e.info.clone()).collect();
         let joined = serde_json::json!({"type": "participant_joined", "participant": info});
@@ -529,22 +531,66 @@ impl RoomManager {
         true
     }
 
-    /// Sets mute flags (None = unchanged), tells everyone, returns the updated participant.
-    pub fn set_muted(
+    /// A moderator's mute (REST or an `is_admin` participant): sets the flags given (None =
+    /// unchanged), tells everyone, returns the updated participant. `lock: Some(true)` locks the
+    /// kinds it mutes (the participant cannot unmute them), `Some(false)` lifts the lock of the
+    /// kinds given (or of both when none is given); absent keeps a lock in place. Unmuting always
+    /// lifts the lock.
+    pub fn moderate_mute(
         &self,
         room: &str,
         id: &str,
         audio: Option<bool>,
         video: Option<bool>,
+        lock: Option<bool>,
     ) -> Option<Participant> {
         self.update_participant(room, id, |p| {
+            let both = audio.is_none() && video.is_none();
+            let apply = |muted: &mut bool, locked: &mut bool, want: Option<bool>| {
+                if let Some(m) = want {
+                    *muted = m;
+                }
+                match lock {
+                    Some(l) if want.is_some() || both => *locked = l && *muted,
+                    _ => *locked &= *muted,
+                }
+            };
+            apply(&mut p.audio_muted, &mut p.audio_locked, audio);
+            apply(&mut p.video_muted, &mut p.video_locked, video);
+        })
+    }
+
+    /// The participant's own mute (None = unchanged). A kind a moderator locked cannot be
+    /// unmuted: it stays muted and is named in the error; the other kind is applied.
+    pub fn self_mute(
+        &self,
+        room: &str,
+        id: &str,
+        audio: Option<bool>,
+        video: Option<bool>,
+    ) -> Result<Option<Participant>, Vec<&'static str>> {
+        let mut refused = Vec::new();
+        let after = self.update_participant(room, id, |p| {
             if let Some(a) = audio {
-                p.audio_muted = a;
+                if !a && p.audio_locked {
+                    refused.push("audio");
+                } else {
+                    p.audio_muted = a;
+                }
             }
             if let Some(v) = video {
-                p.video_muted = v;
+                if !v && p.video_locked {
+                    refused.push("video");
+                } else {
+                    p.video_muted = v;
+                }
             }
-        })
+        });
+        if refused.is_empty() {
+            Ok(after)
+        } else {
+            Err(refused)
+        }
     }
 
     /// Marks a participant as sharing their screen (or not), tells everyone, and makes the latest

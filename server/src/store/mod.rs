@@ -505,6 +505,33 @@ impl Store {
         }
     }
 
+    /// Keeps `identity` out of the room with id `room_id` until `until` (a later kick moves it).
+    pub async fn ban(
+        &self,
+        room_id: Uuid,
+        identity: &str,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (until, now) = (to_micros(until), now_micros());
+        match self {
+            Store::Sqlite(p) => sqlite::ban(p, room_id, identity, until, now).await,
+            Store::Postgres(p) => postgres::ban(p, room_id, identity, until, now).await,
+        }
+    }
+
+    /// Until when `identity` is kept out of the room with id `room_id`, if it is now.
+    pub async fn banned_until(
+        &self,
+        room_id: Uuid,
+        identity: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = now_micros();
+        match self {
+            Store::Sqlite(p) => sqlite::banned_until(p, room_id, identity, now).await,
+            Store::Postgres(p) => postgres::banned_until(p, room_id, identity, now).await,
+        }
+    }
+
     /// Rooms with an empty timeout (`empty_timeout_s > 0`) that has run since their last change
     /// (`updated_at + empty_timeout_s <= now`), for the reaper: only those can be due. A room whose
     /// settings changed recently is looked at once that much time has passed (at most one timeout
@@ -895,10 +922,38 @@ mod tests {
             .unwrap();
     }
 
+    /// A kick's ban holds until it ends, names one identity of one room (by id), and a later
+    /// kick moves it.
+    async fn bans(store: &Store) {
+        let (room, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let soon = Utc::now() + chrono::Duration::seconds(300);
+        assert_eq!(store.banned_until(room, "mallory").await.unwrap(), None);
+        store.ban(room, "mallory", soon).await.unwrap();
+        assert_eq!(
+            store.banned_until(room, "mallory").await.unwrap(),
+            Some(to_micros(soon))
+        );
+        assert_eq!(store.banned_until(room, "alice").await.unwrap(), None);
+        assert_eq!(store.banned_until(other, "mallory").await.unwrap(), None);
+        let later = soon + chrono::Duration::seconds(600);
+        store.ban(room, "mallory", later).await.unwrap();
+        assert_eq!(
+            store.banned_until(room, "mallory").await.unwrap(),
+            Some(to_micros(later))
+        );
+        // An ended ban no longer counts, and is swept when the next one is written.
+        store
+            .ban(room, "eve", Utc::now() - chrono::Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(store.banned_until(room, "eve").await.unwrap(), None);
+    }
+
     #[actix_web::test]
     async fn sqlite_recordings() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         recordings_crud(&store).await;
+        bans(&store).await;
     }
 
     /// The same on a fresh PostgreSQL database (`MCU_TEST_PG_URL`, default the local `test`
@@ -931,6 +986,7 @@ mod tests {
         let run = actix_web::rt::spawn(async move {
             let store = Store::connect(&url).await.unwrap();
             recordings_crud(&store).await;
+            bans(&store).await;
             store.close().await;
         })
         .await;

@@ -166,6 +166,50 @@ pub(super) async fn delete_room(pool: &PgPool, name: &str) -> Result<bool, Store
     Ok(res.rows_affected() == 1)
 }
 
+pub(super) async fn ban(
+    pool: &PgPool,
+    room_id: Uuid,
+    identity: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    // Expired bans (of any room, deleted ones too) go as new ones come: the table stays small.
+    sqlx::query("DELETE FROM bans WHERE until <= $1")
+        .bind(now)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    sqlx::query(
+        "INSERT INTO bans (room_id, identity, until) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id, identity) DO UPDATE SET until = EXCLUDED.until",
+    )
+    .bind(room_id)
+    .bind(identity)
+    .bind(until)
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub(super) async fn banned_until(
+    pool: &PgPool,
+    room_id: Uuid,
+    identity: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let row =
+        sqlx::query("SELECT until FROM bans WHERE room_id = $1 AND identity = $2 AND until > $3")
+            .bind(room_id)
+            .bind(identity)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?;
+    row.map(|r| r.try_get::<DateTime<Utc>, _>("until").map_err(classify))
+        .transpose()
+}
+
 pub(super) async fn rooms_with_empty_timeout(pool: &PgPool) -> Result<Vec<RoomRecord>, StoreError> {
     // Only rooms whose timeout has run since their last change can be due (see sqlite.rs).
     let sql = format!(

@@ -217,6 +217,50 @@ pub(super) async fn delete_room(pool: &SqlitePool, name: &str) -> Result<bool, S
     Ok(res.rows_affected() == 1)
 }
 
+pub(super) async fn ban(
+    pool: &SqlitePool,
+    room_id: Uuid,
+    identity: &str,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    // Expired bans (of any room, deleted ones too) go as new ones come: the table stays small.
+    sqlx::query("DELETE FROM bans WHERE until <= ?")
+        .bind(ts(now))
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    sqlx::query(
+        "INSERT INTO bans (room_id, identity, until) VALUES (?, ?, ?) \
+         ON CONFLICT (room_id, identity) DO UPDATE SET until = excluded.until",
+    )
+    .bind(room_id.to_string())
+    .bind(identity)
+    .bind(ts(until))
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub(super) async fn banned_until(
+    pool: &SqlitePool,
+    room_id: Uuid,
+    identity: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let row =
+        sqlx::query("SELECT until FROM bans WHERE room_id = ? AND identity = ? AND until > ?")
+            .bind(room_id.to_string())
+            .bind(identity)
+            .bind(ts(now))
+            .fetch_optional(pool)
+            .await
+            .map_err(classify)?;
+    row.map(|r| parse_ts(&r.try_get::<String, _>("until").map_err(classify)?, "until"))
+        .transpose()
+}
+
 pub(super) async fn rooms_with_empty_timeout(
     pool: &SqlitePool,
 ) -> Result<Vec<RoomRecord>, StoreError> {
