@@ -4,8 +4,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mixer::{
-    AudioMixer, Compositor, I420Frame, Layout, OpusEncoder, Tile, TileContent, Vp8Encoder,
-    Vp8EncoderConfig, Yuv, layout,
+    AudioMixer, Compositor, I420Frame, I420View, Layout, OpusEncoder, Scaler, Tile, TileContent,
+    Vp8Decoder, Vp8Encoder, Vp8EncoderConfig, Yuv, layout,
 };
 use std::hint::black_box;
 
@@ -131,5 +131,62 @@ fn encoder_reuse(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, mix_minus, tiling, encoder_reuse);
+/// Camera-like content (sensor noise over a moving gradient) at `w`x`h`, frame `n`.
+fn camera_like(w: u32, h: u32, n: u32, seed: &mut u32) -> I420Frame {
+    let mut f = I420Frame::new(w, h, Yuv::from_rgb(0, 0, 0)).expect("frame");
+    let (y, u, v) = f.planes_mut();
+    for row in 0..h {
+        for col in 0..w {
+            *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let noise = *seed >> 28;
+            let base = (col + row + n * 6) % 200;
+            y[(row * w + col) as usize] = (base + noise + 20) as u8;
+        }
+    }
+    u.fill(110);
+    v.fill(140);
+    f
+}
+
+/// What one input frame costs the media thread by its resolution: VP8 decode plus the scale
+/// into a 320x180 tile (a 4K publisher's frame arrives 15-30 times a second; the tick is 20 ms).
+fn input_size(c: &mut Criterion) {
+    let mut g = c.benchmark_group("input_frame_decode_and_scale");
+    g.sample_size(10);
+    for (w, h, kbps) in [
+        (640, 360, 600),
+        (1280, 720, 1500),
+        (1920, 1080, 3000),
+        (3840, 2160, 8000),
+    ] {
+        let mut enc = Vp8Encoder::new(Vp8EncoderConfig::realtime(w, h, 15, kbps)).expect("enc");
+        let mut seed = 7;
+        let frames: Vec<Vec<u8>> = (0..15)
+            .filter_map(|n| {
+                let f = camera_like(w, h, n, &mut seed);
+                enc.encode(&f, i64::from(n) * 66)
+                    .expect("encode")
+                    .map(|e| e.data.to_vec())
+            })
+            .collect();
+        let mut tile = I420Frame::new(320, 180, Yuv::from_rgb(0, 0, 0)).expect("tile");
+        let mut scaler = Scaler::new(w, h, 320, 180).expect("scaler");
+        g.bench_function(BenchmarkId::from_parameter(format!("{w}x{h}")), |b| {
+            b.iter(|| {
+                // The whole group from the keyframe; the figure is per frame.
+                let mut dec = Vp8Decoder::new().expect("dec");
+                for f in &frames {
+                    if let Some(pic) = dec.decode(f).expect("decode") {
+                        let view = I420View::from_video(pic).expect("view");
+                        scaler.scale(&view, &mut tile).expect("scale");
+                    }
+                }
+                black_box(&tile);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, mix_minus, tiling, encoder_reuse, input_size);
 criterion_main!(benches);

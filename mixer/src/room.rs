@@ -37,7 +37,7 @@ use crate::opus_codec::OpusEncoder;
 use crate::playout::{AudioInput, Tick};
 use crate::scale::Scaler;
 use crate::tier::{ProbeState, TierShape, next_tier, tier_shape};
-use crate::vp8_decoder::{Vp8Decoder, is_vp8_keyframe};
+use crate::vp8_decoder::{Vp8Decoder, input_size_ok, is_vp8_keyframe, vp8_keyframe_size};
 use crate::vpx::{EncodedFrame, Vp8Encoder, Vp8EncoderConfig};
 use crate::{FRAME_SAMPLES, Layout, MediaConfig, MixerError, TICK_MS};
 
@@ -113,6 +113,9 @@ pub struct MediaStats {
     pub video_frames_dropped: u64,
     /// Video frames that failed to decode.
     pub video_decode_errors: u64,
+    /// Video frames refused because their input is over 1080p
+    /// ([`crate::vp8_decoder::MAX_INPUT_PIXELS`]).
+    pub video_frames_oversized: u64,
     /// PLIs requested.
     pub pli_requested: u64,
     /// Keyframes sent (counted once per tier encode).
@@ -139,6 +142,9 @@ struct Participant {
     /// Only while on screen and video unmuted.
     video_decoder: Option<Vp8Decoder>,
     need_keyframe: bool,
+    /// The size of its last keyframe, when that was over the input cap: its frames are
+    /// dropped (without PLI) until a keyframe of an accepted size.
+    oversized: Option<(u32, u32)>,
     pli_pending: bool,
     last_pli_ms: Option<u64>,
     on_screen: bool,
@@ -390,6 +396,7 @@ impl MediaRoom {
             own_idle_ticks: 0,
             video_decoder: None,
             need_keyframe: true,
+            oversized: None,
             pli_pending: false,
             last_pli_ms: None,
             on_screen: false,
@@ -443,6 +450,28 @@ impl MediaRoom {
             p.need_keyframe = true;
             p.pli_pending = true;
             stats.video_frames_dropped += 1;
+            return;
+        }
+        if let Some((w, h)) = vp8_keyframe_size(frame) {
+            let oversized = !input_size_ok(w, h);
+            if oversized && p.oversized.is_none() {
+                tracing::warn!(
+                    key,
+                    width = w,
+                    height = h,
+                    "video input over 1080p refused: \
+                    the tile shows the placeholder until the sender lowers its resolution"
+                );
+            }
+            p.oversized = oversized.then_some((w, h));
+        }
+        if p.oversized.is_some() {
+            // No PLI: another keyframe of the same size would be refused too; an encoder that
+            // changes its resolution sends a keyframe by itself.
+            stats.video_frames_oversized += 1;
+            stats.video_frames_dropped += 1;
+            p.need_keyframe = true;
+            p.pli_pending = false;
             return;
         }
         if p.need_keyframe && !is_vp8_keyframe(frame) {
@@ -1066,6 +1095,33 @@ mod tests {
             peak < 200,
             "the viewer's tone leaked into the mix: peak {peak}"
         );
+    }
+
+    #[test]
+    fn an_input_over_1080p_is_refused_without_a_keyframe_storm() {
+        let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
+        room.add_participant(1, true);
+        room.add_participant(2, true);
+        // A 3840x2160 keyframe header (the cap is checked before any decoding), then inter frames.
+        let uhd = [
+            0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x0f, 0x70, 0x08, 0, 0, 0, 0,
+        ];
+        assert_eq!(vp8_keyframe_size(&uhd), Some((3840, 2160)));
+        let inter = [0x11u8; 64];
+        let _ = room.tick(); // the join's own PLI goes out first
+        room.push_video(1, 0, &uhd, true);
+        let mut plis = 0;
+        for t in 0..100u32 {
+            room.push_video(1, t * 3000, &inter, true);
+            plis += room.tick().pli.iter().filter(|k| **k == 1).count();
+        }
+        let s = room.stats();
+        assert_eq!(plis, 0, "no PLI while the input is oversized");
+        assert_eq!(s.video_frames_decoded, 0);
+        assert_eq!(s.video_frames_oversized, 101, "{s:?}");
+        // The sender lowers its resolution: its next keyframe is decoded at once.
+        room.push_video(1, 400_000, &keyframe(320, 180), true);
+        assert_eq!(room.stats().video_frames_decoded, 1);
     }
 
     #[test]
