@@ -841,7 +841,18 @@ async fn participants(app: &App) {
         "{metrics}"
     );
     assert!(metrics.lines().any(|l| l == "mcu_rooms 1"), "{metrics}");
+    assert_eq!(app.state.rooms.entries(), (1, 0));
     drop(h_a);
+    // The room emptied: its live entry goes (the media thread with it), and only when it
+    // emptied is remembered, for the reaper.
+    assert_eq!(app.state.rooms.entries(), (0, 1));
+    assert!(matches!(
+        app.state.rooms.activity("meet"),
+        server::room::RoomActivity::EmptySince(_)
+    ));
+    let (h_again, _, _) = app.join("meet", "alice");
+    assert_eq!(app.state.rooms.entries(), (1, 0));
+    drop(h_again);
 }
 
 async fn tokens(app: &App) {

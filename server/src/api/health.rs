@@ -70,6 +70,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 /// Renders the process gauges (rooms, participants, uptime) followed by the media counters.
 pub fn render_metrics(state: &AppState, out: &mut String) {
     let (rooms, participants) = state.rooms.counts();
+    let (live_entries, emptied_entries) = state.rooms.entries();
     let uptime = state.started.elapsed().as_secs_f64();
     let gauges = [
         (
@@ -81,6 +82,16 @@ pub fn render_metrics(state: &AppState, out: &mut String) {
             "mcu_participants",
             "Connected participants, all rooms.",
             participants as f64,
+        ),
+        (
+            "mcu_live_room_entries",
+            "Rooms the process holds live state for (someone or a recording in them).",
+            live_entries as f64,
+        ),
+        (
+            "mcu_emptied_room_entries",
+            "Emptied rooms remembered for the empty-timeout reaper (at most a day each).",
+            emptied_entries as f64,
         ),
         (
             "mcu_uptime_seconds",

@@ -149,7 +149,32 @@ impl LiveRoom {
 
 #[derive(Default)]
 struct Inner {
+    /// Rooms with a participant or a recording sink; an entry goes when both are gone.
     rooms: HashMap<String, LiveRoom>,
+    /// When rooms that had someone emptied, for the empty-timeout reaper (entries older than the
+    /// longest timeout are forgotten: such a room is due, or has no timeout).
+    emptied: HashMap<String, Instant>,
+}
+
+/// The longest `empty_timeout_s` (a day): an emptied-at time older than this decides nothing.
+const EMPTIED_MEMORY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+impl Inner {
+    /// Forgets the live entry of `room` once nobody and no recording uses it, remembering when
+    /// it emptied.
+    fn forget_if_unused(&mut self, room: &str) {
+        let Some(live) = self.rooms.get(room) else {
+            return;
+        };
+        if !live.participants.is_empty() || !live.sinks.is_empty() {
+            return;
+        }
+        let since = live.empty_since.unwrap_or_else(Instant::now);
+        self.rooms.remove(room); // drops the media handle: the thread stops
+        self.emptied
+            .retain(|_, t| t.elapsed() < EMPTIED_MEMORY);
+        self.emptied.insert(room.to_string(), since);
+    }
 }
 
 /// Shared handle to every live room of this process. Cheap to clone.
@@ -357,6 +382,7 @@ impl RoomManager {
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(ParticipantHandle, Participant, Vec<Participant>), JoinError> {
         let mut inner = self.inner.lock();
+        inner.emptied.remove(room);
         let live = inner.rooms.entry(room.to_string()).or_default();
         live.max_participants = max_participants;
         live.layout = layout;
@@ -427,9 +453,9 @@ impl RoomManager {
         }
         if live.participants.is_empty() {
             live.empty_since = Some(Instant::now());
-            if live.sinks.is_empty() {
-                live.media = None; // stops the thread: an empty room costs nothing
-            }
+            // No one and no recording: the thread stops and the entry goes (an empty room
+            // costs nothing, and the map holds only rooms in use).
+            inner.forget_if_unused(room);
         }
         tracing::info!(room, participant = id, "participant left");
     }
@@ -444,12 +470,13 @@ impl RoomManager {
         out: std::sync::mpsc::SyncSender<media::SinkPacket>,
     ) -> Result<u64, JoinError> {
         let mut inner = self.inner.lock();
+        let emptied = inner.emptied.remove(room);
         let live = inner.rooms.entry(room.to_string()).or_default();
         if live.media.is_none() {
             live.layout = layout;
             live.media = Some(self.start_media(room, layout)?);
             if live.participants.is_empty() && live.empty_since.is_none() {
-                live.empty_since = Some(Instant::now());
+                live.empty_since = Some(emptied.unwrap_or_else(Instant::now));
             }
         }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
@@ -470,9 +497,7 @@ impl RoomManager {
         if let Some(m) = &live.media {
             m.command(Command::RemoveSink(key));
         }
-        if live.participants.is_empty() && live.sinks.is_empty() {
-            live.media = None;
-        }
+        inner.forget_if_unused(room);
     }
 
     /// The participants of a live room (empty when nobody is connected).
@@ -510,7 +535,10 @@ impl RoomManager {
     pub fn activity(&self, room: &str) -> RoomActivity {
         let inner = self.inner.lock();
         match inner.rooms.get(room) {
-            None => RoomActivity::Unknown,
+            None => inner
+                .emptied
+                .get(room)
+                .map_or(RoomActivity::Unknown, |t| RoomActivity::EmptySince(*t)),
             Some(l) if !l.participants.is_empty() => RoomActivity::Live(l.participants.len()),
             Some(l) => RoomActivity::EmptySince(l.empty_since.unwrap_or_else(Instant::now)),
         }
@@ -666,6 +694,7 @@ impl RoomManager {
     /// Disconnects everyone with `closed: reason` and forgets the live room.
     pub fn close_room(&self, room: &str, reason: CloseReason) {
         let mut inner = self.inner.lock();
+        inner.emptied.remove(room);
         if let Some(live) = inner.rooms.remove(room) {
             tracing::info!(room, ?reason, n = live.participants.len(), "closing room");
             for e in &live.participants {
@@ -694,6 +723,13 @@ impl RoomManager {
                 }
             }
         }
+    }
+
+    /// Entries the manager holds: live rooms (someone or a recording in them), and emptied-at
+    /// times kept for the reaper. Both stay flat under churn (`mcu_live_room_entries`).
+    pub fn entries(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.rooms.len(), inner.emptied.len())
     }
 
     /// Number of live rooms with at least one participant, and of participants.
