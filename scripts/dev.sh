@@ -3,5 +3,5 @@
 # the web page at http://localhost:8080 (MCU_LISTEN overrides the address).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --server
 exec cargo run --release -p server --bin mcu-server -- --dev "$@"

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Installs everything the server and its tests need on a fresh Debian 12 / Ubuntu machine.
 # Idempotent: safe to run again; skips what is already there.
+# `--server` installs only what building and running the server needs (scripts/dev.sh uses it):
+# no browser, no Janus, no coturn, no test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS=(pkg-config cmake clang libclang-dev libvpx-dev libavcodec-dev libavformat-dev libavutil-dev
-      libswscale-dev libswresample-dev ffmpeg mkvtoolnix chromium python3-venv nodejs npm curl
+SERVER_PKGS=(pkg-config cmake clang libclang-dev libvpx-dev libavcodec-dev libavformat-dev
+      libavutil-dev libswscale-dev libswresample-dev)
+if [ "${1:-}" = "--server" ]; then
+  PKGS=("${SERVER_PKGS[@]}")
+else
+  PKGS=("${SERVER_PKGS[@]}" ffmpeg mkvtoolnix chromium python3-venv nodejs npm curl
       janus coturn docker-compose iproute2 iptables conntrack)
+fi
 # iproute2, iptables, conntrack: the shaped-link and one-port tests build network namespaces
 # (the one-port test moves a client's NAT mapping mid-call with `conntrack -F`).
 # coturn: the TURN credential test runs turnserver/turnutils_uclient on loopback (its service
@@ -50,6 +57,8 @@ if ! command -v cargo >/dev/null; then
   echo "setup: Rust is missing; install it with rustup (https://rustup.rs), Rust >= 1.89" >&2
   exit 1
 fi
+
+[ "${1:-}" = "--server" ] && exit 0
 
 # Browser test driver (uses Debian's Chromium; never downloads a browser).
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # PostgreSQL for the API tests: use the one on 127.0.0.1:5432 if it answers, else start it.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
   else
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
@@ -17,7 +17,17 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   fi
   for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
 fi
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  echo "scripts/test.sh: PostgreSQL did not come up on 127.0.0.1:5432; the API and store tests need it" >&2
+  exit 1
+fi
 export MCU_TEST_PG_URL="${MCU_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+# Every test that needs a service (PostgreSQL, coturn, ffmpeg, Janus, a tmpfs) fails when it is
+# missing instead of skipping with a notice, as in CI. A bare `cargo test` still skips them.
+export MCU_TEST_REQUIRE_SERVICES=1
+for tool in turnserver turnutils_uclient ffmpeg ffprobe janus chromium; do
+  command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
+done
 
 export CARGO_TERM_COLOR=never
 cargo build --workspace --all-targets

@@ -171,8 +171,7 @@ impl Inner {
         }
         let since = live.empty_since.unwrap_or_else(Instant::now);
         self.rooms.remove(room); // drops the media handle: the thread stops
-        self.emptied
-            .retain(|_, t| t.elapsed() < EMPTIED_MEMORY);
+        self.emptied.retain(|_, t| t.elapsed() < EMPTIED_MEMORY);
         self.emptied.insert(room.to_string(), since);
     }
 }

@@ -170,9 +170,22 @@ pub async fn admin_connection(url: &str) -> Option<sqlx::PgConnection> {
         Ok(Err(e)) => e.to_string(),
         Err(_) => "timed out".to_string(),
     };
-    if std::env::var_os("CI").is_some() {
-        panic!("PostgreSQL at {url} is unreachable ({err}) and CI is set");
+    if services_required() {
+        panic!(
+            "PostgreSQL at {url} is unreachable ({err}), and scripts/test.sh (or CI) requires \
+             it: start it, or set MCU_TEST_PG_URL"
+        );
     }
     eprintln!("NOTICE: skipping PostgreSQL tests: {url} unreachable ({err}); set MCU_TEST_PG_URL");
     None
+}
+
+/// Whether a test must fail, not skip, when a service it needs is missing: under
+/// `scripts/test.sh` (which sets `MCU_TEST_REQUIRE_SERVICES`) and in CI. A bare `cargo test`
+/// skips such tests with a notice.
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn services_required() -> bool {
+    ["CI", "MCU_TEST_REQUIRE_SERVICES"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
 }
