@@ -36,13 +36,101 @@ fn secrets_equal(a: &str, b: &str) -> bool {
     ha.ct_eq(&hb).into()
 }
 
+/// Failed API-key attempts allowed per client address: a burst of `burst`, then `burst` a minute
+/// (a token bucket per IP). Past it every admin call from that address, right key or not, gets
+/// 429 `rate_limited` with `Retry-After` until the bucket refills, so a key cannot be guessed at
+/// speed. Calls with the right key never use the allowance. Bounded: at most [`LIMITER_IPS`]
+/// addresses are tracked; full buckets are forgotten first.
+#[derive(Debug)]
+pub struct FailedAuthLimiter {
+    burst: f64,
+    per_sec: f64,
+    buckets:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+/// Most client addresses the failed-auth limiter tracks at once.
+pub const LIMITER_IPS: usize = 10_000;
+
+impl FailedAuthLimiter {
+    /// A limiter allowing `burst` failures then `burst` a minute; 0 turns it off.
+    pub fn new(burst: u32) -> Self {
+        Self {
+            burst: f64::from(burst),
+            per_sec: f64::from(burst) / 60.0,
+            buckets: Default::default(),
+        }
+    }
+
+    /// The allowance of `ip` at `now` (refilled), and its entry.
+    fn level(&self, ip: std::net::IpAddr, now: std::time::Instant) -> f64 {
+        let buckets = self.buckets.lock();
+        buckets.get(&ip).map_or(self.burst, |(level, at)| {
+            (level + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst)
+        })
+    }
+
+    /// `Err(seconds to wait)` when `ip` has used its allowance.
+    pub fn check(&self, ip: std::net::IpAddr, now: std::time::Instant) -> Result<(), u64> {
+        if self.burst == 0.0 {
+            return Ok(());
+        }
+        let level = self.level(ip, now);
+        if level >= 1.0 {
+            Ok(())
+        } else {
+            Err(((1.0 - level) / self.per_sec).ceil() as u64)
+        }
+    }
+
+    /// Counts one failed attempt of `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr, now: std::time::Instant) {
+        if self.burst == 0.0 {
+            return;
+        }
+        let level = self.level(ip, now);
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= LIMITER_IPS && !buckets.contains_key(&ip) {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            buckets
+                .retain(|_, (l, at)| *l + now.duration_since(*at).as_secs_f64() * per_sec < burst);
+            if buckets.len() >= LIMITER_IPS {
+                return; // every tracked address is being limited: do not grow
+            }
+        }
+        buckets.insert(ip, ((level - 1.0).max(0.0), now));
+    }
+}
+
 /// Proof that the request carried the admin API key. Take it as a handler argument.
 #[derive(Debug, Clone, Copy)]
 pub struct AdminAuth;
 
 impl AdminAuth {
-    /// Checks the `Authorization` header of `req` against `api_key`.
-    pub fn check(req: &HttpRequest, api_key: &str) -> Result<AdminAuth, ApiError> {
+    /// Checks the `Authorization` header of `req` against `api_key`, within the failed-attempt
+    /// allowance of its client address.
+    pub fn check(
+        req: &HttpRequest,
+        api_key: &str,
+        limiter: &FailedAuthLimiter,
+    ) -> Result<AdminAuth, ApiError> {
+        let ip = req.peer_addr().map(|a| a.ip());
+        let now = std::time::Instant::now();
+        if let Some(ip) = ip
+            && let Err(wait) = limiter.check(ip, now)
+        {
+            return Err(ApiError::RateLimited(wait));
+        }
+        let result = Self::check_key(req, api_key);
+        if result.is_err()
+            && let Some(ip) = ip
+        {
+            limiter.failed(ip, now);
+        }
+        result
+    }
+
+    fn check_key(req: &HttpRequest, api_key: &str) -> Result<AdminAuth, ApiError> {
         let Some(value) = req.headers().get(header::AUTHORIZATION) else {
             return Err(ApiError::Unauthorized(
                 "missing Authorization header (expected: Bearer <api key>)".into(),
@@ -73,7 +161,7 @@ impl FromRequest for AdminAuth {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let result = match req.app_data::<web::Data<AppState>>() {
-            Some(state) => AdminAuth::check(req, &state.api_key),
+            Some(state) => AdminAuth::check(req, &state.api_key, &state.auth_limiter),
             None => Err(ApiError::Unexpected(anyhow::anyhow!(
                 "AppState missing from the app data"
             ))),
@@ -240,6 +328,36 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_failed_auth_allowance_refills_and_stays_bounded() {
+        let l = FailedAuthLimiter::new(2);
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = std::time::Instant::now();
+        l.failed(a, t0);
+        assert!(l.check(a, t0).is_ok());
+        l.failed(a, t0);
+        // 2 a minute: one attempt back after 30 s.
+        assert_eq!(l.check(a, t0), Err(30));
+        assert!(l.check(b, t0).is_ok(), "per address");
+        assert!(l.check(a, t0 + std::time::Duration::from_secs(30)).is_ok());
+        // Off.
+        let off = FailedAuthLimiter::new(0);
+        for _ in 0..100 {
+            off.failed(a, t0);
+        }
+        assert!(off.check(a, t0).is_ok());
+        // Bounded: addresses being limited are kept, refilled ones make room.
+        let l = FailedAuthLimiter::new(1);
+        for i in 0..LIMITER_IPS as u32 + 50 {
+            l.failed(std::net::IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert_eq!(l.buckets.lock().len(), LIMITER_IPS);
+        let later = t0 + std::time::Duration::from_secs(120);
+        l.failed(b, later);
+        assert_eq!(l.buckets.lock().len(), 1, "refilled addresses forgotten");
+    }
 
     fn now() -> i64 {
         chrono::Utc::now().timestamp()

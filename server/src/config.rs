@@ -29,6 +29,11 @@ pub struct Config {
     /// A browser always sends `Origin`; a client that sends none (not a browser) is not refused.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Failed API-key attempts allowed per client address: this many at once, then this many a
+    /// minute; past it admin calls from that address get 429 (`MCU_AUTH_FAILURES_BURST`; 0 = no
+    /// limit).
+    #[serde(default = "default_auth_failures_burst")]
+    pub auth_failures_burst: u32,
     /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
     pub dev: bool,
     /// WebRTC transport.
@@ -221,6 +226,10 @@ impl Default for MediaSettings {
     }
 }
 
+fn default_auth_failures_burst() -> u32 {
+    20
+}
+
 /// Longest ban a kick may set (30 days), seconds.
 pub const KICK_BAN_MAX_S: u32 = 30 * 86_400;
 
@@ -264,6 +273,7 @@ impl Default for Config {
             web_dir: PathBuf::from("./web"),
             public_url: None,
             allowed_origins: Vec::new(),
+            auth_failures_burst: default_auth_failures_burst(),
             dev: false,
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
@@ -366,6 +376,9 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .filter(|o| !o.is_empty())
                 .collect();
+        }
+        if let Some(v) = get("MCU_AUTH_FAILURES_BURST") {
+            self.auth_failures_burst = parse("MCU_AUTH_FAILURES_BURST", &v)?;
         }
         if let Some(v) = get("MCU_RTC_BIND") {
             self.rtc.bind = Some(parse("MCU_RTC_BIND", &v)?);

@@ -46,6 +46,10 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429 `rate_limited`: too many failed API-key attempts from this address; the response
+    /// carries `Retry-After` (seconds).
+    #[error("too many failed authentication attempts from your address; retry in {0} s")]
+    RateLimited(u64),
     /// 503 `unavailable` (database unreachable, shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -72,6 +76,7 @@ impl ApiError {
             }
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Unexpected(_) => "internal",
         }
@@ -110,6 +115,7 @@ impl ResponseError for ApiError {
             | ApiError::RecordingRunning(_) => StatusCode::CONFLICT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -124,6 +130,9 @@ impl ResponseError for ApiError {
             other => other.to_string(),
         };
         let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::RateLimited(secs) = self {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
         if let ApiError::RangeNotSatisfiable(size) = self {
             res.insert_header((
                 actix_web::http::header::CONTENT_RANGE,

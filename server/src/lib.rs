@@ -31,6 +31,8 @@ pub struct AppState {
     pub api_key: String,
     /// Join-token signer/verifier.
     pub tokens: auth::TokenKeys,
+    /// Failed API-key attempts per client address.
+    pub auth_limiter: auth::FailedAuthLimiter,
     /// Metadata store.
     pub store: store::Store,
     /// Live rooms.
@@ -105,10 +107,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             "recordings interrupted by the previous run were recovered"
         );
     }
+    let auth_limiter = auth::FailedAuthLimiter::new(config.auth_failures_burst);
     let state = actix_web::web::Data::new(AppState {
         config: Arc::new(config),
         api_key: api_key.clone(),
         tokens: auth::TokenKeys::new(token_secret.as_bytes()),
+        auth_limiter,
         store,
         rooms,
         recordings: Arc::new(recordings),

@@ -32,8 +32,16 @@ struct App {
 }
 
 async fn spawn_app(database_url: &str, dir: &std::path::Path) -> App {
+    spawn_app_with(database_url, dir, |_| {}).await
+}
+
+async fn spawn_app_with(
+    database_url: &str,
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> App {
     let key = format!("api-test-key-{}", uuid::Uuid::new_v4().simple());
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         api_key: Some(key.clone()),
         token_secret: Some(TOKEN_SECRET.into()),
@@ -47,6 +55,7 @@ async fn spawn_app(database_url: &str, dir: &std::path::Path) -> App {
         },
         ..Config::default()
     };
+    tweak(&mut config);
     let running = server::start(config).await.expect("server starts");
     let handle = running.server.handle();
     actix_web::rt::spawn(running.server);
@@ -1131,6 +1140,54 @@ async fn store_closed(app: &App) {
 }
 
 // ----- SQLite -----------------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn failed_api_keys_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/mcu.db", dir.path().display());
+    let app = spawn_app_with(&url, dir.path(), |c| c.auth_failures_burst = 3).await;
+    let rooms = app.url("/api/v1/rooms");
+    let attempt = |key: &str| app.http.get(&rooms).bearer_auth(key).send();
+    // Right keys never use the allowance.
+    for _ in 0..10 {
+        assert_eq!(attempt(&app.key).await.unwrap().status(), StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let r = attempt("guess").await.unwrap();
+        expect_error(r, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    }
+    // The allowance is used up: guesses and the right key alike wait (3 a minute: ~20 s).
+    for key in ["guess", app.key.as_str()] {
+        let r = attempt(key).await.unwrap();
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=20).contains(&wait), "Retry-After {wait}");
+        let msg = expect_error(r, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+        assert!(msg.contains("failed authentication"), "{msg}");
+    }
+    // The document says so on every authenticated operation.
+    let doc: serde_json::Value = app
+        .http
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ops: Vec<&serde_json::Value> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .filter(|op| op["responses"].get("401").is_some())
+        .collect();
+    assert!(ops.len() > 10);
+    assert!(ops.iter().all(|op| op["responses"].get("429").is_some()));
+}
 
 #[actix_web::test]
 async fn api_on_sqlite() {

@@ -127,6 +127,27 @@ pub fn document(max_participants_limit: u32) -> serde_json::Value {
     {
         body.insert("required".into(), false.into());
     }
+    // Every operation that can answer 401 can answer 429 too: the failed-auth limit
+    // (`crate::auth::FailedAuthLimiter`) sits in the same extractor.
+    if let Some(paths) = doc.pointer_mut("/paths").and_then(|p| p.as_object_mut()) {
+        let limited = serde_json::json!({
+            "description": "`rate_limited`: too many failed API-key attempts from this address",
+            "headers": {"Retry-After": {"description": "Seconds until a new attempt is accepted",
+                "schema": {"type": "integer", "minimum": 0}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        });
+        for op in paths
+            .values_mut()
+            .filter_map(|p| p.as_object_mut())
+            .flat_map(|p| p.values_mut())
+        {
+            if let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut())
+                && responses.contains_key("401")
+            {
+                responses.insert("429".into(), limited.clone());
+            }
+        }
+    }
     // Links from the created room to the operations on it, so clients and stateful fuzzers know
     // where a room's name leads.
     let name = serde_json::json!({"name": "$response.body#/name"});

@@ -217,7 +217,7 @@ fn media_auth(state: &AppState, req: &HttpRequest, id: &str) -> Result<(), ApiEr
             Err(_) => {}
         }
     }
-    AdminAuth::check(req, &state.api_key).map(|_| ())
+    AdminAuth::check(req, &state.api_key, &state.auth_limiter).map(|_| ())
 }
 
 /// The id in a path; anything that is not a UUID names no recording (404).
