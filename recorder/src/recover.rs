@@ -135,7 +135,11 @@ pub fn recover(path: &Path) -> Result<Finished, RecorderError> {
         other => other?,
     };
     let copied = copy(&mut r, first, Muxer::new(file, &tmp));
-    let result = copied.and_then(|(duration_ms, size_bytes)| {
+    let result = copied.and_then(|(copied_ms, size_bytes)| {
+        // The duration is the repaired file's as a reader sees it: the copy can end later than
+        // its input (a packet moved later to keep timestamps increasing, a block given the
+        // track's default duration), which the fuzzer found (207 ms read back, 206 claimed).
+        let duration_ms = probe_duration_ms(&tmp).unwrap_or(copied_ms);
         let io = |source| RecorderError::Io {
             path: tmp.clone(),
             source,
@@ -230,7 +234,7 @@ fn copy(
     let mut next = Some(first);
     while let Some(mut p) = next {
         if let Some(Some(m)) = map.get_mut(p.stream()) {
-            end = end.max(end_ms(&p, m.in_tb).unwrap_or(0));
+            let input_end = end_ms(&p, m.in_tb).unwrap_or(0);
             if m.shift != 0 {
                 p.set_pts(p.pts().map(|t| t + m.shift));
                 p.set_dts(p.dts().map(|t| t + m.shift));
@@ -244,6 +248,7 @@ fn copy(
             };
             p.set_dts(Some(dts));
             p.set_pts(Some(p.pts().map_or(dts, |pts| pts.max(dts))));
+            end = end.max(input_end);
             p.set_position(-1);
             p.set_stream(m.out);
             m.last_dts = Some(dts);

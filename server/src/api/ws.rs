@@ -359,9 +359,11 @@ fn display_name(claims: &JoinClaims, chosen: Option<&str>) -> String {
     }
 }
 
+/// A message from the client (API.md, and the additions in docs/server.md).
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMsg {
+#[allow(missing_docs)]
+pub enum ClientMsg {
     Offer {
         sdp: String,
     },
@@ -393,8 +395,9 @@ enum ClientMsg {
     },
 }
 
+/// An ICE candidate as the browser sends it.
 #[derive(Deserialize)]
-struct CandidateJson {
+pub struct CandidateJson {
     candidate: String,
     #[serde(rename = "sdpMid")]
     sdp_mid: Option<String>,
@@ -415,8 +418,9 @@ const KNOWN_TYPES: [&str; 8] = [
     "mute_participant",
 ];
 
-/// Parses a client frame, or returns the `error` message to send back.
-fn parse_client(text: &str) -> Result<ClientMsg, String> {
+/// Parses a client frame, or returns the `error` message to send back (public for the fuzz
+/// target).
+pub fn parse_client(text: &str) -> Result<ClientMsg, String> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| msg_error("invalid_json", format!("not valid JSON: {e}")))?;
     let Some(t) = v.get("type").and_then(Value::as_str).map(str::to_owned) else {
