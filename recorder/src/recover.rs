@@ -139,7 +139,10 @@ pub fn recover(path: &Path) -> Result<Finished, RecorderError> {
         // The duration is the repaired file's as a reader sees it: the copy can end later than
         // its input (a packet moved later to keep timestamps increasing, a block given the
         // track's default duration), which the fuzzer found (207 ms read back, 206 claimed).
-        let duration_ms = probe_duration_ms(&tmp).unwrap_or(copied_ms);
+        // A copy that does not read back (also found by the fuzzer) is no repair: the
+        // original stays.
+        let duration_ms = probe_duration_ms(&tmp)?;
+        tracing::debug!(copied_ms, duration_ms, "repaired file read back");
         let io = |source| RecorderError::Io {
             path: tmp.clone(),
             source,

@@ -7,8 +7,11 @@
 
 use crate::room::{peer, red, vp8};
 
+/// A target: arbitrary bytes in, returns normally.
+pub type Target = fn(&[u8]);
+
 /// The targets, by name (the file names under `fuzz/fuzz_targets/`).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("rtp_depacketize", rtp_depacketize),
     ("jitter_buffer", jitter_buffer),
     ("signaling_json", signaling_json),
@@ -87,10 +90,10 @@ pub fn signaling_json(data: &[u8]) {
 /// An offer's SDP, as the signaling session reads it: our summary (codecs, media), then the
 /// WebRTC stack's own parse, which the answer starts from.
 pub fn offer_sdp(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if peer::summarize_offer(text).is_ok() {
-            let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(text.to_owned());
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && peer::summarize_offer(text).is_ok()
+    {
+        let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(text.to_owned());
     }
 }
 
