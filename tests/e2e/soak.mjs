@@ -28,12 +28,18 @@ mkdirSync(outDir, { recursive: true });
 const server = await startServer({ MCU_LOG: 'warn' });
 const pid = server.proc.pid;
 const children = new Set();
+const counts = { churn_groups: 0, killed: 0, mutes: 0, recordings: 0, errors: 0 };
 function run(room, participants, video, talkers, seconds) {
   const p = spawn(loadgen, ['run', '--url', server.url, '--api-key', server.apiKey, '--room', room,
     '--participants', String(participants), '--video', String(video), '--talkers', String(talkers),
-    '--probes', '0', '--seconds', String(seconds)], { stdio: 'ignore' });
+    '--probes', '0', '--seconds', String(seconds)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  p.stderr.on('data', (d) => { err = (err + d).slice(-2000); });
   children.add(p);
-  p.on('exit', () => children.delete(p));
+  p.on('exit', (code, signal) => {
+    children.delete(p);
+    if (code !== 0 && signal !== 'SIGKILL') { counts.errors += 1; console.error(`loadgen ${room}: exit ${code}: ${err}`); }
+  });
   return p;
 }
 
@@ -60,6 +66,10 @@ async function mainStats() {
 }
 
 await server.api('POST', '/rooms', { name: 'soak-main', empty_timeout_s: 0 });
+for (let i = 0; i < 5; i++) {
+  const r = await server.api('POST', '/rooms', { name: `soak-churn-${i}`, empty_timeout_s: 0 });
+  if (r.status !== 201) throw new Error(`cannot create soak-churn-${i}: ${r.status}`);
+}
 run('soak-main', 4, 2, 2, minutes * 60 + 120);
 await sleep(8000);
 
@@ -69,7 +79,6 @@ const end = started + minutes * 60_000;
 let churn = 0;
 let recording = null;
 let lastRecording = null;
-let counts = { churn_groups: 0, killed: 0, mutes: 0, recordings: 0, errors: 0 };
 const timers = [
   setInterval(() => {
     const group = run(`soak-churn-${churn % 5}`, 2, 0, 1, 4);
