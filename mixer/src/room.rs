@@ -874,10 +874,13 @@ impl MediaRoom {
             .or_else(|| self.speaker.active().filter(present));
         let mut visible: Vec<ParticipantKey> = Vec::new();
         let mut speaker_tile = 0;
+        // Receive-only participants (tokens without can_publish) take no tile: a webinar's
+        // audience does not crowd out its speakers.
+        let publishers = self.participants.iter().filter(|p| p.publishes);
         match self.layout {
             Layout::Grid => {
                 let max = self.cfg.max_tiles.clamp(1, MAX_GRID_TILES);
-                visible.extend(self.participants.iter().take(max).map(|p| p.key));
+                visible.extend(publishers.take(max).map(|p| p.key));
                 if let Some(s) = active
                     && !visible.contains(&s)
                     && let Some(last) = visible.last_mut()
@@ -886,9 +889,10 @@ impl MediaRoom {
                 }
             }
             Layout::Speaker => {
-                let speaker = active.or_else(|| self.participants.first().map(|p| p.key));
+                let publishers: Vec<&Participant> = publishers.collect();
+                let speaker = active.or_else(|| publishers.first().map(|p| p.key));
                 let mut others = 0;
-                for p in &self.participants {
+                for p in publishers {
                     if Some(p.key) == speaker {
                         speaker_tile = visible.len();
                         visible.push(p.key);
@@ -1082,6 +1086,7 @@ mod tests {
         }
         let s = room.stats();
         assert_eq!((s.audio_decoders, s.video_decoders), (2, 0), "{s:?}");
+        assert_eq!(room.visible().0, &[1, 3], "a viewer takes no tile");
         assert_eq!(s.jitter.accepted, 0, "nothing of the viewer was buffered");
         // Participant 3 hears silence: the 700 Hz tone never reached the mix.
         let mut dec = OpusDecoder::new().unwrap();
@@ -1273,7 +1278,7 @@ mod tests {
                 receiver_video.push(v[&2].0.clone());
             }
         }
-        assert_eq!(room.visible().0, &[1, 2], "no tile for the sink");
+        assert_eq!(room.visible().0, &[1], "no tile for the sink nor the viewer");
         assert_eq!(room.stats().video_encoders, 1, "sink shares the 400 tier");
         assert!(sink_video[0].1, "the sink starts with a keyframe");
         assert!(Arc::ptr_eq(&sink_video[3].0, &receiver_video[3]));

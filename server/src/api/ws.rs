@@ -118,6 +118,23 @@ async fn refuse(mut session: actix_ws::Session, code: &str, message: String, clo
         .await;
 }
 
+/// Refuses a join the database could not decide (`unavailable`, 4503), logging why.
+async fn store_failed(
+    session: actix_ws::Session,
+    room: &str,
+    what: &str,
+    e: impl std::fmt::Display,
+) {
+    tracing::warn!(error = %e, room, "{what} for a join");
+    refuse(
+        session,
+        "unavailable",
+        "the room store is unavailable".into(),
+        4503,
+    )
+    .await
+}
+
 async fn pump(
     state: web::Data<AppState>,
     token: Option<String>,
@@ -186,16 +203,7 @@ async fn pump(
             )
             .await;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, room = claims.room, "cannot load room for join");
-            return refuse(
-                session,
-                "unavailable",
-                "the room store is unavailable".into(),
-                4503,
-            )
-            .await;
-        }
+        Err(e) => return store_failed(session, &claims.room, "cannot load the room", e).await,
     };
     match state.store.banned_until(room.id, &claims.sub).await {
         Ok(None) => {}
@@ -212,16 +220,7 @@ async fn pump(
             )
             .await;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, room = room.name, "cannot read bans for join");
-            return refuse(
-                session,
-                "unavailable",
-                "the room store is unavailable".into(),
-                4503,
-            )
-            .await;
-        }
+        Err(e) => return store_failed(session, &room.name, "cannot read the bans", e).await,
     }
     let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
     let display = display_name(&claims, chosen_name.as_deref());
