@@ -82,8 +82,13 @@ pub struct JitterStats {
 struct Slot {
     seq: u64,
     filled: bool,
+    /// The caller's tag of the packet ([`JitterBuffer::push_tagged`]).
+    tag: u8,
     data: Vec<u8>,
 }
+
+/// The tag of a packet pushed without one.
+pub const NO_TAG: u8 = u8::MAX;
 
 /// Reorders, de-duplicates and paces one input's audio packets.
 #[derive(Debug)]
@@ -102,6 +107,8 @@ pub struct JitterBuffer {
     last_real: Option<u64>,
     missing_run: u32,
     far_candidate: Option<u64>,
+    /// Tag of the packet being pushed.
+    incoming_tag: u8,
     stats: JitterStats,
 }
 
@@ -121,6 +128,7 @@ impl JitterBuffer {
             last_real: None,
             missing_run: 0,
             far_candidate: None,
+            incoming_tag: NO_TAG,
             stats: JitterStats::default(),
         }
     }
@@ -169,6 +177,7 @@ impl JitterBuffer {
         let slot = &mut self.slots[i];
         slot.seq = ext;
         slot.filled = true;
+        slot.tag = self.incoming_tag;
         slot.data.clear();
         slot.data.extend_from_slice(payload);
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
@@ -203,6 +212,25 @@ impl JitterBuffer {
                 self.stats.late += 1;
                 PushOutcome::Late
             }
+        }
+    }
+
+    /// [`JitterBuffer::push`] with a one-byte tag kept with the packet and returned by
+    /// [`JitterBuffer::played_tag`] when it plays (the audio input keeps the RFC 6464 level there).
+    pub fn push_tagged(&mut self, seq: u16, payload: &[u8], tag: u8) -> PushOutcome {
+        self.incoming_tag = tag;
+        let outcome = self.push(seq, payload);
+        self.incoming_tag = NO_TAG;
+        outcome
+    }
+
+    /// The tag of the packet the next [`JitterBuffer::pop`] plays if it returns
+    /// [`Playout::Packet`] ([`NO_TAG`] when it will not play a packet).
+    pub fn next_tag(&self) -> u8 {
+        if self.anchored && self.is_filled(self.next) {
+            self.slots[self.slot_index(self.next)].tag
+        } else {
+            NO_TAG
         }
     }
 

@@ -8,12 +8,17 @@
 //! than 10 ms are refused at the door (counted as invalid): the buffer's depth is counted in
 //! packets, and 2.5 ms ones would leave it shallower than a tick.
 
-use crate::jitter::{JitterBuffer, JitterStats, Playout, PushOutcome};
+use crate::jitter::{JitterBuffer, JitterStats, NO_TAG, Playout, PushOutcome};
 use crate::opus_codec::{MAX_PACKET_SAMPLES, OpusDecoder};
 use crate::{FRAME_SAMPLES, MixerError, SAMPLE_RATE};
 
 /// Shortest packet duration accepted, in samples (10 ms).
 pub const MIN_PACKET_SAMPLES: usize = 480;
+
+/// An RFC 6464 level (−dBov) at or past which a packet counts as quiet: 10 dB under the level at
+/// which the mixer starts hearing someone (`activity::SPEAKING_ON_DBOV`, −45), so a quiet
+/// packet of someone not speaking would not reach the mix anyway and is not decoded.
+pub const QUIET_LEVEL: u8 = 55;
 
 /// What one tick of an input played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub struct AudioInput {
     packet_samples: usize,
     /// Packets refused for their duration (under 10 ms or unreadable).
     refused: u64,
+    /// Quiet packets played as silence without decoding.
+    quiet_skipped: u64,
 }
 
 impl std::fmt::Debug for AudioInput {
@@ -65,16 +72,29 @@ impl AudioInput {
             end: 0,
             packet_samples: FRAME_SAMPLES,
             refused: 0,
+            quiet_skipped: 0,
         })
     }
 
     /// Offers one RTP payload (an Opus packet). Never panics, whatever the input.
     pub fn push(&mut self, seq: u16, payload: &[u8]) -> PushOutcome {
+        self.push_with_level(seq, payload, None)
+    }
+
+    /// [`AudioInput::push`] with the packet's RFC 6464 audio level (0..=127, −dBov) when the
+    /// sender gave one.
+    pub fn push_with_level(&mut self, seq: u16, payload: &[u8], level: Option<u8>) -> PushOutcome {
         if !payload.is_empty() && duration(payload).is_none() {
             self.refused += 1;
             return PushOutcome::Invalid;
         }
-        self.jitter.push(seq, payload)
+        let tag = level.map_or(NO_TAG, |l| l.min(127));
+        self.jitter.push_tagged(seq, payload, tag)
+    }
+
+    /// Quiet packets played as silence without being decoded, since the start.
+    pub fn quiet_skipped(&self) -> u64 {
+        self.quiet_skipped
     }
 
     /// The jitter buffer's counters; packets refused for their duration count as invalid.
@@ -85,18 +105,30 @@ impl AudioInput {
     }
 
     /// Plays this tick's 20 ms into `out` (zeros where nothing plays). A packet that does not
-    /// decode is concealed and counted in `decode_errors`.
-    pub fn play(&mut self, out: &mut [i16; FRAME_SAMPLES], decode_errors: &mut u64) -> Tick {
-        self.advance(Some(out), decode_errors)
+    /// decode is concealed and counted in `decode_errors`. With `skip_quiet` (the input is not
+    /// speaking), a packet whose audio level says it is quiet ([`QUIET_LEVEL`]) plays as silence
+    /// without being decoded: silence is free.
+    pub fn play(
+        &mut self,
+        out: &mut [i16; FRAME_SAMPLES],
+        decode_errors: &mut u64,
+        skip_quiet: bool,
+    ) -> Tick {
+        self.advance(Some(out), decode_errors, skip_quiet)
     }
 
     /// Lets this tick's 20 ms pass without decoding (a muted input keeps its place at the live
     /// edge).
     pub fn skip(&mut self) {
-        self.advance(None, &mut 0);
+        self.advance(None, &mut 0, false);
     }
 
-    fn advance(&mut self, mut out: Option<&mut [i16; FRAME_SAMPLES]>, errors: &mut u64) -> Tick {
+    fn advance(
+        &mut self,
+        mut out: Option<&mut [i16; FRAME_SAMPLES]>,
+        errors: &mut u64,
+        skip_quiet: bool,
+    ) -> Tick {
         let decode = out.is_some();
         let mut filled = 0;
         let mut played = false;
@@ -112,12 +144,17 @@ impl AudioInput {
                 continue;
             }
             let lost = self.packet_samples;
+            let tag = self.jitter.next_tag();
             let got = match self.jitter.pop() {
                 Playout::Silence => break,
                 Playout::Packet(pkt) => {
                     let n = duration(pkt).unwrap_or(lost);
                     self.packet_samples = n;
-                    if decode {
+                    if decode && skip_quiet && tag != NO_TAG && tag >= QUIET_LEVEL {
+                        self.quiet_skipped += 1;
+                        self.carry[..n].fill(0);
+                        Ok(n)
+                    } else if decode {
                         self.decoder.decode(pkt, &mut self.carry[..]).map(|_| n)
                     } else {
                         Ok(n)
@@ -194,7 +231,7 @@ mod tests {
                 }
                 sent += 1;
             }
-            input.play(&mut out, &mut errors);
+            input.play(&mut out, &mut errors, false);
             levels.push(rms(&out));
         }
         assert_eq!(errors, 0);
@@ -227,6 +264,41 @@ mod tests {
         assert_eq!(stats.plc + stats.fec, 1, "{stats:?}");
         let playing: Vec<f64> = levels.iter().copied().skip_while(|l| *l < 1.0).collect();
         assert!(playing[2..].iter().all(|l| *l > 500.0), "{levels:?}");
+    }
+
+    #[test]
+    fn quiet_packets_are_not_decoded_unless_asked() {
+        let pkts = packets(20, 400);
+        let mut input = AudioInput::new(2).unwrap();
+        let mut out = [0i16; FRAME_SAMPLES];
+        let mut errors = 0;
+        let mut loud = 0;
+        for t in 0..18 {
+            // One packet a tick, alternately marked quiet (level 100, -100 dBov) and loud (10).
+            let level = if t % 2 == 0 { 100 } else { 10 };
+            input.push_with_level(t as u16, &pkts[t], Some(level));
+            // Not speaking: quiet ones skipped. Speaking (the caller says so): all decoded.
+            let skip = t < 9;
+            if input.play(&mut out, &mut errors, skip) == Tick::Sound && rms(&out) > 1000.0 {
+                loud += 1;
+            }
+        }
+        let skipped = input.quiet_skipped();
+        assert!(
+            (3..=5).contains(&skipped),
+            "quiet packets skipped while not speaking: {skipped}"
+        );
+        assert!(
+            loud >= 12,
+            "the loud ones and, while speaking, the quiet ones play: {loud}"
+        );
+        // Without a level nothing is skipped.
+        let mut plain = AudioInput::new(2).unwrap();
+        for (t, p) in pkts.iter().enumerate().take(10) {
+            plain.push(t as u16, p);
+            plain.play(&mut out, &mut errors, true);
+        }
+        assert_eq!(plain.quiet_skipped(), 0);
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub struct MediaStats {
     pub jitter: JitterStats,
     /// Audio frames that failed to decode (concealed instead).
     pub audio_decode_errors: u64,
+    /// Quiet audio packets (RFC 6464 level) of inputs not speaking, played as silence without
+    /// decoding, summed over present inputs.
+    pub audio_quiet_skipped: u64,
     /// Video frames decoded.
     pub video_frames_decoded: u64,
     /// Video frames dropped (loss, waiting for a keyframe, decode error).
@@ -436,13 +439,27 @@ impl MediaRoom {
 
     /// One received Opus RTP payload (untrusted), of 10 to 120 ms. `seq` orders playout; `ts`
     /// is not needed (each packet's duration is read from it) and ignored.
-    pub fn push_audio(&mut self, key: ParticipantKey, seq: u16, _ts: u32, payload: &[u8]) {
+    pub fn push_audio(&mut self, key: ParticipantKey, seq: u16, ts: u32, payload: &[u8]) {
+        self.push_audio_level(key, seq, ts, payload, None);
+    }
+
+    /// [`MediaRoom::push_audio`] with the packet's RFC 6464 audio level (−dBov, from the
+    /// `ssrc-audio-level` header extension): quiet packets of someone not speaking are not
+    /// decoded.
+    pub fn push_audio_level(
+        &mut self,
+        key: ParticipantKey,
+        seq: u16,
+        _ts: u32,
+        payload: &[u8],
+        level: Option<u8>,
+    ) {
         let Some(p) = self.get_mut(key) else {
             return;
         };
         if let Some(a) = &mut p.audio_in {
             // Duplicates, late and malformed packets are counted in the buffer's stats.
-            let _: PushOutcome = a.push(seq, payload);
+            let _: PushOutcome = a.push_with_level(seq, payload, level);
         }
     }
 
@@ -716,7 +733,9 @@ impl MediaRoom {
         s.visible_tiles = self.visible.len();
         s.active_speaker = self.speaker.active();
         let mut j = JitterStats::default();
+        s.audio_quiet_skipped = 0;
         for a in self.participants.iter().filter_map(|p| p.audio_in.as_ref()) {
+            s.audio_quiet_skipped += a.quiet_skipped();
             let t = a.stats();
             j.accepted += t.accepted;
             j.duplicate += t.duplicate;
@@ -1067,7 +1086,9 @@ fn pull_audio(p: &mut Participant, decode_errors: &mut u64) -> bool {
         p.pcm.fill(0);
         return p.activity.reset();
     }
-    let flipped = match a.play(&mut p.pcm, decode_errors) {
+    // Someone not speaking whose packets say they are quiet is not decoded (RFC 6464).
+    let skip_quiet = !p.activity.is_speaking();
+    let flipped = match a.play(&mut p.pcm, decode_errors, skip_quiet) {
         Tick::Silence => p.activity.update_silent(),
         Tick::Sound => p.activity.update(&p.pcm[..]),
     };
@@ -1208,6 +1229,51 @@ mod tests {
         assert!(
             out.video.iter().any(|v| v.0 == 2 && v.2),
             "the keyframe goes out"
+        );
+    }
+
+    #[test]
+    fn silent_inputs_are_not_decoded_and_the_mix_is_the_same() {
+        // Ten publishers, one talking; the others send silence marked level 127 (RFC 6464).
+        let tone = tone_packets(440.0, 8000.0, 100);
+        let silence = tone_packets(0.0, 0.0, 1)[0].clone();
+        let run = |levels: bool| {
+            let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
+            for k in 0..10 {
+                room.add_participant(k, true);
+            }
+            let mut heard = Vec::new();
+            for t in 0..100u16 {
+                let lvl = |l: u8| levels.then_some(l);
+                room.push_audio_level(0, t, 0, &tone[t as usize], lvl(15));
+                for k in 1..10 {
+                    room.push_audio_level(k, t, 0, &silence, lvl(127));
+                }
+                let out = room.tick();
+                heard.push(out.audio.iter().find(|a| a.0 == 1).unwrap().1.clone());
+            }
+            let mut dec = OpusDecoder::new().unwrap();
+            let mut pcm = [0i16; FRAME_SAMPLES];
+            let energy: f64 = heard[20..]
+                .iter()
+                .map(|p| {
+                    dec.decode(p, &mut pcm).unwrap();
+                    pcm.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+                })
+                .sum();
+            (room.stats().audio_quiet_skipped, energy)
+        };
+        let (skipped, with_levels) = run(true);
+        let (none, without) = run(false);
+        assert_eq!(none, 0);
+        assert!(
+            skipped >= 9 * 90,
+            "nine silent inputs not decoded: {skipped}"
+        );
+        let ratio = with_levels / without;
+        assert!(
+            (0.95..1.05).contains(&ratio),
+            "the talker is heard the same: {ratio}"
         );
     }
 

@@ -68,12 +68,17 @@ pub fn jitter_buffer(data: &[u8]) {
     let mut pcm = [0i16; mixer::FRAME_SAMPLES];
     let mut errors = 0;
     for (h, payload) in records(data, 4) {
-        match h[0] % 4 {
-            0 | 1 => {
-                let _ = input.push(u16::from_be_bytes([h[1], h[2]]), payload);
+        let seq = u16::from_be_bytes([h[1], h[2]]);
+        match h[0] % 6 {
+            0 => {
+                let _ = input.push(seq, payload);
             }
-            2 => {
-                let _ = input.play(&mut pcm, &mut errors);
+            1 => {
+                // With an RFC 6464 level, any byte (the V bit included).
+                let _ = input.push_with_level(seq, payload, Some(h[0]));
+            }
+            2 | 3 => {
+                let _ = input.play(&mut pcm, &mut errors, h[0] & 0x80 != 0);
             }
             _ => input.skip(),
         }

@@ -13,7 +13,9 @@ const PEOPLE = [
   { name: 'green', color: 'lime', rgb: [0, 255, 0], freq: 700 },
   { name: 'blue', color: 'blue', rgb: [0, 0, 255], freq: 1000 },
 ];
-const FOURTH = { name: 'yellow', color: 'yellow', rgb: [255, 255, 0], freq: 1300 };
+// The fourth is silent: its microphone sends digital silence, which Chromium marks with the
+// RFC 6464 audio level, so the server does not decode it.
+const FOURTH = { name: 'yellow-silent', color: 'yellow', rgb: [255, 255, 0], freq: 0 };
 
 let server;
 const joined = [];
@@ -85,11 +87,19 @@ test('the composite shows every participant in its grid tile', async () => {
   }
 });
 
-test('a fourth participant joins and leaves without stalling the others', async () => {
+test('a fourth participant joins and leaves without stalling the others; its silence is not decoded', async () => {
   for (const p of joined) await watchFrames(p.page);
+  const skipped = async () => (await server.api('GET', '/rooms/e2e/stats')).body.media.audio_quiet_skipped;
+  const before = await skipped();
   const fourth = await launchParticipant(server, 'e2e', FOURTH.name, makeMedia(FOURTH.name, FOURTH.color, FOURTH.freq));
   try {
     await waitForMedia(fourth.page);
+    // Silence costs no decoding: its packets (level 127) are played as silence undecoded.
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 3000));
+    const quiet = (await skipped()) - before;
+    const expected = ((Date.now() - t0) / 20) * 0.5;
+    assert.ok(quiet > expected, `silent packets not decoded: ${quiet} in ${Date.now() - t0} ms`);
     // The others' composite now has four tiles; the fourth's colour shows in tile 3.
     const centres = gridCentres(4, 640, 360);
     await joined[0].page.waitForFunction(() => true);

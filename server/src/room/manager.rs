@@ -98,6 +98,12 @@ pub struct MediaStats {
     pub audio_encoders: u64,
     /// Live VP8 encoders (one per layout and bitrate tier in use).
     pub video_encoders: u64,
+    /// Quiet audio packets of inputs not speaking that were not decoded (the sender marked them
+    /// with the RFC 6464 audio level), counted over the inputs present; updated each second.
+    pub audio_quiet_skipped: u64,
+    /// Video ticks with nothing new on the canvas, neither composited nor encoded (a still frame
+    /// goes out each second); updated each second.
+    pub video_frames_unchanged: u64,
 }
 
 /// Why a join is refused.
@@ -344,6 +350,8 @@ impl RoomManager {
                 deadline_misses: t.misses.load(Relaxed),
                 audio_encoders: t.audio_encoders.load(Relaxed),
                 video_encoders: t.video_encoders.load(Relaxed),
+                audio_quiet_skipped: t.audio_quiet_skipped.load(Relaxed),
+                video_frames_unchanged: t.video_frames_unchanged.load(Relaxed),
             }
         });
         let receivers = receiver_stats(live);

@@ -156,6 +156,8 @@ pub enum Packet {
         ts: u32,
         /// Payload.
         payload: Bytes,
+        /// RFC 6464 audio level (−dBov) when the sender marks its packets.
+        level: Option<u8>,
     },
     /// One reassembled VP8 frame.
     Video {
@@ -196,6 +198,10 @@ pub struct RoomTiming {
     pub audio_encoders: std::sync::atomic::AtomicU64,
     /// Live VP8 encoders of this room (one per layout and bitrate tier in use).
     pub video_encoders: std::sync::atomic::AtomicU64,
+    /// Quiet audio packets not decoded (RFC 6464 level), of the inputs present (each second).
+    pub audio_quiet_skipped: std::sync::atomic::AtomicU64,
+    /// Video ticks with nothing new on the canvas, neither composited nor encoded (each second).
+    pub video_frames_unchanged: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a room's media thread. Dropping it stops the thread.
@@ -450,7 +456,8 @@ fn run(
                     seq,
                     ts,
                     payload,
-                }) => media.push_audio(key, seq, ts, &payload),
+                    level,
+                }) => media.push_audio_level(key, seq, ts, &payload, level),
                 Ok(Packet::Video {
                     key,
                     ts,
@@ -494,7 +501,15 @@ fn run(
 
         let us = started.elapsed().as_micros() as u64;
         METRICS.observe_tick(us);
-        timing.ticks.fetch_add(1, Relaxed);
+        if timing.ticks.fetch_add(1, Relaxed) % 50 == 0 {
+            let s = media.stats();
+            timing
+                .audio_quiet_skipped
+                .store(s.audio_quiet_skipped, Relaxed);
+            timing
+                .video_frames_unchanged
+                .store(s.video_frames_unchanged, Relaxed);
+        }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);
     }

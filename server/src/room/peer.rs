@@ -144,6 +144,17 @@ fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
 }
 
 /// The payload type `codec` (e.g. `red/48000`) has in `sdp`, if it is there.
+/// The id `sdp` gives the header extension `uri` (`a=extmap:<id>[/<direction>] <uri>`).
+fn find_extmap(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=extmap:"))
+        .find_map(|r| {
+            let (id, rest) = r.split_once(' ')?;
+            let id = id.split('/').next()?;
+            (rest.split_whitespace().next()? == uri).then(|| id.parse().ok())?
+        })
+}
+
 fn find_pt(sdp: &str, codec: &str) -> Option<u8> {
     let codec = codec.to_ascii_lowercase();
     sdp.lines()
@@ -245,6 +256,8 @@ struct PeerContextShared {
     /// Negotiated payload type of `audio/red` (0: not negotiated): incoming packets with it are
     /// split into their Opus frames.
     red_pt: std::sync::atomic::AtomicU8,
+    /// The negotiated id of the RFC 6464 audio-level extension (0: none).
+    audio_level_id: std::sync::atomic::AtomicU8,
 }
 
 #[async_trait::async_trait]
@@ -299,6 +312,12 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
                 METRICS.bytes_in.fetch_add(p.payload.len() as u64, Relaxed);
                 match kind {
                     RtpCodecKind::Audio => {
+                        // RFC 6464: the sender's level of this packet, -dBov (the V bit off).
+                        let level_id = ctx.audio_level_id.load(Relaxed);
+                        let level = (level_id != 0)
+                            .then(|| p.header.get_extension(level_id))
+                            .flatten()
+                            .and_then(|b| b.first().map(|v| v & 0x7f));
                         let red_pt = ctx.red_pt.load(Relaxed);
                         if red_pt == 0 || p.header.payload_type != red_pt {
                             ctx.packets.send(Packet::Audio {
@@ -306,6 +325,7 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
                                 seq: p.header.sequence_number,
                                 ts: p.header.timestamp,
                                 payload: p.payload,
+                                level,
                             });
                             continue;
                         }
@@ -321,6 +341,8 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
                                 seq: p.header.sequence_number.wrapping_sub(b.distance),
                                 ts: p.header.timestamp.wrapping_sub(b.timestamp_offset),
                                 payload: p.payload.slice_ref(b.data),
+                                // The level is the primary frame's; older copies go unmarked.
+                                level: level.filter(|_| b.distance == 0),
                             });
                         }
                     }
@@ -462,6 +484,15 @@ fn media_setup(
         )
         .map_err(rtc_err)?;
     }
+    // RFC 6464: each audio packet says how loud it is, so silence is not decoded.
+    me.register_header_extension(
+        RTCRtpHeaderExtensionCapability {
+            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )
+    .map_err(rtc_err)?;
     let estimator = PublishedEstimate::new(BWE_START, BWE_MIN, BWE_MAX, link.clone());
     let registry = registry
         .with(
@@ -500,6 +531,7 @@ impl Peer {
             video_in: parking_lot::Mutex::new(None),
             connected: std::sync::atomic::AtomicBool::new(false),
             red_pt: std::sync::atomic::AtomicU8::new(0),
+            audio_level_id: std::sync::atomic::AtomicU8::new(0),
         });
         let link = LinkState::new();
         let audio_ssrc = rand::random::<u32>();
@@ -635,6 +667,10 @@ impl Peer {
         self.ctx
             .red_pt
             .store(find_pt(&sdp, "red/48000").unwrap_or(0), Relaxed);
+        self.ctx.audio_level_id.store(
+            find_extmap(&sdp, rtc::sdp::extmap::AUDIO_LEVEL_URI).unwrap_or(0),
+            Relaxed,
+        );
         if let Some(rx) = output {
             let out = OutputTracks {
                 audio: self.audio_out.clone(),
@@ -920,6 +956,22 @@ mod tests {
     const CHROME_LIKE: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264/90000\r\n";
+
+    #[test]
+    fn finds_the_audio_level_extension_id() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+            a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+            a=extmap:1/sendrecv urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n";
+        assert_eq!(find_extmap(sdp, rtc::sdp::extmap::AUDIO_LEVEL_URI), Some(1));
+        assert_eq!(
+            find_extmap(sdp, rtc::sdp::extmap::TRANSPORT_CC_URI),
+            Some(3)
+        );
+        assert_eq!(
+            find_extmap("v=0\r\n", rtc::sdp::extmap::AUDIO_LEVEL_URI),
+            None
+        );
+    }
 
     #[test]
     fn summarizes_a_browser_offer() {
