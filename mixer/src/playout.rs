@@ -273,10 +273,10 @@ mod tests {
         let mut out = [0i16; FRAME_SAMPLES];
         let mut errors = 0;
         let mut loud = 0;
-        for t in 0..18 {
+        for (t, pkt) in pkts.iter().enumerate().take(18) {
             // One packet a tick, alternately marked quiet (level 100, -100 dBov) and loud (10).
             let level = if t % 2 == 0 { 100 } else { 10 };
-            input.push_with_level(t as u16, &pkts[t], Some(level));
+            input.push_with_level(t as u16, pkt, Some(level));
             // Not speaking: quiet ones skipped. Speaking (the caller says so): all decoded.
             let skip = t < 9;
             if input.play(&mut out, &mut errors, skip) == Tick::Sound && rms(&out) > 1000.0 {
