@@ -501,7 +501,7 @@ fn run(
 
         let us = started.elapsed().as_micros() as u64;
         METRICS.observe_tick(us);
-        if timing.ticks.fetch_add(1, Relaxed) % 50 == 0 {
+        if timing.ticks.fetch_add(1, Relaxed).is_multiple_of(50) {
             let s = media.stats();
             timing
                 .audio_quiet_skipped
