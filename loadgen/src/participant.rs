@@ -237,6 +237,15 @@ pub(crate) async fn peer_connection(
         },
         RtpCodecKind::Video,
     )?;
+    // Like a browser, mark each audio packet with its level (RFC 6464): the server does not
+    // decode the silence of someone not talking.
+    me.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+            uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+        },
+        RtpCodecKind::Audio,
+        None,
+    )?;
     let mut registry = register_default_interceptors(Registry::new(), &mut me)?;
     if let Some(shape) = shape {
         // Wire-most: everything above sees what the weak link delivers.
@@ -559,7 +568,14 @@ pub(crate) async fn send_audio(
             duration: Duration::from_millis(20),
             ..rtc::media::Sample::new(now)
         };
-        let _ = track.write_sample(ssrc, pt, &s, &[]).await;
+        // The tone is at about -9 dBov; the silence is digital silence.
+        let level = rtc::rtp::extension::HeaderExtension::AudioLevel(
+            rtc::rtp::extension::audio_level_extension::AudioLevelExtension {
+                level: if talking { 9 } else { 127 },
+                voice: talking,
+            },
+        );
+        let _ = track.write_sample(ssrc, pt, &s, &[level]).await;
         n += 1;
     }
 }
