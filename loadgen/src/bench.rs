@@ -44,6 +44,8 @@ impl Server {
             .env("DATABASE_URL", format!("sqlite://{}/mcu.db", dir.display()))
             .env("MCU_RECORDINGS_DIR", dir.join("recordings"))
             .env("MCU_LOG", "warn")
+            // The benchmark measures how far the server goes: no admission control.
+            .env("MCU_CPU_BUDGET", "0")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         for (k, v) in extra_env {

@@ -34,6 +34,10 @@ pub struct Config {
     /// limit).
     #[serde(default = "default_auth_failures_burst")]
     pub auth_failures_burst: u32,
+    /// CPU this node may use, in cores, before it refuses joins with `server_busy`
+    /// (`MCU_CPU_BUDGET`; default 85 % of the machine's cores; 0 = never refuse).
+    #[serde(default)]
+    pub cpu_budget: Option<f64>,
     /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
     pub dev: bool,
     /// WebRTC transport.
@@ -274,6 +278,7 @@ impl Default for Config {
             public_url: None,
             allowed_origins: Vec::new(),
             auth_failures_burst: default_auth_failures_burst(),
+            cpu_budget: None,
             dev: false,
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
@@ -377,6 +382,9 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
+        if let Some(v) = get("MCU_CPU_BUDGET") {
+            self.cpu_budget = Some(parse("MCU_CPU_BUDGET", &v)?);
+        }
         if let Some(v) = get("MCU_AUTH_FAILURES_BURST") {
             self.auth_failures_burst = parse("MCU_AUTH_FAILURES_BURST", &v)?;
         }
@@ -470,6 +478,13 @@ impl Config {
 
     /// Refuses unsafe or inconsistent settings with a message an operator can act on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(b) = self.cpu_budget
+            && !(b.is_finite() && b >= 0.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cpu_budget {b} must be a number of cores >= 0"
+            )));
+        }
         if !self.dev && self.api_key.as_deref().is_none_or(str::is_empty) {
             return Err(ConfigError::Invalid(
                 "no API key configured: set MCU_API_KEY (or api_key in the config file), or run with --dev"

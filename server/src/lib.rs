@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod moderation;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub tokens: auth::TokenKeys,
     /// Failed API-key attempts per client address.
     pub auth_limiter: auth::FailedAuthLimiter,
+    /// This process's recent CPU use (admission control).
+    pub load: Arc<load::Load>,
     /// Metadata store.
     pub store: store::Store,
     /// Live rooms.
@@ -110,11 +113,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         );
     }
     let auth_limiter = auth::FailedAuthLimiter::new(config.auth_failures_burst);
+    let load = Arc::new(load::Load::default());
+    rtc_runtime().spawn(load.clone().run());
     let state = actix_web::web::Data::new(AppState {
         config: Arc::new(config),
         api_key: api_key.clone(),
         tokens: auth::TokenKeys::new(token_secret.as_bytes()),
         auth_limiter,
+        load: load.clone(),
         store,
         rooms,
         recordings: Arc::new(recordings),

@@ -614,3 +614,28 @@ async fn a_participant_who_may_not_publish_cannot_present() {
     let id = wv["participant_id"].as_str().unwrap();
     assert!(!app.state.rooms.participant("p", id).unwrap().screen_sharing);
 }
+
+#[actix_web::test]
+async fn past_its_cpu_budget_the_server_refuses_joins() {
+    let app = app().await;
+    let (_first, _) = app.join("busy", "alice").await;
+    // Far past any budget (the default is 85 % of the cores).
+    app.state.load.record(1000.0);
+    let mut ws = app.connect(&app.token("busy", "bob", 600)).await;
+    let e = next_json(&mut ws).await;
+    assert_eq!(e["code"], "server_busy", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("CPU budget"), "{e}");
+    assert_eq!(expect_close(&mut ws).await, Some(CloseCode::from(4503)));
+    let metrics = reqwest::get(format!("http://{}/metrics", app.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mcu_process_cpu_cores ")),
+        "{metrics}"
+    );
+}

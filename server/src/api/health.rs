@@ -94,6 +94,19 @@ pub fn render_metrics(state: &AppState, out: &mut String) {
             emptied_entries as f64,
         ),
         (
+            "mcu_process_cpu_cores",
+            "CPU this process used lately, in cores (smoothed over a few seconds).",
+            state.load.cores(),
+        ),
+        (
+            "mcu_cpu_budget_cores",
+            "Cores the process may use before it refuses joins (server_busy); 0 = no limit.",
+            state
+                .config
+                .cpu_budget
+                .unwrap_or_else(crate::load::default_budget),
+        ),
+        (
             "mcu_uptime_seconds",
             "Seconds since the process started.",
             uptime,

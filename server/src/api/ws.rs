@@ -222,6 +222,22 @@ async fn pump(
         }
         Err(e) => return store_failed(session, &room.name, "cannot read the bans", e).await,
     }
+    // Admission control: past its CPU budget the node takes no one more (a client retries, the
+    // cluster places rooms elsewhere).
+    let budget = state
+        .config
+        .cpu_budget
+        .unwrap_or_else(crate::load::default_budget);
+    let cores = state.load.cores();
+    if budget > 0.0 && cores >= budget {
+        return refuse(
+            session,
+            "server_busy",
+            format!("this server is at its CPU budget ({cores:.2} of {budget:.2} cores); try again shortly"),
+            4503,
+        )
+        .await;
+    }
     let (ev_tx, ev_rx) = mpsc::channel(crate::room::manager::SESSION_QUEUE);
     let display = display_name(&claims, chosen_name.as_deref());
     let joined = state.rooms.join(
