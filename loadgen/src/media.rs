@@ -3,10 +3,12 @@
 //! - Audio: 1 s of a sine at the participant's frequency (integral Hz, so the loop is
 //!   phase-continuous) as 50 Opus packets, and one Opus packet of silence. A [`Schedule`] says
 //!   when the participant talks.
-//! - Video: [`VIDEO_LOOP`] VP8 frames of the participant's colour with two rows of bit blocks
-//!   drawn in: the participant's id and a frame counter, readable back from the composite after
-//!   scaling (see [`read_marks`]). A keyframe every [`KEYFRAME_EVERY`] frames, since a replayed
-//!   stream cannot answer PLI with a fresh keyframe.
+//! - Video: [`VIDEO_LOOP`] VP8 frames at 640x360, camera-like (the participant's colour under a
+//!   moving texture and fresh sensor noise every frame, so an encoder and a decoder pay what a
+//!   real camera costs them, not what a flat colour does), with two rows of bit blocks drawn in:
+//!   the participant's id and a frame counter, readable back from the composite after scaling
+//!   (see [`read_marks`]). Encoded at [`VIDEO_KBPS`], a keyframe every [`KEYFRAME_EVERY`] frames,
+//!   since a replayed stream cannot answer PLI with a fresh keyframe.
 
 use mixer::{I420Frame, OpusEncoder, Vp8Encoder, Vp8EncoderConfig, Yuv};
 use std::sync::Arc;
@@ -18,9 +20,11 @@ pub const KEYFRAME_EVERY: usize = 30;
 /// Frame rate of the synthetic camera.
 pub const FPS: u32 = 15;
 /// Size of the synthetic camera.
-pub const WIDTH: u32 = 320;
+pub const WIDTH: u32 = 640;
 /// Size of the synthetic camera.
-pub const HEIGHT: u32 = 180;
+pub const HEIGHT: u32 = 360;
+/// Bitrate of the synthetic camera (what a browser sends for 360p), kbit/s.
+pub const VIDEO_KBPS: u32 = 600;
 /// Bit blocks per row.
 const COLS: u32 = 10;
 
@@ -130,15 +134,42 @@ fn id_bits(id: u32) -> u32 {
     (id & 0x3f) | ((!id & 0xf) << 6)
 }
 
+/// Paints frame `i` of a camera-like picture in participant `id`'s colour: a texture of soft
+/// diagonal bands drifting a few pixels a frame (motion), and fresh noise on every pixel of
+/// luma and chroma (a sensor's grain, which no encoder can predict).
+fn camera_like(f: &mut I420Frame, id: u32, i: u32, seed: &mut u32) {
+    let (w, h) = (f.width(), f.height());
+    let c = colour(id);
+    let (y, u, v) = f.planes_mut();
+    let mut noise = move |amp: i32| {
+        *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (((*seed >> 24) as i32) * (2 * amp + 1) >> 8) - amp
+    };
+    for row in 0..h {
+        for col in 0..w {
+            let band = ((col + row + i * 3) / 24) % 4;
+            let luma = i32::from(c.y) - 30 + band as i32 * 20 + noise(12);
+            y[(row * w + col) as usize] = luma.clamp(16, 235) as u8;
+        }
+    }
+    for (plane, base) in [(u, c.u), (v, c.v)] {
+        for p in plane.iter_mut() {
+            *p = (i32::from(base) + noise(4)).clamp(16, 240) as u8;
+        }
+    }
+}
+
 impl Camera {
     /// Encodes the loop for participant `id`.
     pub fn new(id: u32) -> anyhow::Result<Camera> {
-        let mut enc = Vp8Encoder::new(Vp8EncoderConfig::realtime(WIDTH, HEIGHT, FPS, 300))?;
+        let cfg = Vp8EncoderConfig::realtime(WIDTH, HEIGHT, FPS, VIDEO_KBPS);
+        let mut enc = Vp8Encoder::new(cfg)?;
         let mut frames = Vec::with_capacity(VIDEO_LOOP);
         let mut f = I420Frame::new(WIDTH, HEIGHT, colour(id))?;
         let rh = (HEIGHT / 6) & !1;
+        let mut seed = id.wrapping_mul(2_654_435_761) | 1;
         for i in 0..VIDEO_LOOP {
-            f.fill(colour(id));
+            camera_like(&mut f, id, i as u32, &mut seed);
             draw_row(&mut f, (HEIGHT * 2 / 8) & !1, rh, id_bits(id));
             draw_row(&mut f, (HEIGHT * 5 / 8) & !1, rh, i as u32);
             if i % KEYFRAME_EVERY == 0 {
@@ -210,6 +241,16 @@ mod tests {
     fn marks_survive_encode_decode_and_scaling() {
         let cam = Camera::new(13).unwrap();
         assert!(cam.frames[0].1 && cam.frames[KEYFRAME_EVERY].1 && !cam.frames[1].1);
+        // Camera-like, not a flat colour: inter frames cost about what the bitrate allows
+        // (600 kbit/s at 15 fps is 5 000 bytes a frame; a flat colour takes tens of bytes).
+        let inter: Vec<usize> = cam
+            .frames
+            .iter()
+            .filter(|f| !f.1)
+            .map(|f| f.0.len())
+            .collect();
+        let mean = inter.iter().sum::<usize>() / inter.len();
+        assert!(mean > 2_500, "mean inter frame {mean} bytes");
         let mut dec = mixer::Vp8Decoder::new().unwrap();
         for (i, (data, _)) in cam.frames.iter().enumerate().take(40) {
             let pic = dec.decode(data).unwrap().expect("picture");
