@@ -143,7 +143,7 @@ fn camera_like(f: &mut I420Frame, id: u32, i: u32, seed: &mut u32) {
     let (y, u, v) = f.planes_mut();
     let mut noise = move |amp: i32| {
         *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (((*seed >> 24) as i32) * (2 * amp + 1) >> 8) - amp
+        ((((*seed >> 24) as i32) * (2 * amp + 1)) >> 8) - amp
     };
     for row in 0..h {
         for col in 0..w {
