@@ -125,9 +125,6 @@ pub struct MediaStats {
     pub keyframes_sent: u64,
     /// Composite frames skipped by catch-up ticks ([`MediaRoom::tick_audio_only`]).
     pub video_frames_skipped: u64,
-    /// Video ticks with nothing new on the canvas: neither composited nor encoded (a still
-    /// frame goes out every [`STILL_FRAME_INTERVAL_MS`]).
-    pub video_frames_unchanged: u64,
 }
 
 #[derive(Debug)]
@@ -300,18 +297,8 @@ pub struct MediaRoom {
     tier_encoders: Vec<Option<TierEncoder>>,
     /// Pause/resume changes not yet reported by a tick.
     paused_changed: Vec<(ParticipantKey, bool)>,
-    /// What the last encoded composite showed (see [`Scene`]), and when it was encoded.
-    last_scene: Option<(Scene, u64)>,
     stats: MediaStats,
 }
-
-/// What a composite shows: each tile's place and its picture (input, generation) or a
-/// placeholder. Two equal scenes make the same canvas, so the second is not made again.
-type Scene = Vec<(crate::layout::Rect, Option<(ParticipantKey, u64)>)>;
-
-/// While nothing on the canvas changes, a still frame is sent this often (ms): receivers and
-/// recordings keep a live stream, at a 15th of the cost of 15 fps.
-pub const STILL_FRAME_INTERVAL_MS: u64 = 1000;
 
 impl std::fmt::Debug for MediaRoom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -333,7 +320,6 @@ impl MediaRoom {
             index: HashMap::new(),
             now_ms: 0,
             video_frames: 0,
-            last_scene: None,
             mixer: AudioMixer::new(),
             mix_buf: Box::new([0; FRAME_SAMPLES]),
             shared_encoder: OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity)?,
@@ -966,17 +952,13 @@ impl MediaRoom {
             receivers[t] += 1;
             want_kf[t] |= s.wants_keyframe;
         }
-        let mut new_encoder = false;
         for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
             if receivers[t] == 0 {
                 *enc = None;
             } else if enc.is_none() {
                 let full = t >= self.cfg.video_tiers_kbps.len();
                 match TierEncoder::new(self.tier_kbps[t], &self.cfg, full) {
-                    Ok(e) => {
-                        *enc = Some(e);
-                        new_encoder = true;
-                    }
+                    Ok(e) => *enc = Some(e),
                     Err(e) => tracing::error!(tier = t, error = %e, "vp8 encoder"),
                 }
             }
@@ -1015,26 +997,6 @@ impl MediaRoom {
                 Tile { rect, content }
             })
             .collect();
-        // Nothing changed on the canvas (no new picture, same layout): no composite and no
-        // encode, except a still frame every second, a keyframe someone asked for, or the first
-        // frame of a new tier.
-        let scene: Scene = tiles
-            .iter()
-            .map(|t| match t.content {
-                TileContent::Picture {
-                    source, generation, ..
-                } => (t.rect, Some((source, generation))),
-                TileContent::Placeholder => (t.rect, None),
-            })
-            .collect();
-        let unchanged = self.last_scene.as_ref().is_some_and(|(last, at)| {
-            *last == scene && now.saturating_sub(*at) < STILL_FRAME_INTERVAL_MS
-        });
-        if unchanged && !new_encoder && !want_kf.iter().any(|k| *k) {
-            self.stats.video_frames_unchanged += 1;
-            return;
-        }
-        self.last_scene = Some((scene, now));
         let canvas = self.compositor.compose(&tiles);
         let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
         let frame_no = self.video_frames - 1;
@@ -1189,95 +1151,6 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanging_canvas_is_sent_once_a_second_and_moves_at_once() {
-        let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
-        room.add_participant(1, true);
-        room.add_participant(2, true);
-        // Nobody sends video: placeholders only. 10 s of room clock, 150 video ticks.
-        let mut frames = 0;
-        for _ in 0..500 {
-            frames += usize::from(room.tick().video.iter().any(|v| v.0 == 2));
-        }
-        assert!(
-            (10..=12).contains(&frames),
-            "a still frame a second: {frames} in 10 s"
-        );
-        assert!(room.stats().video_frames_unchanged >= 135);
-        // A picture arrives: the next video tick carries it.
-        room.push_video(1, 0, &keyframe(320, 180), true);
-        let out = loop {
-            let out = room.tick();
-            if out.video_tick {
-                break out;
-            }
-        };
-        assert!(
-            out.video.iter().any(|v| v.0 == 2),
-            "a new picture is sent at once"
-        );
-        // A receiver asking for a keyframe gets one at once too.
-        for _ in 0..10 {
-            room.tick();
-        }
-        room.request_keyframe(2);
-        let out = loop {
-            let out = room.tick();
-            if out.video_tick {
-                break out;
-            }
-        };
-        assert!(
-            out.video.iter().any(|v| v.0 == 2 && v.2),
-            "the keyframe goes out"
-        );
-    }
-
-    #[test]
-    fn silent_inputs_are_not_decoded_and_the_mix_is_the_same() {
-        // Ten publishers, one talking; the others send silence marked level 127 (RFC 6464).
-        let tone = tone_packets(440.0, 8000.0, 100);
-        let silence = tone_packets(0.0, 0.0, 1)[0].clone();
-        let run = |levels: bool| {
-            let mut room = MediaRoom::new(MediaConfig::default()).unwrap();
-            for k in 0..10 {
-                room.add_participant(k, true);
-            }
-            let mut heard = Vec::new();
-            for t in 0..100u16 {
-                let lvl = |l: u8| levels.then_some(l);
-                room.push_audio_level(0, t, 0, &tone[t as usize], lvl(15));
-                for k in 1..10 {
-                    room.push_audio_level(k, t, 0, &silence, lvl(127));
-                }
-                let out = room.tick();
-                heard.push(out.audio.iter().find(|a| a.0 == 1).unwrap().1.clone());
-            }
-            let mut dec = OpusDecoder::new().unwrap();
-            let mut pcm = [0i16; FRAME_SAMPLES];
-            let energy: f64 = heard[20..]
-                .iter()
-                .map(|p| {
-                    dec.decode(p, &mut pcm).unwrap();
-                    pcm.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
-                })
-                .sum();
-            (room.stats().audio_quiet_skipped, energy)
-        };
-        let (skipped, with_levels) = run(true);
-        let (none, without) = run(false);
-        assert_eq!(none, 0);
-        assert!(
-            skipped >= 9 * 90,
-            "nine silent inputs not decoded: {skipped}"
-        );
-        let ratio = with_levels / without;
-        assert!(
-            (0.95..1.05).contains(&ratio),
-            "the talker is heard the same: {ratio}"
-        );
-    }
-
-    #[test]
     fn room_can_move_to_its_media_thread() {
         fn assert_send<T: Send>() {}
         assert_send::<MediaRoom>();
@@ -1416,8 +1289,7 @@ mod tests {
             let a: HashMap<u64, Arc<[u8]>> = o.audio.iter().cloned().collect();
             assert!(a.contains_key(&100), "the sink gets audio every tick");
             heard.push(a[&100].clone());
-            // Nothing moves on this canvas: frames come only when it changes (and once a second).
-            if o.video_tick && !o.video.is_empty() {
+            if o.video_tick {
                 let v: HashMap<u64, (Arc<[u8]>, bool)> = o
                     .video
                     .iter()
@@ -1434,7 +1306,7 @@ mod tests {
         );
         assert_eq!(room.stats().video_encoders, 1, "sink shares the 400 tier");
         assert!(sink_video[0].1, "the sink starts with a keyframe");
-        assert!(Arc::ptr_eq(&sink_video[0].0, &receiver_video[0]));
+        assert!(Arc::ptr_eq(&sink_video[3].0, &receiver_video[3]));
         // The sink hears the publisher (whose own mix-minus would not contain it).
         let mut dec = OpusDecoder::new().expect("dec");
         let pcm: Vec<i16> = heard[10..]

@@ -101,9 +101,6 @@ pub struct MediaStats {
     /// Quiet audio packets of inputs not speaking that were not decoded (the sender marked them
     /// with the RFC 6464 audio level), counted over the inputs present; updated each second.
     pub audio_quiet_skipped: u64,
-    /// Video ticks with nothing new on the canvas, neither composited nor encoded (a still frame
-    /// goes out each second); updated each second.
-    pub video_frames_unchanged: u64,
 }
 
 /// Why a join is refused.
@@ -351,7 +348,6 @@ impl RoomManager {
                 audio_encoders: t.audio_encoders.load(Relaxed),
                 video_encoders: t.video_encoders.load(Relaxed),
                 audio_quiet_skipped: t.audio_quiet_skipped.load(Relaxed),
-                video_frames_unchanged: t.video_frames_unchanged.load(Relaxed),
             }
         });
         let receivers = receiver_stats(live);

@@ -200,8 +200,6 @@ pub struct RoomTiming {
     pub video_encoders: std::sync::atomic::AtomicU64,
     /// Quiet audio packets not decoded (RFC 6464 level), of the inputs present (each second).
     pub audio_quiet_skipped: std::sync::atomic::AtomicU64,
-    /// Video ticks with nothing new on the canvas, neither composited nor encoded (each second).
-    pub video_frames_unchanged: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a room's media thread. Dropping it stops the thread.
@@ -506,9 +504,6 @@ fn run(
             timing
                 .audio_quiet_skipped
                 .store(s.audio_quiet_skipped, Relaxed);
-            timing
-                .video_frames_unchanged
-                .store(s.video_frames_unchanged, Relaxed);
         }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);
