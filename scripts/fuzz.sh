@@ -20,10 +20,17 @@ for t in "${targets[@]}"; do
   scratch="../target/fuzz-corpus/$t"
   mkdir -p "$scratch"
   echo "fuzz: $t for ${secs}s"
+  rm -rf "artifacts/$t" # what an earlier run left is not this run's finding
+  status=0
   cargo fuzz run -s none "$t" "$scratch" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
-    -print_final_stats=1 2>&1 | grep -E "^(Done|stat::number_of_executed_runs|.*panicked|SUMMARY)" || true
+    -print_final_stats=1 > "../target/fuzz-$t.log" 2>&1 || status=$?
+  grep -E "^(Done|.*panicked|SUMMARY)" "../target/fuzz-$t.log" || true
   if [ -n "$(ls -A "artifacts/$t" 2>/dev/null)" ]; then
-    echo "fuzz: $t crashed; inputs in fuzz/artifacts/$t/" >&2
+    echo "fuzz: $t crashed; inputs in fuzz/artifacts/$t/, log in target/fuzz-$t.log" >&2
     exit 1
+  fi
+  if [ "$status" -ne 0 ]; then
+    echo "fuzz: $t failed to run (exit $status); log in target/fuzz-$t.log" >&2
+    exit "$status"
   fi
 done

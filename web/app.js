@@ -525,10 +525,11 @@ function moderatorControls(p) {
     class: 'mod-btn',
     'data-action': p.audio_locked ? 'allow' : 'mute',
     text: p.audio_locked ? 'Allow to speak' : 'Mute',
-    title: p.audio_locked ? `Let ${p.display_name} unmute again` : `Mute ${p.display_name} until you allow them to speak`,
+    title: p.audio_locked ? `Let ${p.display_name} unmute when they are ready` : `Mute ${p.display_name} until you allow them to speak`,
   });
   mute.addEventListener('click', () => {
-    const msg = p.audio_locked ? { audio: false } : { audio: true, lock: true };
+    // Allowing lifts the lock only: they stay muted until they unmute (no surprise hot mic).
+    const msg = p.audio_locked ? { audio: true, lock: false } : { audio: true, lock: true };
     conn?.send({ type: 'mute_participant', participant_id: p.id, ...msg });
   });
   const remove = el('button', {

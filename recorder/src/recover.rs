@@ -143,6 +143,13 @@ pub fn recover(path: &Path) -> Result<Finished, RecorderError> {
         // original stays.
         let duration_ms = probe_duration_ms(&tmp)?;
         tracing::debug!(copied_ms, duration_ms, "repaired file read back");
+        if duration_ms + 1000 < copied_ms {
+            // Reads back only in part: replacing the original would lose what is past that.
+            return Err(no_media(
+                &tmp,
+                format!("the repaired copy reads back {duration_ms} ms of the {copied_ms} copied"),
+            ));
+        }
         let io = |source| RecorderError::Io {
             path: tmp.clone(),
             source,

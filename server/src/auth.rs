@@ -62,12 +62,28 @@ impl FailedAuthLimiter {
         }
     }
 
-    /// The allowance of `ip` at `now` (refilled), and its entry.
-    fn level(&self, ip: std::net::IpAddr, now: std::time::Instant) -> f64 {
-        let buckets = self.buckets.lock();
+    /// The allowance of `ip` at `now` (refilled) in `buckets`.
+    fn level(
+        &self,
+        buckets: &std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>,
+        ip: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> f64 {
         buckets.get(&ip).map_or(self.burst, |(level, at)| {
             (level + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst)
         })
+    }
+
+    /// The address a client is counted under: its IPv4 address, or its IPv6 /64 (one host
+    /// usually holds a whole /64).
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
     }
 
     /// `Err(seconds to wait)` when `ip` has used its allowance.
@@ -75,7 +91,7 @@ impl FailedAuthLimiter {
         if self.burst == 0.0 {
             return Ok(());
         }
-        let level = self.level(ip, now);
+        let level = self.level(&self.buckets.lock(), Self::key(ip), now);
         if level >= 1.0 {
             Ok(())
         } else {
@@ -88,8 +104,10 @@ impl FailedAuthLimiter {
         if self.burst == 0.0 {
             return;
         }
-        let level = self.level(ip, now);
+        let ip = Self::key(ip);
+        // One lock for the read and the write: concurrent failures each count.
         let mut buckets = self.buckets.lock();
+        let level = self.level(&buckets, ip, now);
         if buckets.len() >= LIMITER_IPS && !buckets.contains_key(&ip) {
             let (burst, per_sec) = (self.burst, self.per_sec);
             buckets
@@ -341,6 +359,14 @@ mod tests {
         // 2 a minute: one attempt back after 30 s.
         assert_eq!(l.check(a, t0), Err(30));
         assert!(l.check(b, t0).is_ok(), "per address");
+        // IPv6 counts per /64.
+        let (v6a, v6b): (std::net::IpAddr, std::net::IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::ffff:2".parse().unwrap(),
+        );
+        l.failed(v6a, t0);
+        l.failed(v6b, t0);
+        assert!(l.check(v6a, t0).is_err(), "one /64, one allowance");
         assert!(l.check(a, t0 + std::time::Duration::from_secs(30)).is_ok());
         // Off.
         let off = FailedAuthLimiter::new(0);

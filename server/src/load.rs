@@ -45,10 +45,12 @@ impl Load {
         let mut at = Instant::now();
         loop {
             tokio::time::sleep(SAMPLE_EVERY).await;
-            let Some(now) = cpu_time() else { return };
+            // A failed read (out of descriptors under load, say) skips one sample, never stops
+            // the sampling: a stale high figure would refuse every join until a restart.
+            let Some(now) = cpu_time() else { continue };
             let elapsed = at.elapsed().as_secs_f64();
             at = Instant::now();
-            self.record((now - last).as_secs_f64() / elapsed.max(1e-3));
+            self.record((now.saturating_sub(last)).as_secs_f64() / elapsed.max(1e-3));
             last = now;
         }
     }

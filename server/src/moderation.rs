@@ -47,6 +47,12 @@ pub async fn kick(
         // Left between the look-up and the kick: the ban stands, nobody to disconnect.
         return Err(ApiError::ParticipantNotFound(id.to_string()));
     }
+    // The ban is the identity's: its other sessions (another tab, another device) go too.
+    if ban_s > 0 {
+        for other in state.rooms.sessions_of(&room.name, &who.identity) {
+            state.rooms.kick(&room.name, &other);
+        }
+    }
     tracing::info!(room = %room.name, participant = id, identity = %who.identity, ban_s, by,
         "participant kicked");
     Ok(until)

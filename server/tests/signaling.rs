@@ -430,6 +430,8 @@ async fn a_moderator_kicks_and_the_kicked_identity_stays_out() {
     let alice = wa["participant_id"].as_str().unwrap();
     let bob = wb["participant_id"].as_str().unwrap();
 
+    // Alice has a second session (another tab): the kick's ban takes it out too.
+    let (mut a2, _) = app.join("k", "alice").await;
     // A participant without is_admin cannot.
     send(
         &mut a,
@@ -476,8 +478,12 @@ async fn a_moderator_kicks_and_the_kicked_identity_stays_out() {
     let closed = expect_type(&mut a, "closed").await;
     assert_eq!(closed["reason"], "kicked");
     expect_close(&mut a).await;
-    let left = expect_type(&mut b, "participant_left").await;
-    assert_eq!(left["participant_id"], alice);
+    assert_eq!(expect_type(&mut a2, "closed").await["reason"], "kicked");
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        left.push(expect_type(&mut b, "participant_left").await["participant_id"].clone());
+    }
+    assert!(left.contains(&json!(alice)), "{left:?}");
 
     // The same token (and a fresh one for the same identity) cannot come back for a while.
     for _ in 0..2 {
@@ -539,6 +545,16 @@ async fn a_locked_mute_holds_until_the_moderator_allows() {
     let p = app.state.rooms.participant("l", alice).unwrap();
     assert!(p.audio_muted && p.audio_locked, "{p:?}");
     assert!(p.video_muted, "the unlocked part of the message applies");
+    // Leaving and joining again (a reload) does not lift the lock.
+    send(&mut a, r#"{"type":"leave"}"#).await;
+    expect_close(&mut a).await;
+    let (mut a, wa) = app.join("l", "alice").await;
+    let alice = wa["participant_id"].as_str().unwrap().to_string();
+    let alice = alice.as_str();
+    assert_eq!(wa["participant"]["audio_locked"], true, "{wa}");
+    assert_eq!(wa["participant"]["audio_muted"], true, "{wa}");
+    send(&mut a, r#"{"type":"mute","audio":false}"#).await;
+    assert_eq!(expect_type(&mut a, "error").await["code"], "mute_locked");
     // Muting again without `lock` keeps the lock.
     send(
         &mut m,

@@ -396,11 +396,16 @@ test('a moderator in the call mutes Bob (locked), allows him again, and removes 
   await sleep(500);
   assert.equal((await participants()).find((x) => x.display_name === 'Bob').audio_muted, true);
 
+  // Allowed to speak: the lock goes, Bob stays muted until he unmutes himself.
   await bobRow.locator('button[data-action="allow"]').click();
   await until(async () => bobMic.isEnabled(), "Bob's microphone button free again");
+  const allowed = (await participants()).find((x) => x.display_name === 'Bob');
+  assert.equal(allowed.audio_muted && !allowed.audio_locked, true, JSON.stringify(allowed));
+  await until(async () => /allows you to speak/.test(await bob.page.locator('#status').innerText()), 'Bob is told he may speak');
+  await bobMic.click();
   await sleep(800);
   const [back] = await toneLevels(alice.page, [BOB.freq]);
-  assert.ok(back > -70, `Bob is heard again: ${back.toFixed(1)} dB`);
+  assert.ok(back > -70, `Bob is heard again once he unmutes: ${back.toFixed(1)} dB`);
 
   // A guest with an invite for a fixed identity is removed, and the same invite is refused.
   const guestUrl = `${server.url}/r/standup?autojoin=1&raw_audio=1&token=${await mint({ identity: 'carol', display_name: 'Carol' })}`;

@@ -134,6 +134,9 @@ struct LiveRoom {
     sinks: Vec<u64>,
     /// Media keys of the screen sharers, oldest first: the last one is the presenter.
     sharers: Vec<u64>,
+    /// Locked mutes by identity (audio, video), so that rejoining does not lift them; kept while
+    /// the room is live.
+    locks: HashMap<String, (bool, bool)>,
 }
 
 impl LiveRoom {
@@ -163,6 +166,21 @@ struct Inner {
 const EMPTIED_MEMORY: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 impl Inner {
+    /// After a failed start: drops the live entry a join or sink just made for `room` if nobody
+    /// uses it, and puts back when the room had emptied.
+    fn undo_unused_entry(&mut self, room: &str, emptied: Option<Instant>) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|l| l.participants.is_empty() && l.sinks.is_empty())
+        {
+            self.rooms.remove(room);
+            if let Some(t) = emptied {
+                self.emptied.insert(room.to_string(), t);
+            }
+        }
+    }
+
     /// Forgets the live entry of `room` once nobody and no recording uses it, remembering when
     /// it emptied.
     fn forget_if_unused(&mut self, room: &str) {
@@ -385,7 +403,7 @@ impl RoomManager {
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(ParticipantHandle, Participant, Vec<Participant>), JoinError> {
         let mut inner = self.inner.lock();
-        inner.emptied.remove(room);
+        let emptied = inner.emptied.remove(room);
         let live = inner.rooms.entry(room.to_string()).or_default();
         live.max_participants = max_participants;
         live.layout = layout;
@@ -393,20 +411,29 @@ impl RoomManager {
             return Err(JoinError::RoomFull);
         }
         if live.media.is_none() {
-            live.media = Some(self.start_media(room, layout)?);
+            match self.start_media(room, layout) {
+                Ok(m) => live.media = Some(m),
+                Err(e) => {
+                    inner.undo_unused_entry(room, emptied);
+                    return Err(e);
+                }
+            }
         }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
+        // A moderator's locked mute holds across a rejoin of the same identity.
+        let (audio_locked, video_locked) =
+            live.locks.get(identity).copied().unwrap_or((false, false));
         let info = Participant {
             id: format!("PA_{}", uuid::Uuid::new_v4().simple()),
             identity: identity.to_string(),
             display_name: display_name.to_string(),
             joined_at: Utc::now(),
-            audio_muted: false,
-            video_muted: false,
+            audio_muted: audio_locked,
+            video_muted: video_locked,
             speaking: false,
             screen_sharing: false,
-            audio_locked: false,
-            video_locked: false,
+            audio_locked,
+            video_locked,
         };
         let others: Vec<Participant> = live.participants.iter().map(|e| e.info.clone()).collect();
         let joined = serde_json::json!({"type": "participant_joined", "participant": info});
@@ -477,10 +504,17 @@ impl RoomManager {
         let live = inner.rooms.entry(room.to_string()).or_default();
         if live.media.is_none() {
             live.layout = layout;
-            live.media = Some(self.start_media(room, layout)?);
-            if live.participants.is_empty() && live.empty_since.is_none() {
-                live.empty_since = Some(emptied.unwrap_or_else(Instant::now));
+            match self.start_media(room, layout) {
+                Ok(m) => live.media = Some(m),
+                Err(e) => {
+                    inner.undo_unused_entry(room, emptied);
+                    return Err(e);
+                }
             }
+        }
+        let live = inner.rooms.entry(room.to_string()).or_default();
+        if live.participants.is_empty() && live.empty_since.is_none() {
+            live.empty_since = Some(emptied.unwrap_or_else(Instant::now));
         }
         let key = self.next_key.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(m) = &live.media {
@@ -575,7 +609,7 @@ impl RoomManager {
         video: Option<bool>,
         lock: Option<bool>,
     ) -> Option<Participant> {
-        self.update_participant(room, id, |p| {
+        let after = self.update_participant(room, id, |p| {
             let both = audio.is_none() && video.is_none();
             let apply = |muted: &mut bool, locked: &mut bool, want: Option<bool>| {
                 if let Some(m) = want {
@@ -588,6 +622,29 @@ impl RoomManager {
             };
             apply(&mut p.audio_muted, &mut p.audio_locked, audio);
             apply(&mut p.video_muted, &mut p.video_locked, video);
+        })?;
+        let mut inner = self.inner.lock();
+        if let Some(live) = inner.rooms.get_mut(room) {
+            if after.audio_locked || after.video_locked {
+                let locks = (after.audio_locked, after.video_locked);
+                live.locks.insert(after.identity.clone(), locks);
+            } else {
+                live.locks.remove(&after.identity);
+            }
+        }
+        Some(after)
+    }
+
+    /// The ids of the participants of `room` who joined as `identity` (one person may have
+    /// several sessions: tabs, devices).
+    pub fn sessions_of(&self, room: &str, identity: &str) -> Vec<String> {
+        let inner = self.inner.lock();
+        inner.rooms.get(room).map_or_else(Vec::new, |l| {
+            l.participants
+                .iter()
+                .filter(|e| e.info.identity == identity)
+                .map(|e| e.info.id.clone())
+                .collect()
         })
     }
 

@@ -505,7 +505,8 @@ impl Store {
         }
     }
 
-    /// Keeps `identity` out of the room with id `room_id` until `until` (a later kick moves it).
+    /// Keeps `identity` out of the room with id `room_id` until `until` (a later kick can extend
+    /// a ban, never shorten it).
     pub async fn ban(
         &self,
         room_id: Uuid,
@@ -937,6 +938,12 @@ mod tests {
         assert_eq!(store.banned_until(other, "mallory").await.unwrap(), None);
         let later = soon + chrono::Duration::seconds(600);
         store.ban(room, "mallory", later).await.unwrap();
+        assert_eq!(
+            store.banned_until(room, "mallory").await.unwrap(),
+            Some(to_micros(later))
+        );
+        // A shorter kick later does not shorten it.
+        store.ban(room, "mallory", soon).await.unwrap();
         assert_eq!(
             store.banned_until(room, "mallory").await.unwrap(),
             Some(to_micros(later))

@@ -181,7 +181,7 @@ pub(super) async fn ban(
         .map_err(classify)?;
     sqlx::query(
         "INSERT INTO bans (room_id, identity, until) VALUES ($1, $2, $3) \
-         ON CONFLICT (room_id, identity) DO UPDATE SET until = EXCLUDED.until",
+         ON CONFLICT (room_id, identity) DO UPDATE SET until = GREATEST(bans.until, EXCLUDED.until)",
     )
     .bind(room_id)
     .bind(identity)

@@ -232,7 +232,7 @@ pub(super) async fn ban(
         .map_err(classify)?;
     sqlx::query(
         "INSERT INTO bans (room_id, identity, until) VALUES (?, ?, ?) \
-         ON CONFLICT (room_id, identity) DO UPDATE SET until = excluded.until",
+         ON CONFLICT (room_id, identity) DO UPDATE SET until = MAX(until, excluded.until)",
     )
     .bind(room_id.to_string())
     .bind(identity)
