@@ -78,6 +78,20 @@ pub struct JitterStats {
     pub plc: u64,
 }
 
+impl std::ops::AddAssign for JitterStats {
+    /// Sums counters (over inputs, or over the buffers one input has had).
+    fn add_assign(&mut self, o: JitterStats) {
+        self.accepted += o.accepted;
+        self.duplicate += o.duplicate;
+        self.late += o.late;
+        self.invalid += o.invalid;
+        self.overflow_dropped += o.overflow_dropped;
+        self.resets += o.resets;
+        self.fec += o.fec;
+        self.plc += o.plc;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     seq: u64,

@@ -121,34 +121,18 @@ impl AudioInput {
             .div_ceil(samples)
             .max(1);
         let old = std::mem::replace(&mut self.jitter, JitterBuffer::new(packets));
-        let s = old.stats();
-        let p = &mut self.past;
-        p.accepted += s.accepted;
-        p.duplicate += s.duplicate;
-        p.late += s.late;
-        p.invalid += s.invalid;
-        p.overflow_dropped += s.overflow_dropped;
-        p.resets += s.resets + 1;
-        p.fec += s.fec;
-        p.plc += s.plc;
+        self.past += old.stats();
+        self.past.resets += 1;
         self.sized_for = samples;
         (self.start, self.end) = (0, 0);
     }
 
     /// The jitter buffer's counters; packets refused for their duration count as invalid.
     pub fn stats(&self) -> JitterStats {
-        let s = self.jitter.stats();
-        let p = &self.past;
-        JitterStats {
-            accepted: p.accepted + s.accepted,
-            duplicate: p.duplicate + s.duplicate,
-            late: p.late + s.late,
-            invalid: p.invalid + s.invalid + self.refused,
-            overflow_dropped: p.overflow_dropped + s.overflow_dropped,
-            resets: p.resets + s.resets,
-            fec: p.fec + s.fec,
-            plc: p.plc + s.plc,
-        }
+        let mut s = self.past;
+        s += self.jitter.stats();
+        s.invalid += self.refused;
+        s
     }
 
     /// Plays this tick's 20 ms into `out` (zeros where nothing plays). A packet that does not

@@ -722,15 +722,7 @@ impl MediaRoom {
         s.audio_quiet_skipped = 0;
         for a in self.participants.iter().filter_map(|p| p.audio_in.as_ref()) {
             s.audio_quiet_skipped += a.quiet_skipped();
-            let t = a.stats();
-            j.accepted += t.accepted;
-            j.duplicate += t.duplicate;
-            j.late += t.late;
-            j.invalid += t.invalid;
-            j.overflow_dropped += t.overflow_dropped;
-            j.resets += t.resets;
-            j.fec += t.fec;
-            j.plc += t.plc;
+            j += a.stats();
         }
         s.jitter = j;
         s
