@@ -160,6 +160,9 @@ struct Inner {
     /// When rooms that had someone emptied, for the empty-timeout reaper (entries older than the
     /// longest timeout are forgotten: such a room is due, or has no timeout).
     emptied: HashMap<String, Instant>,
+    /// Size of `emptied` at which the next sweep of old entries runs (amortized: a leave does
+    /// not scan every emptied room under the manager's lock).
+    sweep_at: usize,
 }
 
 /// The longest `empty_timeout_s` (a day): an emptied-at time older than this decides nothing.
@@ -192,7 +195,10 @@ impl Inner {
         }
         let since = live.empty_since.unwrap_or_else(Instant::now);
         self.rooms.remove(room); // drops the media handle: the thread stops
-        self.emptied.retain(|_, t| t.elapsed() < EMPTIED_MEMORY);
+        if self.emptied.len() >= self.sweep_at {
+            self.emptied.retain(|_, t| t.elapsed() < EMPTIED_MEMORY);
+            self.sweep_at = (2 * self.emptied.len()).max(64);
+        }
         self.emptied.insert(room.to_string(), since);
     }
 }
