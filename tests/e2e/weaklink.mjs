@@ -214,6 +214,7 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
       result.others_see_weak.push({ name: g.name, px: px.px });
       const s = await inbound(g.page);
       result[`${g.name}_frames`] = s.frames;
+      result[`${g.name}_rtx`] = s.rtx;
     }
     const stats = await server.api('GET', `/rooms/${room}/stats`);
     result.server = stats.body;

@@ -152,7 +152,7 @@ fn render_mux(c: &crate::room::udp_mux::MuxCounters, out: &mut String) {
 /// decided (labels `room`, `participant`).
 fn render_receivers(receivers: &[(String, ReceiverStats)], out: &mut String) {
     type Metric = (&'static str, &'static str, fn(&ReceiverStats) -> f64);
-    const METRICS_OF_A_RECEIVER: [Metric; 7] = [
+    const METRICS_OF_A_RECEIVER: [Metric; 8] = [
         (
             "mcu_receiver_estimate_bits_per_second",
             "Bandwidth estimate of the link to a participant.",
@@ -187,6 +187,11 @@ fn render_receivers(receivers: &[(String, ReceiverStats)], out: &mut String) {
             "mcu_receiver_audio_redundancy_bits_per_second",
             "What audio redundancy (RED) adds to a participant's audio while it reports loss.",
             |r| f64::from(r.audio_redundancy_kbps) * 1000.0,
+        ),
+        (
+            "mcu_receiver_probe_bits_per_second",
+            "Rate of the bandwidth probe running for a participant (0: none).",
+            |r| f64::from(r.probe_kbps) * 1000.0,
         ),
     ];
     for (name, help, value) in METRICS_OF_A_RECEIVER {

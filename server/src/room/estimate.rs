@@ -15,12 +15,19 @@
 //!   the same (random loss below it, the few per cent a weak radio link has, is not congestion);
 //! - **room**: a short queue and little loss let the estimate grow by [`GROWTH_PER_S`] a second,
 //!   never beyond [`ACKED_CAP_FACTOR`] x the acknowledged rate plus [`ACKED_HEADROOM_BPS`]
-//!   (libwebrtc caps its increases by the acknowledged rate for the same reason), or just past
-//!   the estimate at which the receiver would try its next tier up when that is more: cheap
-//!   content (a still picture) undershoots its tier, and a cap by the acknowledged rate alone
-//!   would keep a good link on a low tier for ever. Moving up one tier is the probe; a standing
-//!   queue or heavy loss brings the estimate back. The estimate never runs further ahead than one
-//!   tier, so a failed probe overloads a weak link by one step only.
+//!   (libwebrtc caps its increases by the acknowledged rate for the same reason): an estimate
+//!   that the link has not been seen to carry is a guess, and a tier chosen on a guess overruns
+//!   a weak link, fills its queue and freezes the picture.
+//! - **probes**: the receiver's next tier up needs more than that cap. When the room wants it
+//!   (its probe point, [`QueueEstimate::set_probe_floor`], is above the estimate) a probe runs
+//!   for [`PROBE_DURATION`]: the pacer sends at the probe point, padding what media leaves with
+//!   copies of recent video on the RTX stream. The link carried it (the acknowledged rate reached
+//!   [`PROBE_CARRIED`] of it, the queue stayed under [`PROBE_QUEUE_MS`]): the estimate jumps to it
+//!   and the room moves up. It did not: the probe stops at once and the next one waits
+//!   [`PROBE_WAIT_MIN`], doubled by each failure up to [`PROBE_WAIT_MAX`]. A failed probe costs a
+//!   short queue, never media. While video is paused there is nothing to pad with: the estimate
+//!   may then grow blindly to the lowest tier's probe point (a failed try of that tier is
+//!   cheap).
 //!
 //! Time is an input (the instants the interceptor chain hands in).
 
@@ -44,13 +51,27 @@ pub const LOSS_LOW: f64 = 0.06;
 pub const BACKOFF: f64 = 0.85;
 /// Growth of the estimate per second while the link has room.
 pub const GROWTH_PER_S: f64 = 1.08;
-/// The estimate never exceeds this multiple of the acknowledged rate...
-pub const ACKED_CAP_FACTOR: f64 = 1.5;
-/// ...plus this, so that a quiet start (audio only) can still reach the lowest video tier.
-pub const ACKED_HEADROOM_BPS: f64 = 100_000.0;
-/// How far past the next tier's probe estimate growth may go (so that the tier choice, which
-/// sees the estimate every 500 ms, does cross it).
+/// Growth never takes the estimate past this multiple of the acknowledged rate...
+pub const ACKED_CAP_FACTOR: f64 = 1.2;
+/// ...plus this (the next tier up is a probe's business, not growth's).
+pub const ACKED_HEADROOM_BPS: f64 = 20_000.0;
+/// How far past the next tier's probe point a probe (or, video paused, growth) goes, so that the
+/// tier choice, which sees the estimate every 500 ms, does cross it.
 pub const PROBE_HEADROOM: f64 = 1.05;
+/// How long a probe sends at its rate before it is judged (the acknowledged rate is taken over
+/// [`ACKED_WINDOW`], plus a feedback round trip).
+pub const PROBE_DURATION: Duration = Duration::from_millis(1500);
+/// Share of the probe's rate the link must be seen to carry for the probe to succeed (RTP bytes
+/// against a rate paced with wire overhead, and a few per cent of random loss).
+pub const PROBE_CARRIED: f64 = 0.75;
+/// A queue this long during a probe ends it: the link does not carry the rate.
+pub const PROBE_QUEUE_MS: f64 = 40.0;
+/// Wait before the first probe, after a success, and after a first failure.
+pub const PROBE_WAIT_MIN: Duration = Duration::from_secs(5);
+/// Longest wait between two probes (each failure doubles the wait).
+pub const PROBE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// A probe never asks for more than this multiple of the estimate.
+pub const PROBE_MAX_STEP: f64 = 2.0;
 /// Window of the acknowledged rate.
 pub const ACKED_WINDOW: Duration = Duration::from_secs(1);
 /// The base one-way delay is the lowest seen within this window (it follows route changes).
@@ -84,8 +105,18 @@ pub struct QueueEstimate {
     last_backoff: Option<Instant>,
     /// The departure instant the one-way delays are measured from.
     epoch: Option<Instant>,
-    /// The estimate at which the receiver tries its next tier up, bit/s: the cap's floor.
+    /// The estimate at which the receiver tries its next tier up, bit/s (0: none).
     probe_floor: f64,
+    /// The receiver gets video (there is media to pad a probe with).
+    video_flowing: bool,
+    /// The probe running: (started, rate bit/s).
+    probe: Option<(Instant, f64)>,
+    /// No probe starts before this.
+    next_probe: Option<Instant>,
+    /// Wait after the next failed probe.
+    probe_wait: Duration,
+    /// Probes run and probes that succeeded.
+    probes: (u32, u32),
 }
 
 impl QueueEstimate {
@@ -106,13 +137,30 @@ impl QueueEstimate {
             last_backoff: None,
             epoch: None,
             probe_floor: 0.0,
+            video_flowing: true,
+            probe: None,
+            next_probe: None,
+            probe_wait: PROBE_WAIT_MIN,
+            probes: (0, 0),
         }
     }
 
-    /// The estimate (bit/s) at which the receiver would try its next tier up (0: none): growth
-    /// may always reach just past it.
-    pub fn set_probe_floor(&mut self, bps: f64) {
+    /// The estimate (bit/s) at which the receiver would try its next tier up (0: none), and
+    /// whether it gets video now (probes pad with it; without it, growth may reach the point
+    /// blindly).
+    pub fn set_probe_floor(&mut self, bps: f64, video_flowing: bool) {
         self.probe_floor = bps;
+        self.video_flowing = video_flowing;
+    }
+
+    /// The rate of the probe running, bit/s (0: none): what the pacer must send.
+    pub fn probe_rate(&self) -> f64 {
+        self.probe.map_or(0.0, |(_, rate)| rate)
+    }
+
+    /// Probes run, and those the link carried.
+    pub fn probes(&self) -> (u32, u32) {
+        self.probes
     }
 
     /// The estimate, bit/s.
@@ -206,7 +254,11 @@ impl QueueEstimate {
         }
         let acked = self.acked_bps();
         let congested = self.queue_ms > QUEUE_HIGH_MS || loss > LOSS_HIGH;
-        if congested {
+        if self.run_probe(now, acked, loss, congested) {
+            // The queue is the failed probe's own, and it drains now that the padding stops:
+            // media keeps its rate (a real congestion still shows after the hold).
+            self.last_backoff = Some(now);
+        } else if congested {
             let may = self
                 .last_backoff
                 .is_none_or(|t| now.saturating_duration_since(t) >= BACKOFF_HOLD);
@@ -223,8 +275,10 @@ impl QueueEstimate {
             }
         } else if self.queue_ms < QUEUE_LOW_MS && loss < LOSS_LOW {
             let grown = self.target * GROWTH_PER_S.powf(dt.as_secs_f64().min(1.0));
-            let cap = (acked * ACKED_CAP_FACTOR + ACKED_HEADROOM_BPS)
-                .max(self.probe_floor * PROBE_HEADROOM);
+            let mut cap = acked * ACKED_CAP_FACTOR + ACKED_HEADROOM_BPS;
+            if !self.video_flowing {
+                cap = cap.max(self.probe_floor * PROBE_HEADROOM);
+            }
             // Never grow past the cap; never cut to it either (that is what congestion is for).
             self.target = grown.min(cap).max(self.target);
         }
@@ -234,6 +288,53 @@ impl QueueEstimate {
             self.total = 0;
         }
         self.last_eval = Some(now);
+    }
+}
+
+impl QueueEstimate {
+    /// Starts, judges or ends a probe (see the module docs). True when a probe just failed
+    /// on a queue (it built that queue itself).
+    fn run_probe(&mut self, now: Instant, acked: f64, loss: f64, congested: bool) -> bool {
+        if let Some((started, rate)) = self.probe {
+            let failed = congested || self.queue_ms > PROBE_QUEUE_MS;
+            let done = now.saturating_duration_since(started) >= PROBE_DURATION;
+            if !failed && !done {
+                return false;
+            }
+            self.probe = None;
+            tracing::debug!(
+                rate = rate as u64,
+                acked = acked as u64,
+                queue_ms = self.queue_ms as u64,
+                failed,
+                ms = now.saturating_duration_since(started).as_millis() as u64,
+                "probe ended"
+            );
+            if !failed && acked >= PROBE_CARRIED * rate {
+                self.probes.1 += 1;
+                self.target = self.target.max(rate).min(self.max);
+                self.probe_wait = PROBE_WAIT_MIN;
+                self.next_probe = Some(now + PROBE_WAIT_MIN);
+            } else {
+                self.next_probe = Some(now + self.probe_wait);
+                self.probe_wait = (self.probe_wait * 2).min(PROBE_WAIT_MAX);
+            }
+            return failed;
+        }
+        let next = *self.next_probe.get_or_insert(now + PROBE_WAIT_MIN);
+        let wanted = self.video_flowing && self.probe_floor > self.target;
+        let calm = !congested
+            && self.queue_ms < QUEUE_LOW_MS
+            && loss < LOSS_LOW
+            && self
+                .last_backoff
+                .is_none_or(|t| now.saturating_duration_since(t) >= BACKOFF_HOLD);
+        if wanted && calm && now >= next {
+            let rate = (self.probe_floor * PROBE_HEADROOM).min(self.target * PROBE_MAX_STEP);
+            self.probe = Some((now, rate.min(self.max)));
+            self.probes.0 += 1;
+        }
+        false
     }
 }
 
@@ -261,6 +362,9 @@ impl PublishedEstimate {
         let target = self.target_bitrate();
         self.link.estimate_bps.store(target as u64, Relaxed);
         self.link
+            .probe_rate_bps
+            .store(self.queue.probe_rate() as u64, Relaxed);
+        self.link
             .queue_delay_ms
             .store(self.queue.queue_ms() as u32, Relaxed);
     }
@@ -269,8 +373,9 @@ impl PublishedEstimate {
 impl BandwidthEstimator for PublishedEstimate {
     fn on_reports(&mut self, now: Instant, reports: &[PacketReport]) {
         self.gcc.on_reports(now, reports);
+        let flowing = !self.link.video_paused.load(Relaxed) && self.link.tier_kbps.load(Relaxed) > 0;
         self.queue
-            .set_probe_floor(self.link.probe_bps.load(Relaxed) as f64);
+            .set_probe_floor(self.link.probe_bps.load(Relaxed) as f64, flowing);
         self.queue.on_reports(now, reports);
         self.publish();
         if self
@@ -284,6 +389,8 @@ impl BandwidthEstimator for PublishedEstimate {
                 acked = self.queue.acked_bps() as u64,
                 queue_ms = self.queue.queue_ms() as u64,
                 loss = self.queue.loss(),
+                probe = self.queue.probe_rate() as u64,
+                probes = ?self.queue.probes(),
                 "estimate"
             );
         }
@@ -315,7 +422,7 @@ mod tests {
     /// of 1000 bytes sent at `send_bps`, reported every 50 ms. Returns the estimate over time.
     fn simulate(
         est: &mut QueueEstimate,
-        send_bps: impl Fn(f64) -> f64,
+        send_bps: impl Fn(&QueueEstimate) -> f64,
         rate: f64,
         queue_ms: f64,
         seconds: f64,
@@ -326,7 +433,7 @@ mod tests {
     /// As [`simulate`], and every `lose_every`-th packet is lost on the way (random loss).
     fn simulate_lossy(
         est: &mut QueueEstimate,
-        send_bps: impl Fn(f64) -> f64,
+        send_bps: impl Fn(&QueueEstimate) -> f64,
         rate: f64,
         queue_ms: f64,
         seconds: f64,
@@ -364,7 +471,7 @@ mod tests {
                 ecn: Ecn::default(),
             });
             id += 1;
-            next_send += size as f64 * 8.0 / send_bps(est.target());
+            next_send += size as f64 * 8.0 / send_bps(est);
             if next_send >= next_report {
                 est.on_reports(t0 + Duration::from_secs_f64(next_report + 0.03), &batch);
                 batch.clear();
@@ -379,7 +486,7 @@ mod tests {
     fn a_full_drop_tail_queue_brings_the_estimate_under_the_link() {
         // Start far above a 300 kbit/s link with a 300 ms queue, sending at the estimate.
         let mut est = QueueEstimate::new(1_000_000.0, 50_000.0, 4_000_000.0);
-        let trace = simulate(&mut est, |t| t, 300_000.0, 300.0, 20.0);
+        let trace = simulate(&mut est, |e| e.target(), 300_000.0, 300.0, 20.0);
         let late: Vec<f64> = trace
             .iter()
             .filter(|(t, _)| *t > 10.0)
@@ -395,30 +502,112 @@ mod tests {
 
     #[test]
     fn sending_little_does_not_inflate_the_estimate() {
-        // 150 kbit/s sent on a fat link: the estimate stays within 1.5x + 100k of it...
-        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        // 150 kbit/s sent on a fat link: the estimate grows to 1.2x + 20k of it, no further...
+        let mut est = QueueEstimate::new(100_000.0, 50_000.0, 4_000_000.0);
         let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
         let last = trace.last().expect("trace").1;
         // (10% for the granularity of a one-second window of 1000-byte packets.)
-        assert!(last <= (150_000.0 * 1.5 + 100_000.0) * 1.1, "{last}");
-        assert!(last >= 300_000.0, "no reason to go down: {last}");
-        // ...or just past where the next tier would be tried, when that is more (cheap
-        // content undershoots its tier).
-        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
-        est.set_probe_floor(568_000.0);
-        let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
-        let last = trace.last().expect("trace").1;
         assert!(
-            last > 568_000.0 && last <= 568_000.0 * PROBE_HEADROOM * 1.01,
+            (150_000.0 * 1.2 + 20_000.0) * 0.9 <= last && last <= (150_000.0 * 1.2 + 20_000.0) * 1.1,
             "{last}"
         );
+        // ...and a start above that is not cut to it (no reason to go down).
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 20.0);
+        assert_eq!(trace.last().expect("trace").1, 300_000.0);
+    }
+
+    #[test]
+    fn the_next_tier_is_reached_by_a_probe_the_link_carries() {
+        // The room wants 568 kbit/s; media is 150 kbit/s; the sender pads up to the probe rate.
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(568_000.0, true);
+        let trace = simulate(
+            &mut est,
+            |e| e.probe_rate().max(150_000.0),
+            10_000_000.0,
+            300.0,
+            10.0,
+        );
+        let reached = trace.iter().find(|(_, e)| *e >= 568_000.0).map(|(t, _)| *t);
+        assert!(reached.is_some_and(|t| t < 8.0), "reached at {reached:?}");
+        // One probe did it; none runs once the estimate is past the point.
+        assert_eq!(est.probes(), (1, 1));
+    }
+
+    #[test]
+    fn a_probe_without_padding_proves_nothing() {
+        // The same, but the sender ignores the probe: the estimate stays near what is sent and
+        // failed probes back off (5 s, then 5, 10, 20, 40 s apart).
+        let mut est = QueueEstimate::new(200_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(568_000.0, true);
+        let trace = simulate(&mut est, |_| 150_000.0, 10_000_000.0, 300.0, 60.0);
+        assert!(trace.iter().all(|(_, e)| *e <= 230_000.0), "{trace:?}");
+        let (run, carried) = est.probes();
+        assert_eq!(carried, 0);
+        assert!((3..=5).contains(&run), "{run} probes in 60 s");
+        // With video paused there is nothing to pad with: growth may reach the point itself.
+        let mut est = QueueEstimate::new(200_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(300_000.0, false);
+        let trace = simulate(&mut est, |_| 60_000.0, 10_000_000.0, 300.0, 20.0);
+        let last = trace.last().expect("trace").1;
+        assert!(last > 300_000.0 && last <= 300_000.0 * PROBE_HEADROOM * 1.01, "{last}");
+    }
+
+    #[test]
+    fn a_probe_the_link_cannot_carry_fails_fast_and_the_estimate_stays_under_the_link() {
+        // A 300 kbit/s link with a 300 ms queue, 230 kbit/s of media, the next tier's point at
+        // 413 kbit/s: every probe fails, none runs long, the estimate never reaches the point.
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(413_000.0, true);
+        let trace = simulate(
+            &mut est,
+            |e| e.probe_rate().max(e.target().min(230_000.0)),
+            300_000.0,
+            300.0,
+            60.0,
+        );
+        let (run, carried) = est.probes();
+        assert_eq!(carried, 0, "{trace:?}");
+        assert!((2..=5).contains(&run), "{run} probes");
+        for (t, e) in &trace {
+            assert!(*e < 413_000.0, "{e} at {t}");
+            // (What a probe got through counts as carried: growth may reach 1.2x that.)
+            if *t > 10.0 {
+                assert!(*e <= 360_000.0, "{e} at {t}");
+            }
+        }
+        // The queue a failed probe built is its own: media keeps its rate (230 kbit/s fits).
+        assert!(
+            trace.iter().filter(|(t, _)| *t > 3.0).all(|(_, e)| *e >= 230_000.0),
+            "{trace:?}"
+        );
+        // Each failed probe is cut short: under a second of the probe's rate (52 packets of
+        // 1000 bytes a second at 413 kbit/s), not its full length.
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        est.set_probe_floor(413_000.0, true);
+        let probing = std::cell::Cell::new(0u32);
+        simulate(
+            &mut est,
+            |e| {
+                if e.probe_rate() > 0.0 {
+                    probing.set(probing.get() + 1);
+                }
+                e.probe_rate().max(e.target().min(230_000.0))
+            },
+            300_000.0,
+            300.0,
+            60.0,
+        );
+        let run = est.probes().0;
+        assert!(run >= 2 && probing.get() < 52 * run, "{} packets in {run} probes", probing.get());
     }
 
     #[test]
     fn a_few_per_cent_of_random_loss_is_not_congestion() {
         // 5 % loss (one in 20) on a 1 Mbit/s link: the estimate still grows to the link.
         let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
-        let trace = simulate_lossy(&mut est, |t| t, 1_000_000.0, 300.0, 25.0, 20);
+        let trace = simulate_lossy(&mut est, |e| e.target(), 1_000_000.0, 300.0, 25.0, 20);
         let late = trace.last().expect("trace").1;
         assert!(late > 700_000.0, "found {late:.0}");
     }
@@ -427,7 +616,7 @@ mod tests {
     fn a_link_with_room_is_found() {
         // Sending at the estimate on a 2 Mbit/s link: it grows to the link within 20 s.
         let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
-        let trace = simulate(&mut est, |t| t, 2_000_000.0, 300.0, 25.0);
+        let trace = simulate(&mut est, |e| e.target(), 2_000_000.0, 300.0, 25.0);
         let late = trace.last().expect("trace").1;
         assert!(late > 1_200_000.0, "found {late:.0}");
     }

@@ -81,6 +81,11 @@ pub struct ReceiverStats {
     /// What audio redundancy (RED, each packet repeating the one before) adds while it reports
     /// loss, kbit/s (0: plain Opus).
     pub audio_redundancy_kbps: u32,
+    /// Rate of the bandwidth probe running now, kbit/s (0: none): the pacer pads what media
+    /// leaves of it with copies of recent video on the RTX stream.
+    pub probe_kbps: u32,
+    /// Padding sent for probes since it joined, bytes.
+    pub padding_bytes: u64,
 }
 
 /// Figures of a room's media thread since it started (it stops when the room empties).
@@ -844,6 +849,8 @@ fn receiver_stats(live: &LiveRoom) -> Vec<ReceiverStats> {
                 retransmissions: l.retransmissions.load(Relaxed),
                 retransmissions_dropped: l.dropped_rtx.load(Relaxed),
                 audio_redundancy_kbps: (l.audio_redundancy_bps.load(Relaxed) / 1000) as u32,
+                probe_kbps: (l.probe_rate_bps.load(Relaxed) / 1000) as u32,
+                padding_bytes: l.padding_bytes.load(Relaxed),
             })
         })
         .collect()

@@ -11,6 +11,13 @@
 //!   before it hands over a frame: when the queue holds more than [`VIDEO_QUEUE_MAX_MS`], the
 //!   frame is skipped, and the stream continues from a keyframe. The pacer drops packets itself
 //!   only past [`VIDEO_QUEUE_LIMIT`] (counted, and the stream again waits for a keyframe).
+//! - **Probes carry padding, not media.** While the estimator probes (it wants to know whether
+//!   the link carries the receiver's next tier before the room sends it), the pacer runs at the
+//!   probe's rate and fills what media leaves of it with copies of recent video packets sent
+//!   again on the RTX stream (libwebrtc's payload padding): the receiver discards them as
+//!   duplicates, the transport-wide feedback counts them. A probe the link cannot carry costs a
+//!   short queue, not a frozen picture. RTX is renumbered here, at release, so padding and
+//!   retransmissions share one sequence.
 //! - **What the receiver says** (RTCP receiver reports on our streams: loss and round trip) is
 //!   read here and published in [`LinkState`], with the estimate and the bytes sent.
 //!
@@ -19,7 +26,9 @@
 //! responder, RTCP reports) and above the TWCC numbering and the send history, which therefore see
 //! release times, not enqueue times.
 
-use rtc::interceptor::{Interceptor, Packet as IPacket, StreamInfo, TaggedPacket};
+use rtc::interceptor::{
+    Attribute, AttributedPacket, Interceptor, Packet as IPacket, StreamInfo, TaggedPacket,
+};
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::sansio::Protocol;
@@ -49,6 +58,8 @@ pub const VIDEO_QUEUE_MAX_MS: u64 = 500;
 pub const VIDEO_QUEUE_LIMIT: usize = 600;
 /// Rate used before any estimate arrives (bit/s).
 pub const START_RATE_BPS: u64 = 300_000;
+/// Recent video packets kept as padding material for probes (about a second at 300 kbit/s).
+pub const PADDING_HISTORY: usize = 32;
 /// Floor of the pacing rate, so that a collapsed estimate still drains the queue (bit/s).
 const MIN_RATE_BPS: f64 = 50_000.0;
 
@@ -90,6 +101,11 @@ pub struct LinkState {
     /// What audio redundancy (RED) adds to the mix-minus now, bit/s: the room sizes video on the
     /// estimate minus this.
     pub audio_redundancy_bps: AtomicU64,
+    /// Rate the estimator probes at, bit/s (0: no probe): the pacer sends at least this much,
+    /// padding what media leaves.
+    pub probe_rate_bps: AtomicU64,
+    /// Padding bytes sent for probes.
+    pub padding_bytes: AtomicU64,
 }
 
 impl LinkState {
@@ -112,12 +128,18 @@ impl LinkState {
             video_paused: AtomicBool::new(false),
             probe_bps: AtomicU64::new(0),
             audio_redundancy_bps: AtomicU64::new(0),
+            probe_rate_bps: AtomicU64::new(0),
+            padding_bytes: AtomicU64::new(0),
         })
     }
 
     /// The rate the pacer releases at, bit/s.
     pub fn pacing_rate_bps(&self) -> f64 {
-        (self.estimate_bps.load(Relaxed) as f64 * PACING_FACTOR).max(MIN_RATE_BPS)
+        let rate = self
+            .estimate_bps
+            .load(Relaxed)
+            .max(self.probe_rate_bps.load(Relaxed));
+        (rate as f64 * PACING_FACTOR).max(MIN_RATE_BPS)
     }
 
     /// How long the queued video takes to leave at the pacing rate, ms.
@@ -149,6 +171,20 @@ pub struct PriorityPacer {
     video_bits: u64,
     write_out: VecDeque<TaggedPacket>,
     read_out: VecDeque<TaggedPacket>,
+    /// The video stream's RTX (learned when the stream binds; none: not negotiated).
+    rtx: Option<RtxStream>,
+    /// Recent new video packets as released, newest last: padding material.
+    recent: VecDeque<(rtc::shared::TransportContext, rtc::rtp::Packet)>,
+    /// Which of `recent` the next padding packet copies (counting back from the newest).
+    pad_cursor: usize,
+}
+
+/// The RTX stream of the video, whose sequence numbers the pacer assigns.
+#[derive(Debug, Clone, Copy)]
+struct RtxStream {
+    ssrc: u32,
+    payload_type: u8,
+    next_seq: u16,
 }
 
 /// What a packet costs on the wire, in bits.
@@ -182,7 +218,51 @@ impl PriorityPacer {
             video_bits: 0,
             write_out: VecDeque::new(),
             read_out: VecDeque::new(),
+            rtx: None,
+            recent: VecDeque::new(),
+            pad_cursor: 0,
         }
+    }
+
+    /// Whether a probe asks for padding and there is something to pad with.
+    fn padding(&self) -> bool {
+        self.link.probe_rate_bps.load(Relaxed) > 0 && self.rtx.is_some() && !self.recent.is_empty()
+    }
+
+    /// An RTX packet of `original` (RFC 4588: the original sequence number, then its payload).
+    fn rtx_packet(rtx: &mut RtxStream, original: &rtc::rtp::Packet) -> rtc::rtp::Packet {
+        let mut payload = Vec::with_capacity(2 + original.payload.len());
+        payload.extend_from_slice(&original.header.sequence_number.to_be_bytes());
+        payload.extend_from_slice(&original.payload);
+        let seq = rtx.next_seq;
+        rtx.next_seq = seq.wrapping_add(1);
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                ssrc: rtx.ssrc,
+                payload_type: rtx.payload_type,
+                sequence_number: seq,
+                timestamp: original.header.timestamp,
+                marker: original.header.marker,
+                ..Default::default()
+            },
+            payload: payload.into(),
+        }
+    }
+
+    /// The next padding packet: a recent video packet again, on RTX.
+    fn padding_packet(&mut self, now: Instant) -> Option<TaggedPacket> {
+        let rtx = self.rtx.as_mut()?;
+        let n = self.recent.len();
+        let (transport, original) =
+            self.recent.get(n.checked_sub(1 + self.pad_cursor % n.max(1))?)?;
+        self.pad_cursor += 1;
+        let packet = Self::rtx_packet(rtx, original);
+        Some(TaggedPacket {
+            now,
+            transport: *transport,
+            message: AttributedPacket::new(IPacket::Rtp(packet)).with(Attribute::Retransmission),
+        })
     }
 
     fn refill(&mut self, now: Instant) {
@@ -206,9 +286,37 @@ impl PriorityPacer {
             self.budget_bits -= bits as f64;
             p.now = now;
             self.sent(bits);
+            if let IPacket::Rtp(rtp) = &mut p.message.packet {
+                match &mut self.rtx {
+                    Some(rtx) if rtp.header.ssrc == rtx.ssrc => {
+                        rtp.header.sequence_number = rtx.next_seq;
+                        rtx.next_seq = rtx.next_seq.wrapping_add(1);
+                    }
+                    _ if rtp.header.ssrc == self.media_ssrcs[1] => {
+                        if self.recent.len() == PADDING_HISTORY {
+                            self.recent.pop_front();
+                        }
+                        self.recent.push_back((p.transport, rtp.clone()));
+                        self.pad_cursor = 0;
+                    }
+                    _ => {}
+                }
+            }
             self.write_out.push_back(p);
         }
         self.link.queued_video_bits.store(self.video_bits, Relaxed);
+        if self.video.is_empty() && self.padding() {
+            while self.budget_bits > 0.0 {
+                let Some(p) = self.padding_packet(now) else {
+                    break;
+                };
+                let bits = rtp_bits(&p);
+                self.budget_bits -= bits as f64;
+                self.sent(bits);
+                self.link.padding_bytes.fetch_add(bits / 8, Relaxed);
+                self.write_out.push_back(p);
+            }
+        }
     }
 
     fn sent(&self, bits: u64) {
@@ -323,7 +431,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
     }
 
     fn poll_timeout(&mut self) -> Option<Instant> {
-        if self.video.is_empty() {
+        if self.video.is_empty() && !self.padding() {
             return None;
         }
         let last = self.last_refill?;
@@ -335,10 +443,93 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for PriorityPacer {
 }
 
 impl Interceptor for PriorityPacer {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        if info.ssrc == self.media_ssrcs[1]
+            && let (Some(ssrc), Some(payload_type)) = (info.ssrc_rtx, info.payload_type_rtx)
+        {
+            self.rtx = Some(RtxStream {
+                ssrc,
+                payload_type,
+                next_seq: rand::random(),
+            });
+        }
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        if info.ssrc == self.media_ssrcs[1] {
+            self.rtx = None;
+            self.recent.clear();
+        }
+    }
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// An interceptor of webrtc-rs `rtc` that keys its work on bound SSRCs, told of each stream's RTX
+/// SSRC too. A stream binds once, under its media SSRC, so the transport-wide numbering (TWCC
+/// sender) and the send history the estimator reads (congestion control) would leave RTX alone:
+/// retransmissions and probe padding would take the link's capacity with no feedback naming them.
+pub struct WithRtx<I>(pub I);
+
+impl<I: Interceptor> Protocol<TaggedPacket, TaggedPacket, ()> for WithRtx<I> {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.0.handle_read(msg)
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.0.poll_read()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.0.handle_write(msg)
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.0.poll_write()
+    }
+    fn handle_event(&mut self, evt: ()) -> Result<(), Self::Error> {
+        self.0.handle_event(evt)
+    }
+    fn poll_event(&mut self) -> Option<()> {
+        self.0.poll_event()
+    }
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        self.0.handle_timeout(now)
+    }
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+}
+
+/// `info` as its RTX stream's own, if it has one.
+fn rtx_info(info: &StreamInfo) -> Option<StreamInfo> {
+    info.ssrc_rtx.map(|ssrc| StreamInfo {
+        ssrc,
+        ..info.clone()
+    })
+}
+
+impl<I: Interceptor> Interceptor for WithRtx<I> {
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.0.bind_local_stream(info);
+        if let Some(rtx) = rtx_info(info) {
+            self.0.bind_local_stream(&rtx);
+        }
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.0.unbind_local_stream(info);
+        if let Some(rtx) = rtx_info(info) {
+            self.0.unbind_local_stream(&rtx);
+        }
+    }
+    fn bind_remote_stream(&mut self, info: &StreamInfo) {
+        self.0.bind_remote_stream(info);
+    }
+    fn unbind_remote_stream(&mut self, info: &StreamInfo) {
+        self.0.unbind_remote_stream(info);
+    }
 }
 
 #[cfg(test)]
@@ -483,6 +674,90 @@ mod tests {
         }
         assert!(link.dropped_video.load(Relaxed) >= 10);
         assert!(link.video_broken.load(Relaxed));
+    }
+
+    #[test]
+    fn a_probe_pads_with_recent_video_on_rtx_and_rtx_has_one_sequence() {
+        const RTX: u32 = 3;
+        let link = LinkState::new();
+        link.estimate_bps.store(200_000, Relaxed);
+        let mut p = PriorityPacer::new(AUDIO, VIDEO, link.clone());
+        p.bind_local_stream(&StreamInfo {
+            ssrc: VIDEO,
+            ssrc_rtx: Some(RTX),
+            payload_type_rtx: Some(97),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        for s in 0..3 {
+            p.handle_write(rtp(VIDEO, 100 + s, 1000, t0)).unwrap();
+        }
+        let mut now = t0;
+        while p.poll_timeout().is_some() {
+            now += Duration::from_millis(5);
+            p.handle_timeout(now).unwrap();
+        }
+        drain(&mut p);
+        // No probe: nothing more goes out, and the pacer sleeps.
+        assert_eq!(p.poll_timeout(), None);
+        // A probe at 600 kbit/s for a second: about 600 kbit of padding, on RTX, copying the
+        // recent video (RFC 4588: the original sequence number first).
+        link.probe_rate_bps.store(600_000, Relaxed);
+        let mut sent = Vec::new();
+        let end = now + Duration::from_secs(1);
+        while now < end {
+            let due = p.poll_timeout().expect("a probe keeps the pacer awake");
+            assert!(due > now);
+            now = due;
+            p.handle_timeout(now).unwrap();
+            while let Some(m) = p.poll_write() {
+                let IPacket::Rtp(r) = m.message.packet else { continue };
+                assert_eq!((r.header.ssrc, r.header.payload_type), (RTX, 97));
+                let osn = u16::from_be_bytes([r.payload[0], r.payload[1]]);
+                assert!((100..103).contains(&osn), "{osn}");
+                assert_eq!(r.payload.len(), 1002);
+                sent.push(r.header.sequence_number);
+            }
+        }
+        let bits = link.padding_bytes.load(Relaxed) * 8;
+        assert!((500_000..=650_000).contains(&bits), "{bits} bits of padding");
+        // A retransmission from the NACK responder continues the same RTX sequence.
+        link.probe_rate_bps.store(0, Relaxed);
+        p.handle_write(rtp(RTX, 9, 500, now)).unwrap();
+        now += Duration::from_millis(50);
+        p.handle_timeout(now).unwrap();
+        sent.extend(drain(&mut p).into_iter().map(|(_, seq)| seq));
+        assert!(sent.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{sent:?}");
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn retransmissions_get_transport_wide_numbers() {
+        const RTX: u32 = 3;
+        let mut twcc = WithRtx(rtc::interceptor::TwccSenderBuilder::new().build());
+        twcc.bind_local_stream(&StreamInfo {
+            ssrc: VIDEO,
+            ssrc_rtx: Some(RTX),
+            rtp_header_extensions: vec![rtc::interceptor::RTPHeaderExtension {
+                uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
+                id: 5,
+            }],
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let mut numbers = Vec::new();
+        for ssrc in [VIDEO, RTX, AUDIO] {
+            twcc.handle_write(rtp(ssrc, 1, 100, t0)).unwrap();
+            let IPacket::Rtp(r) = twcc.poll_write().expect("passed on").message.packet else {
+                panic!("not RTP")
+            };
+            numbers.push(r.header.get_extension(5).map(|b| u16::from_be_bytes([b[0], b[1]])));
+        }
+        // Video and its RTX share the transport-wide sequence; an unbound stream is left alone.
+        let [Some(video), Some(rtx), None] = numbers[..] else {
+            panic!("{numbers:?}")
+        };
+        assert_eq!(rtx, video.wrapping_add(1));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::config::{PortRange, RtcConfig, UdpPorts};
 use crate::metrics::METRICS;
 use crate::room::estimate::PublishedEstimate;
 use crate::room::media::{Command, MediaHandleRef, Output, Packet, PacketSender};
-use crate::room::pacer::{LinkState, PriorityPacer};
+use crate::room::pacer::{LinkState, PriorityPacer, WithRtx};
 use crate::room::red::{self, Redundancy};
 use crate::room::udp_mux::{self, MuxPeer, UdpMux};
 use crate::room::vp8::FrameAssembler;
@@ -497,13 +497,16 @@ fn media_setup(
     let registry = registry
         .with(
             Slot::CongestionControl,
-            CongestionControlBuilder::new(estimator).build(),
+            WithRtx(CongestionControlBuilder::new(estimator).build()),
         )
         .with(
             Slot::Pacer,
             PriorityPacer::new(audio_ssrc, video_ssrc, link.clone()),
         )
-        .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+        .with(
+            Slot::TwccSender,
+            WithRtx(TwccSenderBuilder::new().build()),
+        )
         .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
         .with(
             Slot::from(14_000),
