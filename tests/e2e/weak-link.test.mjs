@@ -33,21 +33,24 @@ test('shaping is available (root, iproute2, tc, iptables)', () => {
   assert.ok(canShape(), 'this test needs root with ip netns, tc and iptables');
 });
 
-// The bar of the issue is 3 % concealed, 10 fps and 2 s frozen in 40 s. Measured over repeated runs
-// on this 2-core machine (three Chromiums and the server sharing it), with audio redundancy and the
-// media thread on a real-time clock: 0-0.8 % concealed, 13.5-15 fps and 0.2-3.4 s frozen, with one
-// run in seven at 7.8 fps and 18 s frozen (see docs/low-bandwidth.md). Audio is held to the bar;
-// video to what every run met, so that a regression fails without making CI flaky.
+// The bar of the issue: at most 3 % concealed, at least 10 fps, at most 2 s frozen in 40 s.
+// The receiver's next tier is tried only after a padding probe shows the link carries it, so a
+// weak link is not overrun by a tier it cannot carry (that was what froze the picture).
 test('300 kbit/s with 2 % loss: clear audio, video flowing, little frozen in 40 s', { timeout: 240000 }, async () => {
   const r = await runScenario({ mode: 'mcu', kbit: 300, loss: 0.02, seconds: 40 });
   console.log(JSON.stringify({ ...r, server: r.server?.receivers, media: r.server?.media }));
   assertContent(r, '300 kbit/s');
   assert.ok(r.audio_concealed_pct <= 3, `audio concealed ${r.audio_concealed_pct} %`);
-  assert.ok(r.fps >= 5, `video ${r.fps} fps`);
-  assert.ok(r.frozen_s <= 25, `frozen ${r.frozen_s} s of ${r.seconds}`);
+  assert.ok(r.fps >= 10, `video ${r.fps} fps`);
+  assert.ok(r.frozen_s <= 2, `frozen ${r.frozen_s} s of ${r.seconds}`);
   // Loss reported, so each audio packet repeats the one before (RED), paid for from video.
-  const weak = r.server.receivers.find((x) => x.tier_kbps < 250);
-  assert.ok(weak?.audio_redundancy_kbps > 0, `audio redundancy on the lossy link: ${JSON.stringify(weak)}`);
+  const weak = r.server.receivers.reduce((a, b) => (b.estimate_kbps < a.estimate_kbps ? b : a));
+  assert.ok(weak.audio_redundancy_kbps > 0, `audio redundancy on the lossy link: ${JSON.stringify(weak)}`);
+  // Its next tier was probed with padding, and the others' probes found their links.
+  assert.ok(weak.padding_bytes > 0, `the weak receiver was probed: ${JSON.stringify(weak)}`);
+  for (const g of r.server.receivers.filter((x) => x !== weak)) {
+    assert.ok(g.tier_kbps >= 400, `a well-connected receiver climbed: ${JSON.stringify(g)}`);
+  }
   // The media thread kept its clock.
   assert.ok(r.server.media.deadline_misses <= 50, `deadline misses: ${r.server.media.deadline_misses}`);
   // Lost video packets came back as retransmissions on the negotiated RTX stream (Chromium

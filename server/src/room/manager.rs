@@ -56,7 +56,7 @@ pub struct LiveRoomStats {
 pub struct ReceiverStats {
     /// The participant.
     pub participant_id: String,
-    /// Bandwidth estimate (GCC over transport-wide feedback), kbit/s.
+    /// Bandwidth estimate (from transport-wide feedback, `room::estimate`), kbit/s.
     pub estimate_kbps: u64,
     /// Video tier encoded for it, kbit/s (0 while its video is paused).
     pub tier_kbps: u32,

@@ -67,7 +67,7 @@ const MIN_RATE_BPS: f64 = 50_000.0;
 /// and the bandwidth estimator, read by the room and the stats endpoint.
 #[derive(Debug)]
 pub struct LinkState {
-    /// Bandwidth estimate (GCC over TWCC), bit/s.
+    /// Bandwidth estimate (from transport-wide feedback, `room::estimate`), bit/s.
     pub estimate_bps: AtomicU64,
     /// RTP bytes released to the wire.
     pub sent_bytes: AtomicU64,
@@ -106,6 +106,8 @@ pub struct LinkState {
     pub probe_rate_bps: AtomicU64,
     /// Padding bytes sent for probes.
     pub padding_bytes: AtomicU64,
+    /// The receiver negotiated RTX for our video: probes can be padded.
+    pub rtx: AtomicBool,
 }
 
 impl LinkState {
@@ -130,6 +132,7 @@ impl LinkState {
             audio_redundancy_bps: AtomicU64::new(0),
             probe_rate_bps: AtomicU64::new(0),
             padding_bytes: AtomicU64::new(0),
+            rtx: AtomicBool::new(false),
         })
     }
 
@@ -452,11 +455,13 @@ impl Interceptor for PriorityPacer {
                 payload_type,
                 next_seq: rand::random(),
             });
+            self.link.rtx.store(true, Relaxed);
         }
     }
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
         if info.ssrc == self.media_ssrcs[1] {
             self.rtx = None;
+            self.link.rtx.store(false, Relaxed);
             self.recent.clear();
         }
     }

@@ -216,7 +216,7 @@ impl Interceptor for KeyframeRequestTap {
 
 // ── Bandwidth estimate ──────────────────────────────────────────────────────────────────────
 
-/// GCC start, floor and ceiling (bit/s). The start is a guess a weak link can carry (audio and
+/// Estimate start, floor and ceiling (bit/s). The start is a guess a weak link can carry (audio and
 /// the 150 kbit/s tier); probing finds more.
 const BWE_START: f64 = crate::room::pacer::START_RATE_BPS as f64;
 const BWE_MIN: f64 = 50_000.0;
@@ -432,8 +432,8 @@ fn rtc_err(e: impl std::fmt::Display) -> OfferError {
     OfferError::Rtc(e.to_string())
 }
 
-/// Codecs, feedback and the interceptor chain of one peer: NACK with RTX, RTCP reports, GCC over
-/// TWCC, and our [`PriorityPacer`] in the pacer's slot.
+/// Codecs, feedback and the interceptor chain of one peer: NACK with RTX, RTCP reports, our
+/// estimate over TWCC, and our [`PriorityPacer`] in the pacer's slot.
 fn media_setup(
     link: &Arc<LinkState>,
     audio_ssrc: u32,
