@@ -141,7 +141,18 @@ export function summary(a, b) {
 }
 
 export async function waitConnected(page, timeout = 30000) {
-  await page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout });
+  try {
+    await page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout });
+  } catch (e) {
+    // Say what the client went through (signaling, ICE, peer states), not only that it timed out.
+    const seen = await page.evaluate(() => ({
+      state: window.mcu?.state,
+      pc: window.mcu?.pc?.connectionState,
+      ice: window.mcu?.pc?.iceConnectionState,
+      events: (window.mcu?.events ?? []).slice(-30),
+    })).catch((err) => String(err));
+    throw new Error(`not connected within ${timeout} ms: ${JSON.stringify(seen)}`, { cause: e });
+  }
 }
 
 /** Waits until the page has decoded some video and played some audio. */
