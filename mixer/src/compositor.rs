@@ -6,6 +6,8 @@
 //! aspect-preserving into their tile (black bars); the scaled copy is cached
 //! per source and reused while the source's `generation` and the tile size
 //! stay the same. Cache entries of sources not drawn in a compose are dropped.
+//! What a compose drew is remembered ([`Compositor::unchanged`]): the same tiles with the same
+//! generations make the same canvas, which the room then neither composes nor encodes again.
 
 use std::collections::HashMap;
 
@@ -68,6 +70,19 @@ struct Cached {
 pub struct Compositor {
     canvas: I420Frame,
     cache: HashMap<u64, Cached>,
+    /// What the canvas shows: each tile's place and (source, generation), `None` a placeholder.
+    drawn: Vec<(Rect, Option<(u64, u64)>)>,
+}
+
+/// What a tile shows, as far as the canvas is concerned.
+fn identity(tile: &Tile<'_>) -> (Rect, Option<(u64, u64)>) {
+    let content = match tile.content {
+        TileContent::Placeholder => None,
+        TileContent::Picture {
+            source, generation, ..
+        } => Some((source, generation)),
+    };
+    (tile.rect, content)
 }
 
 impl Compositor {
@@ -76,6 +91,7 @@ impl Compositor {
         Ok(Self {
             canvas: I420Frame::new(width, height, BACKGROUND)?,
             cache: HashMap::new(),
+            drawn: Vec::new(),
         })
     }
 
@@ -89,8 +105,18 @@ impl Compositor {
         self.cache.len()
     }
 
+    /// Whether composing `tiles` would draw exactly the last canvas (the same places, the same
+    /// pictures at the same generations, the same placeholders). False before the first compose.
+    pub fn unchanged(&self, tiles: &[Tile<'_>]) -> bool {
+        !self.drawn.is_empty()
+            && self.drawn.len() == tiles.len()
+            && self.drawn.iter().zip(tiles).all(|(d, t)| *d == identity(t))
+    }
+
     /// Draws all tiles onto a fresh background and returns the canvas.
     pub fn compose(&mut self, tiles: &[Tile<'_>]) -> &I420Frame {
+        self.drawn.clear();
+        self.drawn.extend(tiles.iter().map(identity));
         self.canvas.fill(BACKGROUND);
         for c in self.cache.values_mut() {
             c.used = false;
@@ -296,5 +322,34 @@ mod tests {
         // view now shows green; this is the contract the caller keeps.
         assert_eq!(comp.compose(&tile(b.view(), 1)).pixel(80, 45), Some(red));
         assert_eq!(comp.compose(&tile(b.view(), 2)).pixel(80, 45), Some(green));
+    }
+
+    #[test]
+    fn the_same_tiles_at_the_same_generations_are_unchanged() {
+        let a = I420Frame::new(320, 180, Yuv::from_rgb(255, 0, 0)).expect("a");
+        let rect = |x| Rect { x, y: 0, w: 160, h: 90 };
+        let picture = |x, generation| Tile {
+            rect: rect(x),
+            content: TileContent::Picture {
+                source: 9,
+                generation,
+                view: a.view(),
+            },
+        };
+        let placeholder = |x| Tile {
+            rect: rect(x),
+            content: TileContent::Placeholder,
+        };
+        let mut comp = Compositor::new(320, 180).expect("compositor");
+        let tiles = [picture(0, 1), placeholder(160)];
+        assert!(!comp.unchanged(&tiles), "nothing drawn yet");
+        comp.compose(&tiles);
+        assert!(comp.unchanged(&tiles));
+        // A new picture, a moved tile, a placeholder replaced, a tile more or less: changed.
+        assert!(!comp.unchanged(&[picture(0, 2), placeholder(160)]));
+        assert!(!comp.unchanged(&[picture(160, 1), placeholder(0)]));
+        assert!(!comp.unchanged(&[picture(0, 1), picture(160, 1)]));
+        assert!(!comp.unchanged(&[picture(0, 1)]));
+        assert!(!comp.unchanged(&[picture(0, 1), placeholder(160), placeholder(0)]));
     }
 }

@@ -50,6 +50,10 @@ pub const PLI_INTERVAL_MS: u64 = 500;
 /// (PLI/FIR, tier switches, joins) within it are coalesced into one keyframe at its end, so a
 /// lossy receiver cannot hold its tier in a keyframe storm.
 pub const KEYFRAME_MIN_INTERVAL_MS: u64 = 1_000;
+/// While no tile changes, the composite is still encoded this often, so that receivers and
+/// recordings see the stream alive (a room where nobody sends video costs about one frame a
+/// second instead of the full frame rate).
+pub const STILL_REFRESH_MS: u64 = 1_000;
 /// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
 pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
 
@@ -125,6 +129,9 @@ pub struct MediaStats {
     pub keyframes_sent: u64,
     /// Composite frames skipped by catch-up ticks ([`MediaRoom::tick_audio_only`]).
     pub video_frames_skipped: u64,
+    /// Composite frames neither composed nor encoded because no tile changed (a room showing
+    /// only placeholders, still pictures); one goes out every [`STILL_REFRESH_MS`] anyway.
+    pub video_frames_unchanged: u64,
 }
 
 #[derive(Debug)]
@@ -295,6 +302,8 @@ pub struct MediaRoom {
     speaker_tile: usize,
     compositor: Compositor,
     tier_encoders: Vec<Option<TierEncoder>>,
+    /// Room clock of the last composite that was encoded.
+    last_composite_ms: Option<u64>,
     /// Pause/resume changes not yet reported by a tick.
     paused_changed: Vec<(ParticipantKey, bool)>,
     stats: MediaStats,
@@ -330,6 +339,7 @@ impl MediaRoom {
             compositor: Compositor::new(cfg.canvas_width, cfg.canvas_height)?,
             tier_encoders: (0..cfg.video_tiers_kbps.len()).map(|_| None).collect(),
             sinks: Vec::new(),
+            last_composite_ms: None,
             paused_changed: Vec::new(),
             tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
@@ -989,9 +999,25 @@ impl MediaRoom {
                 Tile { rect, content }
             })
             .collect();
+        let frame_no = self.video_frames - 1;
+        // Nothing new to show and no keyframe owed: no composite, no encode (the RTP timestamps
+        // and recordings follow the room clock, so the gap is a gap in time only). Refreshes
+        // fall on even frames, which every tier's frame rate includes.
+        let keyframe_owed = want_kf
+            .iter()
+            .zip(&self.tier_encoders)
+            .any(|(&kf, enc)| kf && enc.is_some());
+        let refresh_due = self
+            .last_composite_ms
+            .is_none_or(|t| now >= t + STILL_REFRESH_MS)
+            && frame_no.is_multiple_of(2);
+        if !keyframe_owed && !refresh_due && self.compositor.unchanged(&tiles) {
+            self.stats.video_frames_unchanged += 1;
+            return;
+        }
+        self.last_composite_ms = Some(now);
         let canvas = self.compositor.compose(&tiles);
         let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
-        let frame_no = self.video_frames - 1;
         for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
             let Some(enc) = enc else { continue };
             match enc.encode(canvas, frame_no, now, want_kf[t]) {
@@ -1187,6 +1213,44 @@ mod tests {
     }
 
     #[test]
+    fn an_unchanged_composite_is_neither_composed_nor_encoded_but_refreshed_each_second() {
+        // Nobody sends video: placeholders only.
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(1, true);
+        room.add_participant(2, true);
+        let frames_in = |room: &mut MediaRoom, ticks: usize| {
+            let mut at = Vec::new();
+            for _ in 0..ticks {
+                let o = room.tick();
+                if o.video.iter().any(|(k, _, _)| *k == 2) {
+                    at.push(o.time_ms);
+                }
+            }
+            at
+        };
+        // 3 s: the first frame, then one a second, not 45.
+        let at = frames_in(&mut room, 150);
+        assert_eq!(at.len(), 3, "{at:?}");
+        assert!(at.windows(2).all(|w| (1_000..1_200).contains(&(w[1] - w[0]))), "{at:?}");
+        assert_eq!(room.stats().video_frames_unchanged, 45 - 3);
+        // A keyframe asked for goes out at the next video tick, unchanged or not.
+        room.request_keyframe(2);
+        let at = frames_in(&mut room, 4);
+        assert_eq!(at.len(), 1, "{at:?}");
+        // Video arrives (a new picture every 80 ms): each is composed and encoded, ~37 in 3 s.
+        let kf = keyframe(320, 180);
+        let mut sent = 0;
+        for tick in 0..150u32 {
+            if tick % 4 == 0 {
+                room.push_video(1, tick, &kf, true);
+            }
+            let o = room.tick();
+            sent += o.video.iter().filter(|(k, _, _)| *k == 2).count();
+        }
+        assert!(sent >= 30, "{sent} frames in 3 s of a changing picture");
+    }
+
+    #[test]
     fn silent_receivers_share_one_audio_encode_speakers_get_their_own() {
         let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
         for k in 0..10 {
@@ -1287,8 +1351,11 @@ mod tests {
                     .iter()
                     .map(|(k, d, kf)| (*k, (d.clone(), *kf)))
                     .collect();
-                sink_video.push(v[&100].clone());
-                receiver_video.push(v[&2].0.clone());
+                // (A still composite is encoded only once a second: frames come when there are.)
+                if let (Some(sink), Some(receiver)) = (v.get(&100), v.get(&2)) {
+                    sink_video.push(sink.clone());
+                    receiver_video.push(receiver.0.clone());
+                }
             }
         }
         assert_eq!(
@@ -1298,7 +1365,7 @@ mod tests {
         );
         assert_eq!(room.stats().video_encoders, 1, "sink shares the 400 tier");
         assert!(sink_video[0].1, "the sink starts with a keyframe");
-        assert!(Arc::ptr_eq(&sink_video[3].0, &receiver_video[3]));
+        assert!(Arc::ptr_eq(&sink_video[0].0, &receiver_video[0]));
         // The sink hears the publisher (whose own mix-minus would not contain it).
         let mut dec = OpusDecoder::new().expect("dec");
         let pcm: Vec<i16> = heard[10..]

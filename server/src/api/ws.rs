@@ -734,7 +734,6 @@ impl Core {
                 publishes: self.claims.can_publish,
                 packets,
                 media: media.clone(),
-                fps: self.state.config.media.fps,
             };
             let mux = self.state.udp_mux.as_ref();
             match Peer::new(&self.state.config.rtc, mux, ctx, peer_tx.clone()).await {

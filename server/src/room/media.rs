@@ -59,6 +59,9 @@ pub enum Output {
         data: Arc<[u8]>,
         /// Whether it is a keyframe.
         keyframe: bool,
+        /// Room clock of the frame, ms: its RTP timestamp (frames the room did not make, an
+        /// unchanged composite or a lower tier rate, leave a gap in time, not in sequence).
+        pts_ms: u64,
         /// Frames for this participant dropped (queue full) since the last one sent: the sender
         /// waits for a keyframe, which the room was asked for.
         dropped_before: u16,
@@ -376,10 +379,11 @@ impl Receiver {
     }
 
     /// Returns false when the frame was dropped (the receiver then needs a keyframe).
-    fn send_video(&mut self, data: Arc<[u8]>, keyframe: bool) -> bool {
+    fn send_video(&mut self, data: Arc<[u8]>, keyframe: bool, pts_ms: u64) -> bool {
         let o = Output::Video {
             data,
             keyframe,
+            pts_ms,
             dropped_before: self.dropped_video,
         };
         if self.out.try_send(o).is_ok() {
@@ -548,7 +552,7 @@ fn deliver(
             feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
         } else if let Some(r) = receivers.get_mut(&key) {
             bytes_out += data.len() as u64;
-            if !r.send_video(data, keyframe) {
+            if !r.send_video(data, keyframe, now_ms) {
                 // What follows cannot be decoded without a keyframe: the stream recovers.
                 lagging_receivers.push(key);
             }

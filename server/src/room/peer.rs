@@ -41,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -234,8 +235,6 @@ pub struct PeerContext {
     pub packets: PacketSender,
     /// Control of the room's media thread.
     pub media: MediaHandleRef,
-    /// Composite frame rate (sample durations).
-    pub fps: u32,
 }
 
 struct Handler {
@@ -376,10 +375,9 @@ pub struct Peer {
     pc: Arc<dyn PeerConnection>,
     ctx: Arc<PeerContextShared>,
     audio_out: Arc<TrackLocalStaticSample>,
-    video_out: Arc<TrackLocalStaticSample>,
+    video_out: Arc<TrackLocalStaticRTP>,
     audio_ssrc: u32,
     video_ssrc: u32,
-    fps: u32,
     media: MediaHandleRef,
     link: Arc<LinkState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -574,44 +572,38 @@ impl Peer {
                 Ok(pc) => {
                     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
                     let track = |kind, id: &str, ssrc, codec| {
-                        TrackLocalStaticSample::new(
-                            Instant::now(),
-                            MediaStreamTrack::new(
-                                "mcu".to_owned(),
-                                id.to_owned(),
-                                id.to_owned(),
-                                kind,
-                                vec![RTCRtpEncodingParameters {
-                                    rtp_coding_parameters: RTCRtpCodingParameters {
-                                        ssrc: Some(ssrc),
-                                        ..Default::default()
-                                    },
-                                    codec,
+                        MediaStreamTrack::new(
+                            "mcu".to_owned(),
+                            id.to_owned(),
+                            id.to_owned(),
+                            kind,
+                            vec![RTCRtpEncodingParameters {
+                                rtp_coding_parameters: RTCRtpCodingParameters {
+                                    ssrc: Some(ssrc),
                                     ..Default::default()
-                                }],
-                            ),
+                                },
+                                codec,
+                                ..Default::default()
+                            }],
                         )
-                        .map(Arc::new)
-                        .map_err(rtc_err)
                     };
                     return Ok(Peer {
                         pc,
                         ctx: shared,
-                        audio_out: track(
-                            RtpCodecKind::Audio,
-                            "mix-audio",
-                            audio_ssrc,
-                            opus_codec(),
-                        )?,
-                        video_out: track(
+                        audio_out: TrackLocalStaticSample::new(
+                            Instant::now(),
+                            track(RtpCodecKind::Audio, "mix-audio", audio_ssrc, opus_codec()),
+                        )
+                        .map(Arc::new)
+                        .map_err(rtc_err)?,
+                        video_out: Arc::new(TrackLocalStaticRTP::new(track(
                             RtpCodecKind::Video,
                             "mix-video",
                             video_ssrc,
                             vp8_codec(),
-                        )?,
+                        ))),
                         audio_ssrc,
                         video_ssrc,
-                        fps: ctx.fps,
                         media: ctx.media,
                         link,
                         tasks: Vec::new(),
@@ -648,8 +640,8 @@ impl Peer {
             .await
             .map_err(|e| OfferError::Invalid(e.to_string()))?;
         if self.tasks.is_empty() {
-            for t in [self.audio_out.clone(), self.video_out.clone()] {
-                let t: Arc<dyn TrackLocal> = t;
+            let tracks: [Arc<dyn TrackLocal>; 2] = [self.audio_out.clone(), self.video_out.clone()];
+            for t in tracks {
                 self.pc.add_track(t).await.map_err(rtc_err)?;
             }
         }
@@ -677,13 +669,15 @@ impl Peer {
         if let Some(rx) = output {
             let out = OutputTracks {
                 audio: self.audio_out.clone(),
-                video: self.video_out.clone(),
+                video: VideoWriter::new(
+                    self.video_out.clone(),
+                    self.video_ssrc,
+                    negotiated_pt(&sdp, "vp8/90000", VP8_PT),
+                )
+                .map_err(rtc_err)?,
                 audio_ssrc: self.audio_ssrc,
-                video_ssrc: self.video_ssrc,
                 opus_pt: negotiated_pt(&sdp, "opus/48000", OPUS_PT),
                 red_pt: find_pt(&sdp, "red/48000").filter(|_| std::env::var("NORED").is_err()),
-                vp8_pt: negotiated_pt(&sdp, "vp8/90000", VP8_PT),
-                frame: Duration::from_micros(1_000_000 / self.fps.max(1) as u64),
             };
             self.tasks.push(tokio::spawn(send_output(
                 rx,
@@ -730,14 +724,83 @@ impl Peer {
 /// A participant's two output tracks and how to write to them.
 struct OutputTracks {
     audio: Arc<TrackLocalStaticSample>,
-    video: Arc<TrackLocalStaticSample>,
+    video: VideoWriter,
     audio_ssrc: u32,
-    video_ssrc: u32,
     opus_pt: u8,
     /// `audio/red` when the receiver negotiated it: redundancy while it reports loss.
     red_pt: Option<u8>,
-    vp8_pt: u8,
-    frame: Duration,
+}
+
+/// RTP packets payload bytes at most (webrtc-rs's own sample tracks use the same).
+const VIDEO_MTU: usize = 1200;
+/// VP8's RTP clock, ticks per millisecond.
+const VIDEO_CLOCK_PER_MS: u64 = 90;
+
+/// The composite's RTP: VP8 packetized here (webrtc-rs `rtc`'s payloader and packetizer), each
+/// frame stamped with the room clock. A sample track advances the timestamp by a fixed frame
+/// duration per frame written, so a frame the room did not make (an unchanged composite, a lower
+/// tier rate, a frame the gate held back) would pull every later timestamp earlier than its
+/// time; here the gap stays a gap in time, and only packets we dropped leave a gap in sequence.
+struct VideoWriter {
+    track: Arc<TrackLocalStaticRTP>,
+    packetizer: Box<dyn rtc::rtp::packetizer::Packetizer>,
+    /// Shared with the packetizer: skipping numbers here shows a drop to the receiver.
+    sequencer: Box<dyn rtc::rtp::sequence::Sequencer>,
+    payload_type: u8,
+    /// Random start of the RTP timestamps (RFC 3550).
+    ts_base: u32,
+}
+
+impl VideoWriter {
+    fn new(
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        payload_type: u8,
+    ) -> Result<Self, rtc::shared::error::Error> {
+        let sequencer: Box<dyn rtc::rtp::sequence::Sequencer> =
+            Box::new(rtc::rtp::sequence::new_random_sequencer());
+        let packetizer = rtc::rtp::packetizer::new_packetizer(
+            Instant::now(),
+            VIDEO_MTU,
+            payload_type,
+            ssrc,
+            vp8_codec().payloader()?,
+            sequencer.clone(),
+            90_000,
+        );
+        Ok(Self {
+            track,
+            packetizer: Box::new(packetizer),
+            sequencer,
+            payload_type,
+            ts_base: rand::random(),
+        })
+    }
+
+    /// Writes one frame of room clock `pts_ms`, after `dropped_before` packets lost in our queues.
+    async fn write(
+        &mut self,
+        data: Arc<[u8]>,
+        pts_ms: u64,
+        dropped_before: u16,
+    ) -> Result<(), webrtc::error::Error> {
+        for _ in 0..dropped_before {
+            self.sequencer.next_sequence_number();
+        }
+        let ts = self
+            .ts_base
+            .wrapping_add((pts_ms.wrapping_mul(VIDEO_CLOCK_PER_MS)) as u32);
+        let packets = self
+            .packetizer
+            .packetize(Instant::now(), &bytes::Bytes::from_owner(data), 0)
+            .map_err(|e| webrtc::error::Error::Other(e.to_string()))?;
+        for mut p in packets {
+            p.header.timestamp = ts;
+            p.header.payload_type = self.payload_type;
+            self.track.write_rtp_with_extensions(p, &[]).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Duration of one audio frame of the mix, and in RTP units (48 kHz).
@@ -802,7 +865,7 @@ impl VideoGate {
 /// Writes the room's output for one participant to its tracks; sends PLI for its own video.
 async fn send_output(
     mut rx: mpsc::Receiver<Output>,
-    out: OutputTracks,
+    mut out: OutputTracks,
     ctx: Arc<PeerContextShared>,
     link: Arc<LinkState>,
     media: MediaHandleRef,
@@ -844,6 +907,7 @@ async fn send_output(
             Output::Video {
                 data,
                 keyframe,
+                pts_ms,
                 dropped_before,
             } => {
                 let broken = link.video_broken.swap(false, Relaxed) || dropped_before > 0;
@@ -867,10 +931,7 @@ async fn send_output(
                 if !write {
                     continue;
                 }
-                let s = sample(data, out.frame, dropped_before);
-                out.video
-                    .write_sample(out.video_ssrc, out.vp8_pt, &s, &[])
-                    .await
+                out.video.write(data, pts_ms, dropped_before).await
             }
             Output::Pli => {
                 let target = ctx.video_in.lock().clone();
@@ -910,7 +971,7 @@ fn sample(data: Arc<[u8]>, duration: Duration, dropped_before: u16) -> rtc::medi
 
 /// Forwards a receiver's PLI/FIR on the composite to the room (keyframe from its tier only, which
 /// the room coalesces and rate-limits per tier).
-async fn keyframe_requests(video: Arc<TrackLocalStaticSample>, media: MediaHandleRef, key: u64) {
+async fn keyframe_requests(video: Arc<TrackLocalStaticRTP>, media: MediaHandleRef, key: u64) {
     while let Some(ev) = video.poll().await {
         if let TrackLocalEvent::OnRtcpPacket(pkts) = ev
             && pkts.iter().any(|p| {
