@@ -421,8 +421,8 @@ fn two_hundred_participants_three_speakers_cost_four_opus_encodes() {
     let with = two_hundred(true);
     println!(
         "200 publishers, 3 speakers (this build): without levels {:.3} ms per audio-only tick, \
-         {:.3} ms per video tick; with levels {:.3} / {:.3} ms (25 placeholder tiles, one \
-         VP8 encode)",
+         {:.3} ms per video tick; with levels {:.3} / {:.3} ms (25 placeholder tiles: the \
+         composite is unchanged, so it is encoded once a second)",
         without.0, without.1, with.0, with.1
     );
 }
