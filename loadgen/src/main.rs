@@ -67,8 +67,8 @@ enum Cmd {
         /// Audio-only room sizes to try.
         #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
         audio_sizes: Vec<usize>,
-        /// Video room sizes to try (9 visible tiles at 9+).
-        #[arg(long, value_delimiter = ',', default_value = "4,9,16,25")]
+        /// Video room sizes to try (16 visible tiles at 16+).
+        #[arg(long, value_delimiter = ',', default_value = "4,9,16,25,60")]
         video_sizes: Vec<usize>,
         /// Seconds measured per scenario.
         #[arg(long, default_value_t = 20)]
@@ -237,8 +237,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             for n in &video_sizes {
-                // The issue's video target: 9 visible tiles whatever the room size.
-                let s = Server::start(&server, &[("MCU_MAX_TILES", "9")]).await?;
+                // The video target (issue 13): 16 visible tiles whatever the room size.
+                let s = Server::start(&server, &[("MCU_MAX_TILES", "16")]).await?;
                 let sc = Scenario {
                     rooms: 1,
                     per_room: *n,
@@ -247,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
                     probes: 2.min(*n),
                     hold_s: hold,
                     ramp_ms: 100,
-                    max_tiles: 9,
+                    max_tiles: 16,
                     shaped: 0,
                     shape: None,
                 };
@@ -255,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("{}", table_row(&row));
                 rows.push(row);
             }
-            let (rooms, per) = if smoke { (2, 2) } else { (10, 3) };
+            let (rooms, per) = if smoke { (2, 2) } else { (20, 3) };
             let s = Server::start(&server, &[]).await?;
             let sc = Scenario {
                 rooms,
@@ -299,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let _ = writeln!(
                 md,
-                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus (3 talkers: 600 ms bursts every 3 s; the rest silence) and VP8 (320x180@15, a colour and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15, tiers 150/400/800 kbit/s; the video rows run the server with `MCU_MAX_TILES=9` (9 visible tiles, only those decoded). Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
+                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus with RFC 6464 audio levels (3 talkers: 600 ms bursts every 3 s; the rest silence) and camera-like VP8 (640x360@15 at 600 kbit/s: the participant's colour under a moving texture with fresh sensor noise every frame, and bit blocks carrying its id and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15 with the server's default tiers; the video rows run the server with `MCU_MAX_TILES=16` (16 visible tiles, only those decoded). Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
             );
             if let Some(v) = &janus_version {
                 let _ = writeln!(
