@@ -223,6 +223,13 @@ impl TierEncoder {
         })
     }
 
+    /// Whether a keyframe asked for now would be forced (at most one per
+    /// [`KEYFRAME_MIN_INTERVAL_MS`]).
+    fn keyframe_due(&self, now: u64) -> bool {
+        self.last_keyframe_ms
+            .is_none_or(|t| now >= t + KEYFRAME_MIN_INTERVAL_MS)
+    }
+
     /// Encodes the composite on this tier's frames; forces a keyframe when asked, at most one per
     /// [`KEYFRAME_MIN_INTERVAL_MS`].
     fn encode(
@@ -235,11 +242,7 @@ impl TierEncoder {
         if !frame_no.is_multiple_of(u64::from(self.shape.fps_divisor)) {
             return Ok(None);
         }
-        if want_keyframe
-            && self
-                .last_keyframe_ms
-                .is_none_or(|t| now >= t + KEYFRAME_MIN_INTERVAL_MS)
-        {
+        if want_keyframe && self.keyframe_due(now) {
             self.encoder.force_keyframe();
         }
         let picture = match &mut self.scaler {
@@ -1003,10 +1006,12 @@ impl MediaRoom {
         // Nothing new to show and no keyframe owed: no composite, no encode (the RTP timestamps
         // and recordings follow the room clock, so the gap is a gap in time only). Refreshes
         // fall on even frames, which every tier's frame rate includes.
+        // (Only a keyframe the tier may force now: requests within its keyframe interval wait,
+        // and would otherwise make every frame of a busy room.)
         let keyframe_owed = want_kf
             .iter()
             .zip(&self.tier_encoders)
-            .any(|(&kf, enc)| kf && enc.is_some());
+            .any(|(&kf, enc)| kf && enc.as_ref().is_some_and(|e| e.keyframe_due(now)));
         let refresh_due = self
             .last_composite_ms
             .is_none_or(|t| now >= t + STILL_REFRESH_MS)
@@ -1236,6 +1241,13 @@ mod tests {
         // A keyframe asked for goes out at the next video tick, unchanged or not.
         room.request_keyframe(2);
         let at = frames_in(&mut room, 4);
+        assert_eq!(at.len(), 1, "{at:?}");
+        // Asked again within the tier's keyframe interval: it waits for the interval (a busy
+        // room's stream of PLIs does not make every frame).
+        room.request_keyframe(2);
+        let at = frames_in(&mut room, 20);
+        assert!(at.is_empty(), "{at:?}");
+        let at = frames_in(&mut room, 50);
         assert_eq!(at.len(), 1, "{at:?}");
         // Video arrives (a new picture every 80 ms): each is composed and encoded, ~37 in 3 s.
         let kf = keyframe(320, 180);
