@@ -24,8 +24,8 @@
 //!   point over [`PROBE_RAMP`] and then holds, padding what media leaves with copies of recent
 //!   video on the RTX stream. The link carried it (the acknowledged rate reached
 //!   [`PROBE_CARRIED`] of it, the queue stayed under [`PROBE_QUEUE_MS`]): the estimate jumps to it
-//!   and the room moves up. It did not: the probe stops at once, the estimate falls to what the
-//!   link did carry while it was full (if that is less), and the next probe waits
+//!   and the room moves up. It did not: the probe stops at once, the estimate returns to where
+//!   the probe started (which the link carried), and the next probe waits
 //!   [`PROBE_WAIT_MIN`], doubled by each failure up to [`PROBE_WAIT_MAX`]. A failed probe costs a
 //!   short queue, never media. The ramp keeps that queue short: the rate passes the link's
 //!   capacity slowly, and the queue is seen while it is still small. While video is paused, or when the receiver did not negotiate
@@ -343,9 +343,11 @@ impl QueueEstimate {
                 return false;
             }
             if failed {
-                // The link was full: what it delivered is what it carries (RTP bytes only, so
-                // with a margin for overhead), and media fits in it.
-                self.target = self.target.min(acked.max(self.min));
+                // Back to where the probe started, which the link carried; no lower: what was
+                // acknowledged in a probe cut short mixes the probe with the time before it
+                // and feedback still in flight (a cut to it halved the pacing rate under a
+                // queued keyframe, and the picture froze).
+                self.target = self.target.min(probe.from);
             }
             self.next_probe = Some(now + self.probe_wait);
             self.probe_wait = (self.probe_wait * 2).min(PROBE_WAIT_MAX);
