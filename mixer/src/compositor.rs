@@ -327,7 +327,12 @@ mod tests {
     #[test]
     fn the_same_tiles_at_the_same_generations_are_unchanged() {
         let a = I420Frame::new(320, 180, Yuv::from_rgb(255, 0, 0)).expect("a");
-        let rect = |x| Rect { x, y: 0, w: 160, h: 90 };
+        let rect = |x| Rect {
+            x,
+            y: 0,
+            w: 160,
+            h: 90,
+        };
         let picture = |x, generation| Tile {
             rect: rect(x),
             content: TileContent::Picture {

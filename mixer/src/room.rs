@@ -1236,7 +1236,11 @@ mod tests {
         // 3 s: the first frame, then one a second, not 45.
         let at = frames_in(&mut room, 150);
         assert_eq!(at.len(), 3, "{at:?}");
-        assert!(at.windows(2).all(|w| (1_000..1_200).contains(&(w[1] - w[0]))), "{at:?}");
+        assert!(
+            at.windows(2)
+                .all(|w| (1_000..1_200).contains(&(w[1] - w[0]))),
+            "{at:?}"
+        );
         assert_eq!(room.stats().video_frames_unchanged, 45 - 3);
         // A keyframe asked for goes out at the next video tick, unchanged or not.
         room.request_keyframe(2);

@@ -581,7 +581,10 @@ mod tests {
         est.set_probe_floor(300_000.0, false);
         let trace = simulate(&mut est, |_| 60_000.0, 10_000_000.0, 300.0, 20.0);
         let last = trace.last().expect("trace").1;
-        assert!(last > 300_000.0 && last <= 300_000.0 * PROBE_HEADROOM * 1.01, "{last}");
+        assert!(
+            last > 300_000.0 && last <= 300_000.0 * PROBE_HEADROOM * 1.01,
+            "{last}"
+        );
     }
 
     #[test]
@@ -609,7 +612,10 @@ mod tests {
         }
         // The queue a failed probe built is its own: media keeps its rate (230 kbit/s fits).
         assert!(
-            trace.iter().filter(|(t, _)| *t > 3.0).all(|(_, e)| *e >= 230_000.0),
+            trace
+                .iter()
+                .filter(|(t, _)| *t > 3.0)
+                .all(|(_, e)| *e >= 230_000.0),
             "{trace:?}"
         );
         // Each failed probe is cut short: under a second of the probe's rate (52 packets of
@@ -630,7 +636,11 @@ mod tests {
             60.0,
         );
         let run = est.probes().0;
-        assert!(run >= 2 && probing.get() < 52 * run, "{} packets in {run} probes", probing.get());
+        assert!(
+            run >= 2 && probing.get() < 52 * run,
+            "{} packets in {run} probes",
+            probing.get()
+        );
     }
 
     #[test]

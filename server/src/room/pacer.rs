@@ -257,8 +257,9 @@ impl PriorityPacer {
     fn padding_packet(&mut self, now: Instant) -> Option<TaggedPacket> {
         let rtx = self.rtx.as_mut()?;
         let n = self.recent.len();
-        let (transport, original) =
-            self.recent.get(n.checked_sub(1 + self.pad_cursor % n.max(1))?)?;
+        let (transport, original) = self
+            .recent
+            .get(n.checked_sub(1 + self.pad_cursor % n.max(1))?)?;
         self.pad_cursor += 1;
         let packet = Self::rtx_packet(rtx, original);
         Some(TaggedPacket {
@@ -716,7 +717,9 @@ mod tests {
             now = due;
             p.handle_timeout(now).unwrap();
             while let Some(m) = p.poll_write() {
-                let IPacket::Rtp(r) = m.message.packet else { continue };
+                let IPacket::Rtp(r) = m.message.packet else {
+                    continue;
+                };
                 assert_eq!((r.header.ssrc, r.header.payload_type), (RTX, 97));
                 let osn = u16::from_be_bytes([r.payload[0], r.payload[1]]);
                 assert!((100..103).contains(&osn), "{osn}");
@@ -725,14 +728,20 @@ mod tests {
             }
         }
         let bits = link.padding_bytes.load(Relaxed) * 8;
-        assert!((500_000..=650_000).contains(&bits), "{bits} bits of padding");
+        assert!(
+            (500_000..=650_000).contains(&bits),
+            "{bits} bits of padding"
+        );
         // A retransmission from the NACK responder continues the same RTX sequence.
         link.probe_rate_bps.store(0, Relaxed);
         p.handle_write(rtp(RTX, 9, 500, now)).unwrap();
         now += Duration::from_millis(50);
         p.handle_timeout(now).unwrap();
         sent.extend(drain(&mut p).into_iter().map(|(_, seq)| seq));
-        assert!(sent.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "{sent:?}");
+        assert!(
+            sent.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+            "{sent:?}"
+        );
         assert_eq!(p.poll_timeout(), None);
     }
 
@@ -756,7 +765,11 @@ mod tests {
             let IPacket::Rtp(r) = twcc.poll_write().expect("passed on").message.packet else {
                 panic!("not RTP")
             };
-            numbers.push(r.header.get_extension(5).map(|b| u16::from_be_bytes([b[0], b[1]])));
+            numbers.push(
+                r.header
+                    .get_extension(5)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]])),
+            );
         }
         // Video and its RTX share the transport-wide sequence; an unbound stream is left alone.
         let [Some(video), Some(rtx), None] = numbers[..] else {

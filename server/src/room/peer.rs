@@ -501,10 +501,7 @@ fn media_setup(
             Slot::Pacer,
             PriorityPacer::new(audio_ssrc, video_ssrc, link.clone()),
         )
-        .with(
-            Slot::TwccSender,
-            WithRtx(TwccSenderBuilder::new().build()),
-        )
+        .with(Slot::TwccSender, WithRtx(TwccSenderBuilder::new().build()))
         .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
         .with(
             Slot::from(14_000),
