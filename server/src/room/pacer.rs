@@ -176,10 +176,22 @@ pub struct PriorityPacer {
     read_out: VecDeque<TaggedPacket>,
     /// The video stream's RTX (learned when the stream binds; none: not negotiated).
     rtx: Option<RtxStream>,
-    /// Recent new video packets as released, newest last: padding material.
-    recent: VecDeque<(rtc::shared::TransportContext, rtc::rtp::Packet)>,
+    /// Recent new video packets as released, newest last: padding material (kept only when
+    /// there is an RTX stream to pad on).
+    recent: VecDeque<Recent>,
     /// Which of `recent` the next padding packet copies (counting back from the newest).
     pad_cursor: usize,
+}
+
+/// What padding needs of a video packet sent: no header copy (its extensions are an
+/// allocation per packet), the payload shared.
+#[derive(Debug, Clone)]
+struct Recent {
+    transport: rtc::shared::TransportContext,
+    sequence_number: u16,
+    timestamp: u32,
+    marker: bool,
+    payload: bytes::Bytes,
 }
 
 /// The RTX stream of the video, whose sequence numbers the pacer assigns.
@@ -233,9 +245,9 @@ impl PriorityPacer {
     }
 
     /// An RTX packet of `original` (RFC 4588: the original sequence number, then its payload).
-    fn rtx_packet(rtx: &mut RtxStream, original: &rtc::rtp::Packet) -> rtc::rtp::Packet {
+    fn rtx_packet(rtx: &mut RtxStream, original: &Recent) -> rtc::rtp::Packet {
         let mut payload = Vec::with_capacity(2 + original.payload.len());
-        payload.extend_from_slice(&original.header.sequence_number.to_be_bytes());
+        payload.extend_from_slice(&original.sequence_number.to_be_bytes());
         payload.extend_from_slice(&original.payload);
         let seq = rtx.next_seq;
         rtx.next_seq = seq.wrapping_add(1);
@@ -245,8 +257,8 @@ impl PriorityPacer {
                 ssrc: rtx.ssrc,
                 payload_type: rtx.payload_type,
                 sequence_number: seq,
-                timestamp: original.header.timestamp,
-                marker: original.header.marker,
+                timestamp: original.timestamp,
+                marker: original.marker,
                 ..Default::default()
             },
             payload: payload.into(),
@@ -257,14 +269,14 @@ impl PriorityPacer {
     fn padding_packet(&mut self, now: Instant) -> Option<TaggedPacket> {
         let rtx = self.rtx.as_mut()?;
         let n = self.recent.len();
-        let (transport, original) = self
+        let original = self
             .recent
             .get(n.checked_sub(1 + self.pad_cursor % n.max(1))?)?;
         self.pad_cursor += 1;
         let packet = Self::rtx_packet(rtx, original);
         Some(TaggedPacket {
             now,
-            transport: *transport,
+            transport: original.transport,
             message: AttributedPacket::new(IPacket::Rtp(packet)).with(Attribute::Retransmission),
         })
     }
@@ -296,11 +308,17 @@ impl PriorityPacer {
                         rtp.header.sequence_number = rtx.next_seq;
                         rtx.next_seq = rtx.next_seq.wrapping_add(1);
                     }
-                    _ if rtp.header.ssrc == self.media_ssrcs[1] => {
+                    Some(_) if rtp.header.ssrc == self.media_ssrcs[1] => {
                         if self.recent.len() == PADDING_HISTORY {
                             self.recent.pop_front();
                         }
-                        self.recent.push_back((p.transport, rtp.clone()));
+                        self.recent.push_back(Recent {
+                            transport: p.transport,
+                            sequence_number: rtp.header.sequence_number,
+                            timestamp: rtp.header.timestamp,
+                            marker: rtp.header.marker,
+                            payload: rtp.payload.clone(),
+                        });
                         self.pad_cursor = 0;
                     }
                     _ => {}
