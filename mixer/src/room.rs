@@ -54,6 +54,18 @@ pub const KEYFRAME_MIN_INTERVAL_MS: u64 = 1_000;
 /// recordings see the stream alive (a room where nobody sends video costs about one frame a
 /// second instead of the full frame rate).
 pub const STILL_REFRESH_MS: u64 = 1_000;
+/// A receiver whose own send queue holds more video than this (ms at its pacing rate) holds its
+/// tier's encoder back: a frame is not made, so the next one predicts from one the receiver
+/// got, and nothing is lost (libwebrtc's encoder pushback). Past [`PUSHBACK_HARD_MS`] the
+/// server's video gate is near (500 ms), which would freeze the picture until a keyframe.
+/// Between the two, every other frame is held (half the frame rate: gaps of 133 ms at 15 fps,
+/// short of what a browser counts as a freeze).
+pub const PUSHBACK_QUEUE_MS: u64 = 250;
+/// Past this backlog, up to [`MAX_HELD_FRAMES`] frames in a row are held.
+pub const PUSHBACK_HARD_MS: u64 = 400;
+/// At most this many frames in a row are held back for a tier, so that one receiver stuck on a
+/// dead link cannot stop the picture of the others on its tier (about half a second).
+pub const MAX_HELD_FRAMES: u32 = 7;
 /// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
 pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
 
@@ -132,6 +144,9 @@ pub struct MediaStats {
     /// Composite frames neither composed nor encoded because no tile changed (a room showing
     /// only placeholders, still pictures); one goes out every [`STILL_REFRESH_MS`] anyway.
     pub video_frames_unchanged: u64,
+    /// Tier frames not encoded because a receiver of the tier had a send queue past
+    /// [`PUSHBACK_QUEUE_MS`] (encoder pushback).
+    pub video_frames_held: u64,
 }
 
 #[derive(Debug)]
@@ -166,6 +181,8 @@ struct Participant {
     reported_loss: u8,
     /// This receiver needs a keyframe from its tier.
     wants_keyframe: bool,
+    /// Video waiting in this receiver's send queue, ms at its pacing rate.
+    video_backlog_ms: u64,
 }
 
 /// A receive-only output, e.g. a recording: it gets the full mix (everyone)
@@ -185,6 +202,8 @@ struct TierEncoder {
     scaler: Option<(Scaler, I420Frame)>,
     /// Room clock of the last keyframe it made.
     last_keyframe_ms: Option<u64>,
+    /// Frames held back in a row ([`PUSHBACK_QUEUE_MS`]).
+    held: u32,
 }
 
 impl TierEncoder {
@@ -220,6 +239,7 @@ impl TierEncoder {
             shape,
             scaler,
             last_keyframe_ms: None,
+            held: 0,
         })
     }
 
@@ -231,17 +251,30 @@ impl TierEncoder {
     }
 
     /// Encodes the composite on this tier's frames; forces a keyframe when asked, at most one per
-    /// [`KEYFRAME_MIN_INTERVAL_MS`].
+    /// [`KEYFRAME_MIN_INTERVAL_MS`]. `backlog_ms`: the fullest send queue of the tier's
+    /// receivers; past [`PUSHBACK_QUEUE_MS`] frames are held back (returns `Held`), one in two,
+    /// or up to [`MAX_HELD_FRAMES`] in a row past [`PUSHBACK_HARD_MS`].
     fn encode(
         &mut self,
         canvas: &I420Frame,
         frame_no: u64,
         now: u64,
         want_keyframe: bool,
-    ) -> Result<Option<EncodedFrame>, MixerError> {
+        backlog_ms: u64,
+    ) -> Result<Encoded, MixerError> {
         if !frame_no.is_multiple_of(u64::from(self.shape.fps_divisor)) {
-            return Ok(None);
+            return Ok(Encoded::OffRate);
         }
+        let may_hold = match backlog_ms {
+            b if b > PUSHBACK_HARD_MS => MAX_HELD_FRAMES,
+            b if b > PUSHBACK_QUEUE_MS => 1,
+            _ => 0,
+        };
+        if self.held < may_hold {
+            self.held += 1;
+            return Ok(Encoded::Held);
+        }
+        self.held = 0;
         if want_keyframe && self.keyframe_due(now) {
             self.encoder.force_keyframe();
         }
@@ -256,8 +289,22 @@ impl TierEncoder {
         if f.as_ref().is_some_and(|f| f.keyframe) {
             self.last_keyframe_ms = Some(now);
         }
-        Ok(f)
+        Ok(match f {
+            Some(f) => Encoded::Frame(f),
+            None => Encoded::Dropped,
+        })
     }
+}
+
+/// What a tier's encoder did with one composite frame.
+enum Encoded {
+    Frame(EncodedFrame),
+    /// Not one of the tier's frames (a lower frame rate).
+    OffRate,
+    /// Held back for a receiver's send queue.
+    Held,
+    /// libvpx dropped it to hold its bitrate.
+    Dropped,
 }
 
 fn full_shape(cfg: &MediaConfig) -> TierShape {
@@ -419,6 +466,7 @@ impl MediaRoom {
             tier: Some(self.cfg.default_tier()),
             probe: ProbeState::default(),
             reported_loss: 0,
+            video_backlog_ms: 0,
             wants_keyframe: true,
         });
         self.update_visibility();
@@ -609,6 +657,14 @@ impl MediaRoom {
     pub fn set_reported_loss(&mut self, key: ParticipantKey, percent: u8) {
         if let Some(p) = self.get_mut(key) {
             p.reported_loss = percent;
+        }
+    }
+
+    /// How much video waits in a receiver's own send queue (ms at its pacing rate): past
+    /// [`PUSHBACK_QUEUE_MS`] its tier's encoder holds frames back.
+    pub fn set_video_backlog(&mut self, key: ParticipantKey, ms: u64) {
+        if let Some(p) = self.get_mut(key) {
+            p.video_backlog_ms = ms;
         }
     }
 
@@ -946,11 +1002,13 @@ impl MediaRoom {
         let n_tiers = self.tier_encoders.len();
         let mut receivers = vec![0usize; n_tiers];
         let mut want_kf = vec![false; n_tiers];
+        let mut backlog_ms = vec![0u64; n_tiers];
         for p in &self.participants {
             let Some(t) = p.tier else { continue };
             let t = t.min(n_tiers - 1);
             receivers[t] += 1;
             want_kf[t] |= p.wants_keyframe;
+            backlog_ms[t] = backlog_ms[t].max(p.video_backlog_ms);
         }
         for s in &self.sinks {
             let t = s.tier.min(n_tiers - 1);
@@ -1025,15 +1083,21 @@ impl MediaRoom {
         let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
         for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
             let Some(enc) = enc else { continue };
-            match enc.encode(canvas, frame_no, now, want_kf[t]) {
-                Ok(f) => {
-                    // A tier off its frame (lower frame rate) or a frame libvpx dropped: none.
-                    self.stats.video_encodes_last_video_tick += usize::from(f.is_some());
-                    if f.as_ref().is_some_and(|f| f.keyframe) {
+            match enc.encode(canvas, frame_no, now, want_kf[t], backlog_ms[t]) {
+                Ok(Encoded::Frame(f)) => {
+                    self.stats.video_encodes_last_video_tick += 1;
+                    if f.keyframe {
                         self.stats.keyframes_sent += 1;
                     }
-                    encoded[t] = f;
+                    encoded[t] = Some(f);
                 }
+                Ok(Encoded::Held) => {
+                    self.stats.video_frames_held += 1;
+                    if enc.held == 1 {
+                        tracing::debug!(tier = t, "tier held back for a full send queue");
+                    }
+                }
+                Ok(Encoded::OffRate | Encoded::Dropped) => {}
                 Err(e) => tracing::error!(tier = t, error = %e, "vp8 encode"),
             }
         }
@@ -1264,6 +1328,57 @@ mod tests {
             sent += o.video.iter().filter(|(k, _, _)| *k == 2).count();
         }
         assert!(sent >= 30, "{sent} frames in 3 s of a changing picture");
+    }
+
+    #[test]
+    fn a_receiver_with_a_full_send_queue_holds_its_tier_back_for_at_most_half_a_second() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        room.add_participant(1, true);
+        room.add_participant(2, false);
+        room.add_participant(3, false);
+        // 2 on the 150 kbit/s tier, 3 on a higher one.
+        room.set_bandwidth(2, Some(300_000));
+        room.set_bandwidth(3, Some(10_000_000));
+        let (t2, t3) = (room.tier_of(2), room.tier_of(3));
+        assert!(t2.is_some() && t3.is_some() && t2 != t3, "{t2:?} {t3:?}");
+        let kf = keyframe(320, 180);
+        // A changing picture every tick; counts the frames each receiver got per video tick.
+        let mut run = |room: &mut MediaRoom, video_ticks: usize| {
+            let (mut got2, mut got3, mut n, mut tick) = (Vec::new(), 0, 0, 0u32);
+            while n < video_ticks {
+                room.push_video(1, tick, &kf, true);
+                tick += 1;
+                let o = room.tick();
+                if o.video_tick {
+                    n += 1;
+                    got2.push(o.video.iter().any(|(k, _, _)| *k == 2));
+                    got3 += o.video.iter().filter(|(k, _, _)| *k == 3).count();
+                }
+            }
+            (got2, got3)
+        };
+        let (got2, got3) = run(&mut room, 10);
+        assert!(got2.iter().all(|&g| g) && got3 == 10, "{got2:?} {got3}");
+        // 2's queue is past the pushback point: its tier makes every other frame, 3's all.
+        room.set_video_backlog(2, PUSHBACK_QUEUE_MS + 50);
+        let (got2, got3) = run(&mut room, 8);
+        assert_eq!(got3, 8, "the other tier is not held");
+        assert_eq!(got2, [false, true].repeat(4), "half the frame rate");
+        assert_eq!(room.stats().video_frames_held, 4);
+        // Near the gate: up to MAX_HELD_FRAMES in a row, then one goes out anyway.
+        room.set_video_backlog(2, PUSHBACK_HARD_MS + 50);
+        let (got2, got3) = run(&mut room, 16);
+        assert_eq!(got3, 16, "the other tier is not held");
+        let held = MAX_HELD_FRAMES as usize;
+        let run_of = [vec![false; held], vec![true]].concat();
+        assert_eq!(&got2[..=held], &run_of[..], "{got2:?}");
+        assert_eq!(room.stats().video_frames_held as usize, 4 + 14);
+        // Drained: every frame again, and none was lost, so no keyframe is needed.
+        room.set_video_backlog(2, 10);
+        let kf_before = room.stats().keyframes_sent;
+        let (got2, _) = run(&mut room, 5);
+        assert!(got2.iter().all(|&g| g), "{got2:?}");
+        assert_eq!(room.stats().keyframes_sent, kf_before);
     }
 
     #[test]

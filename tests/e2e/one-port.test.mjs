@@ -204,7 +204,12 @@ test('a flood of garbage and of STUN with unknown ufrags does not disturb the ca
   console.log(JSON.stringify({ base, during, sent, dropped }));
   // Everything it sent was dropped by the mux (a few may still sit in the socket buffer).
   assert.ok(dropped >= 0.9 * (sent.garbage + sent.stun), `dropped ${dropped} of ${sent.garbage + sent.stun}`);
-  assert.ok(during.audio_concealed_pct <= Math.max(1, base.audio_concealed_pct + 1),
+  // No audio packet lost to the flood: the mux kept routing media. Concealment may rise a little
+  // without loss, from late packets: the flood's sender shares the 2 cores with three browsers
+  // and the server (seen: 1.1 % in 6.5 s with nothing lost, one CI run of many).
+  assert.ok(during.audio.lost <= Math.max(2, 0.01 * during.audio.packets),
+    `audio packets lost during the flood: ${during.audio.lost} of ${during.audio.packets}`);
+  assert.ok(during.audio_concealed_pct <= Math.max(2, base.audio_concealed_pct + 2),
     `audio during the flood ${during.audio_concealed_pct} % (before ${base.audio_concealed_pct} %)`);
   assert.ok(during.fps >= Math.min(10, base.fps - 3), `video during the flood ${during.fps} fps (before ${base.fps})`);
   assert.deepEqual(udpSockets(server.proc.pid), [PORT], 'still one socket');

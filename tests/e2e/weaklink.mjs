@@ -238,7 +238,8 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
     for (const b of opened) await b.close().catch(() => {});
     if (server) await server.stop().catch(() => {});
     links.close();
-    if (server && process.env.WEAK_LOG) writeFileSync(process.env.WEAK_LOG, server.logs.join(''));
+    // One file per link (WEAK_LOG.300k): a run of several scenarios keeps every log.
+    if (server && process.env.WEAK_LOG) writeFileSync(`${process.env.WEAK_LOG}.${kbit}k`, server.logs.join(''));
   }
 }
 

@@ -106,6 +106,9 @@ pub struct MediaStats {
     /// Quiet audio packets of inputs not speaking that were not decoded (the sender marked them
     /// with the RFC 6464 audio level), counted over the inputs present; updated each second.
     pub audio_quiet_skipped: u64,
+    /// Tier frames held back because a receiver's send queue was full (encoder pushback);
+    /// updated each second.
+    pub video_frames_held: u64,
 }
 
 /// Why a join is refused.
@@ -377,6 +380,7 @@ impl RoomManager {
                 audio_encoders: t.audio_encoders.load(Relaxed),
                 video_encoders: t.video_encoders.load(Relaxed),
                 audio_quiet_skipped: t.audio_quiet_skipped.load(Relaxed),
+                video_frames_held: t.video_frames_held.load(Relaxed),
             }
         });
         let receivers = receiver_stats(live);

@@ -203,6 +203,8 @@ pub struct RoomTiming {
     pub video_encoders: std::sync::atomic::AtomicU64,
     /// Quiet audio packets not decoded (RFC 6464 level), of the inputs present (each second).
     pub audio_quiet_skipped: std::sync::atomic::AtomicU64,
+    /// Tier frames held back for a receiver's full send queue (each second).
+    pub video_frames_held: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a room's media thread. Dropping it stops the thread.
@@ -474,6 +476,10 @@ fn run(
             let out = media.tick_audio_only();
             deliver(out, &mut media, &mut receivers, &mut sinks, &events);
         }
+        // Encoder pushback: a tier does not make frames for a receiver's full send queue.
+        for (&key, r) in &receivers {
+            media.set_video_backlog(key, r.link.video_queue_ms());
+        }
         let out = media.tick();
         let video_tick = out.video_tick;
         deliver(out, &mut media, &mut receivers, &mut sinks, &events);
@@ -508,6 +514,9 @@ fn run(
             timing
                 .audio_quiet_skipped
                 .store(s.audio_quiet_skipped, Relaxed);
+            timing
+                .video_frames_held
+                .store(s.video_frames_held, Relaxed);
         }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);
