@@ -1343,7 +1343,7 @@ mod tests {
         assert!(t2.is_some() && t3.is_some() && t2 != t3, "{t2:?} {t3:?}");
         let kf = keyframe(320, 180);
         // A changing picture every tick; counts the frames each receiver got per video tick.
-        let mut run = |room: &mut MediaRoom, video_ticks: usize| {
+        let run = |room: &mut MediaRoom, video_ticks: usize| {
             let (mut got2, mut got3, mut n, mut tick) = (Vec::new(), 0, 0, 0u32);
             while n < video_ticks {
                 room.push_video(1, tick, &kf, true);

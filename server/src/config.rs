@@ -38,6 +38,13 @@ pub struct Config {
     /// (`MCU_CPU_BUDGET`; default 85 % of the machine's cores; 0 = never refuse).
     #[serde(default)]
     pub cpu_budget: Option<f64>,
+    /// This node's stable id in a cluster (`MCU_NODE_ID`); generated at first start and kept in
+    /// `node_id` beside the recordings directory when unset.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// A node whose heartbeat is older than this is dead, seconds (`MCU_NODE_TTL_S`).
+    #[serde(default = "default_node_ttl_s")]
+    pub node_ttl_s: u32,
     /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
     pub dev: bool,
     /// WebRTC transport.
@@ -230,6 +237,10 @@ impl Default for MediaSettings {
     }
 }
 
+fn default_node_ttl_s() -> u32 {
+    10
+}
+
 fn default_auth_failures_burst() -> u32 {
     20
 }
@@ -279,6 +290,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth_failures_burst: default_auth_failures_burst(),
             cpu_budget: None,
+            node_id: None,
+            node_ttl_s: default_node_ttl_s(),
             dev: false,
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
@@ -385,6 +398,12 @@ impl Config {
         if let Some(v) = get("MCU_CPU_BUDGET") {
             self.cpu_budget = Some(parse("MCU_CPU_BUDGET", &v)?);
         }
+        if let Some(v) = get("MCU_NODE_ID") {
+            self.node_id = Some(v);
+        }
+        if let Some(v) = get("MCU_NODE_TTL_S") {
+            self.node_ttl_s = parse("MCU_NODE_TTL_S", &v)?;
+        }
         if let Some(v) = get("MCU_AUTH_FAILURES_BURST") {
             self.auth_failures_burst = parse("MCU_AUTH_FAILURES_BURST", &v)?;
         }
@@ -478,6 +497,19 @@ impl Config {
 
     /// Refuses unsafe or inconsistent settings with a message an operator can act on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(2..=3600).contains(&self.node_ttl_s) {
+            return Err(ConfigError::Invalid(format!(
+                "node_ttl_s {} must be 2 to 3600 seconds",
+                self.node_ttl_s
+            )));
+        }
+        if let Some(id) = &self.node_id
+            && !crate::cluster::valid_node_id(id)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "node id '{id}' must be 1 to 64 characters of A-Z a-z 0-9 _ - ."
+            )));
+        }
         if let Some(b) = self.cpu_budget
             && !(b.is_finite() && b >= 0.0)
         {

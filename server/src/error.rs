@@ -53,6 +53,10 @@ pub enum ApiError {
     /// 503 `unavailable` (database unreachable, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `server_busy`: no node can take a new room now (all over their CPU headroom or
+    /// draining).
+    #[error("{0}")]
+    ServerBusy(String),
     /// 500 `internal`: logged with its cause, the client sees a generic message.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -78,6 +82,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::ServerBusy(_) => "server_busy",
             ApiError::Unexpected(_) => "internal",
         }
     }
@@ -116,7 +121,7 @@ impl ResponseError for ApiError {
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ServerBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

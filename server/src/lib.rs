@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
@@ -50,6 +51,8 @@ pub struct AppState {
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// The one media socket (`MCU_UDP_PORTS=PORT`); None with a port pool.
     pub udp_mux: Option<Arc<room::udp_mux::UdpMux>>,
+    /// This node in the cluster (room placement).
+    pub cluster: cluster::Cluster,
 }
 
 /// A started server.
@@ -96,16 +99,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         }
         config::UdpPorts::Pool(_) => None,
     };
+    let cluster = cluster::Cluster::new(&config, addr)?;
+    if store.backend() == "postgres" && config.public_url.is_none() {
+        tracing::warn!(url = %cluster.url, "MCU_PUBLIC_URL is not set: other nodes sharing this \
+            database would send clients to {} (set it to this node's public URL)", cluster.url);
+    }
     let rooms = RoomManager::new(config.media.clone(), rtc_runtime().handle().clone());
     let recordings = recording::Recordings::new(
         store.clone(),
         rooms.clone(),
         config.recordings_dir.clone(),
         config.media.clone(),
+        cluster.node_id.clone(),
     )
     .with_context(|| format!("cannot create {}", config.recordings_dir.display()))?;
-    // Before serving: recordings a crash left behind become `interrupted`, repaired.
-    let recovered = recordings.recover_interrupted().await?;
+    // Before serving: recordings a crash left behind become `interrupted`, repaired (not those
+    // another live node is writing).
+    let live_others: Vec<String> = cluster
+        .nodes(&store)
+        .await?
+        .into_iter()
+        .filter(|n| n.status != "dead" && n.id != cluster.node_id)
+        .map(|n| n.id)
+        .collect();
+    let recovered = recordings.recover_interrupted(&live_others).await?;
     if recovered > 0 {
         tracing::warn!(
             recovered,
@@ -127,7 +144,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         started: Instant::now(),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         udp_mux,
+        cluster,
     });
+    // Registered before serving: placement needs this node's row.
+    state
+        .cluster
+        .beat(&state)
+        .await
+        .with_context(|| "cannot register this node in the database")?;
+    tracing::info!(node = %state.cluster.node_id, url = %state.cluster.url, "node registered");
+    cluster::spawn_heartbeat(state.clone());
     let server = api::http_server(state.clone(), listener)?;
     reaper::spawn(state.clone());
     Ok(RunningServer {
@@ -163,6 +189,11 @@ pub async fn shutdown(state: &AppState, http: &actix_web::dev::ServerHandle) {
     tracing::info!(rooms, participants = people, "shutting down");
     state.rooms.close_all(model::CloseReason::ServerShutdown);
     let finalized = state.recordings.shutdown().await;
+    // Gone: other nodes may place this node's rooms at once, not after the TTL.
+    state.cluster.set_status(store::NodeStatus::Stopped);
+    if let Err(e) = state.cluster.beat(state).await {
+        tracing::warn!(error = %e, "cannot mark this node stopped; other nodes will see it dead after the TTL");
+    }
     // Let the `closed` messages reach the sockets before the workers stop.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     http.stop(true).await;

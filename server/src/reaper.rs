@@ -66,8 +66,19 @@ pub fn expired(room: &RoomRecord, empty_for: Option<Duration>) -> bool {
 /// One pass: deletes the expired rooms, returns their names.
 pub async fn reap_once(state: &AppState) -> Result<Vec<String>, StoreError> {
     let rooms = state.store.rooms_with_empty_timeout().await?;
+    // A room another live node hosts is that node's to reap (it knows whether anyone is in).
+    let nodes = state.cluster.nodes(&state.store).await?;
+    let me = &state.cluster.node_id;
+    let hosted_elsewhere = |r: &RoomRecord| {
+        r.node_id
+            .as_ref()
+            .is_some_and(|n| n != me && nodes.iter().any(|x| &x.id == n && x.status != "dead"))
+    };
     let mut deleted = Vec::new();
     for room in rooms {
+        if hosted_elsewhere(&room) {
+            continue;
+        }
         let activity = state.rooms.activity(&room.name);
         let empty = empty_for(
             &room,
@@ -115,6 +126,7 @@ mod tests {
             created_at: now - chrono::Duration::seconds(updated_ago_s),
             updated_at: now - chrono::Duration::seconds(updated_ago_s),
             recording_id: None,
+            node_id: None,
         }
     }
 

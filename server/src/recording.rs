@@ -42,6 +42,8 @@ struct Inner {
     rooms: RoomManager,
     dir: PathBuf,
     media: MediaSettings,
+    /// This node's id, written on each recording it starts.
+    node_id: String,
     active: Mutex<HashMap<Uuid, Active>>,
 }
 
@@ -57,12 +59,13 @@ struct WriterOutcome {
 }
 
 impl Recordings {
-    /// The service writing into `dir` (created if missing).
+    /// The service of node `node_id`, writing into `dir` (created if missing).
     pub fn new(
         store: Store,
         rooms: RoomManager,
         dir: PathBuf,
         media: MediaSettings,
+        node_id: String,
     ) -> std::io::Result<Recordings> {
         std::fs::create_dir_all(&dir)?;
         Ok(Recordings(Arc::new(Inner {
@@ -70,6 +73,7 @@ impl Recordings {
             rooms,
             dir,
             media,
+            node_id,
             active: Mutex::new(HashMap::new()),
         })))
     }
@@ -130,7 +134,7 @@ impl Recordings {
         let file_name = format!("{id}.webm");
         let rec = inner
             .store
-            .create_recording(id, room, &file_name, Utc::now())
+            .create_recording(id, room, &file_name, Utc::now(), Some(&inner.node_id))
             .await?;
         let path = self.path_of(&rec);
         let m = &inner.media;
@@ -367,12 +371,16 @@ impl Recordings {
 
     /// At start-up: recordings a previous process left in `recording` are repaired (duration
     /// and cues written), marked `interrupted` with their duration, and stay downloadable.
-    pub async fn recover_interrupted(&self) -> anyhow::Result<usize> {
-        let left = self
+    /// Those another live node is writing (`live_others`) are its own business.
+    pub async fn recover_interrupted(&self, live_others: &[String]) -> anyhow::Result<usize> {
+        let left: Vec<RecordingRecord> = self
             .0
             .store
             .recordings_with_status(RecordingStatus::Recording)
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|r| r.node_id.as_ref().is_none_or(|n| !live_others.contains(n)))
+            .collect();
         let n = left.len();
         for rec in left {
             let path = self.path_of(&rec);
@@ -411,6 +419,7 @@ fn placeholder(id: Uuid, room: &str, status: RecordingStatus) -> RecordingRecord
         size_bytes: None,
         file_name: format!("{id}.webm"),
         error: Some("the database was unavailable when the recording ended".into()),
+        node_id: None,
     }
 }
 

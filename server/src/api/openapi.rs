@@ -56,6 +56,7 @@ impl Modify for BearerAuth {
         rest::list_participants,
         rest::kick_participant,
         rest::mute_participant,
+        rest::list_nodes,
         super::stats::room_stats,
         recordings::start_recording,
         recordings::stop_recording,
@@ -77,6 +78,8 @@ impl Modify for BearerAuth {
         rest::TokenResponse,
         rest::ParticipantList,
         rest::MuteRequest,
+        rest::NodeList,
+        crate::cluster::NodeInfo,
         super::stats::RoomStats,
         crate::room::manager::MediaStats,
         crate::room::manager::ReceiverStats,
@@ -97,6 +100,7 @@ impl Modify for BearerAuth {
         (name = "tokens", description = "Join tokens for the signaling WebSocket"),
         (name = "participants", description = "Participants connected to a room"),
         (name = "recordings", description = "Recordings of rooms (WebM files)"),
+        (name = "nodes", description = "The nodes sharing this database (a cluster)"),
         (name = "health", description = "Operations (no authentication)"),
     )
 )]

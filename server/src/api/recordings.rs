@@ -657,6 +657,7 @@ mod tests {
             size_bytes: Some(5),
             file_name: format!("{id}.webm"),
             error: Some(format!("/srv/rec/{id}.webm: write: disk full")),
+            node_id: None,
         };
         let j = recording_json(rec, Path::new("/srv/rec"));
         assert_eq!(j.media_url, format!("/api/v1/recordings/{id}/media"));

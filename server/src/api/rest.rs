@@ -9,6 +9,7 @@
 use crate::AppState;
 use crate::api::body::{ApiJson, configure_extractors};
 use crate::auth::{AdminAuth, JoinClaims};
+use crate::cluster::Host;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::model::{CloseReason, Layout, Participant};
 use crate::store::{NewRoom, RoomPatch, RoomRecord, valid_room_name};
@@ -67,6 +68,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(mute_participant))
             .default_service(method_not_allowed("POST")),
     )
+    .service(
+        web::resource("/nodes")
+            .route(web::get().to(list_nodes))
+            .default_service(method_not_allowed("GET")),
+    )
     .default_service(web::to(not_found));
 }
 
@@ -121,6 +127,9 @@ pub struct Room {
     pub active_participants: u32,
     /// The running recording, or null.
     pub recording_id: Option<Uuid>,
+    /// The node hosting the room (see `GET /nodes`), or null while it is not placed.
+    #[serde(default)]
+    pub node_id: Option<String>,
 }
 
 /// Body of `POST /rooms`.
@@ -322,6 +331,7 @@ fn room_json(state: &AppState, r: RoomRecord) -> Room {
         created_at: r.created_at,
         updated_at: r.updated_at,
         recording_id: r.recording_id,
+        node_id: r.node_id,
     }
 }
 
@@ -337,18 +347,23 @@ pub(crate) async fn existing_room(state: &AppState, name: &str) -> Result<RoomRe
         .ok_or_else(|| ApiError::RoomNotFound(name.to_string()))
 }
 
+/// A node's base URL with http(s) turned into ws(s).
+pub(crate) fn ws_of(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("https://") {
+        return format!("wss://{rest}");
+    }
+    if let Some(rest) = url.strip_prefix("http://") {
+        return format!("ws://{rest}");
+    }
+    url.to_string()
+}
+
 /// Base of the signaling URL: `public_url` with http(s) turned into ws(s), or the request's own
 /// scheme and host.
 fn ws_base(public_url: Option<&str>, req: &HttpRequest) -> String {
     if let Some(url) = public_url.map(str::trim).filter(|u| !u.is_empty()) {
-        let url = url.trim_end_matches('/');
-        if let Some(rest) = url.strip_prefix("https://") {
-            return format!("wss://{rest}");
-        }
-        if let Some(rest) = url.strip_prefix("http://") {
-            return format!("ws://{rest}");
-        }
-        return url.to_string();
+        return ws_of(url);
     }
     let info = req.connection_info();
     let scheme = if info.scheme().eq_ignore_ascii_case("https") {
@@ -570,7 +585,8 @@ pub async fn delete_room(
         (status = 404, description = "`room_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: body over 64 KiB", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
-        (status = 503, description = "`unavailable`: database unreachable", body = ErrorBody),
+        (status = 503, description = "`unavailable`: database unreachable; `server_busy`: no node \
+            can take the room now (all over their CPU headroom or draining)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -616,10 +632,12 @@ pub async fn create_token(
         room_id: Some(room.id),
     };
     let token = state.tokens.mint(&claims);
-    let ws_url = format!(
-        "{}/api/v1/ws?token={token}",
-        ws_base(state.config.public_url.as_deref(), &req)
-    );
+    // Placed now (several nodes): the client connects straight to the hosting node.
+    let base = match state.cluster.host(&state.store, &room).await? {
+        Host::Here => ws_base(state.config.public_url.as_deref(), &req),
+        Host::Elsewhere { url, .. } => ws_of(&url),
+    };
+    let ws_url = format!("{base}/api/v1/ws?token={token}");
     let expires_at = DateTime::from_timestamp(exp, 0)
         .ok_or_else(|| ApiError::InvalidRequest("ttl_s out of range".into()))?;
     tracing::info!(
@@ -632,6 +650,35 @@ pub async fn create_token(
         ws_url,
         expires_at,
     }))
+}
+
+/// The nodes of the cluster (`GET /nodes`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    /// Every node that ever registered with this database, by id.
+    pub nodes: Vec<crate::cluster::NodeInfo>,
+}
+
+/// List the nodes sharing this database: status (`active`, `draining`, or `dead` when silent
+/// for `MCU_NODE_TTL_S` or stopped), live rooms, participants, CPU, last heartbeat.
+#[utoipa::path(
+    get, path = "/api/v1/nodes", tag = "nodes",
+    responses(
+        (status = 200, description = "The nodes", body = NodeList,
+         example = json!({"nodes": [{"id": "node-a", "url": "https://a.mcu.example.com",
+             "status": "active", "rooms": 3, "participants": 11, "cpu": 0.42,
+             "heartbeat_at": "2026-12-03T16:00:00.000000Z"}]})),
+        (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
+        (status = 503, description = "`unavailable`: database unreachable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_nodes(
+    _admin: AdminAuth,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let nodes = state.cluster.nodes(&state.store).await?;
+    Ok(HttpResponse::Ok().json(NodeList { nodes }))
 }
 
 /// List the participants connected to a room.

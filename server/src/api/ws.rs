@@ -6,7 +6,9 @@
 //! follows, and dropping the [`ParticipantHandle`] removes the participant from the room.
 
 use crate::AppState;
+use crate::api::rest;
 use crate::auth::{JoinClaims, TokenError};
+use crate::cluster::{Host, PlaceError};
 use crate::model::CloseReason;
 use crate::room::manager::JoinError;
 use crate::room::media::{Command, OUTPUT_QUEUE};
@@ -30,6 +32,8 @@ pub const FLOOD_LIMIT: u32 = 200;
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(1);
 /// Client messages queued from the pump to the session core.
 const CLIENT_QUEUE: usize = 64;
+/// Close code of a join sent to the node hosting the room (`wrong_node`, with its `ws_url`).
+pub const WRONG_NODE_CLOSE: u16 = 4307;
 /// Longest chat message, in characters.
 const MAX_CHAT: usize = 4000;
 /// Longest display name chosen with `?name=`, in characters (as for tokens).
@@ -221,6 +225,47 @@ async fn pump(
             .await;
         }
         Err(e) => return store_failed(session, &room.name, "cannot read the bans", e).await,
+    }
+    // Several nodes: the room lives on one. Placed here if it is on no live node; a client on
+    // the wrong node is sent to the right one with the same token.
+    match state.cluster.host(&state.store, &room).await {
+        Ok(Host::Here) => {}
+        Ok(Host::Elsewhere { node_id, url }) => {
+            let ws_url = format!("{}/api/v1/ws?token={token}", rest::ws_of(&url));
+            tracing::info!(room = %room.name, node = %node_id, "join sent to the hosting node");
+            let msg = json!({"type": "error", "code": "wrong_node",
+                "message": format!("room '{}' is hosted by node {node_id}; reconnect there", room.name),
+                "ws_url": ws_url});
+            let _ = session.text(msg.to_string()).await;
+            let _ = session
+                .close(Some(WsClose {
+                    code: CloseCode::Other(WRONG_NODE_CLOSE),
+                    description: Some("wrong_node".into()),
+                }))
+                .await;
+            return;
+        }
+        Err(PlaceError::NoCapacity) => {
+            return refuse(
+                session,
+                "server_busy",
+                "no node can take this room now; try again shortly".into(),
+                4503,
+            )
+            .await;
+        }
+        Err(PlaceError::RoomGone) => {
+            return refuse(
+                session,
+                "room_not_found",
+                format!("room '{}' was deleted", room.name),
+                4404,
+            )
+            .await;
+        }
+        Err(PlaceError::Store(e)) => {
+            return store_failed(session, &room.name, "cannot place the room", e).await;
+        }
     }
     // Admission control: past its CPU budget the node takes no one more (a client retries, the
     // cluster places rooms elsewhere).

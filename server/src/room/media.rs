@@ -514,9 +514,7 @@ fn run(
             timing
                 .audio_quiet_skipped
                 .store(s.audio_quiet_skipped, Relaxed);
-            timing
-                .video_frames_held
-                .store(s.video_frames_held, Relaxed);
+            timing.video_frames_held.store(s.video_frames_held, Relaxed);
         }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);

@@ -149,6 +149,8 @@ pub struct RoomRecord {
     pub updated_at: DateTime<Utc>,
     /// The running recording, if a recording row has status `recording`.
     pub recording_id: Option<Uuid>,
+    /// The node hosting the room (several nodes on one database), if placed.
+    pub node_id: Option<String>,
 }
 
 impl RoomRecord {
@@ -165,6 +167,7 @@ impl RoomRecord {
             created_at: now,
             updated_at: now,
             recording_id: None,
+            node_id: None,
         }
     }
 }
@@ -245,6 +248,8 @@ pub struct RecordingRecord {
     pub file_name: String,
     /// Why it failed or was interrupted.
     pub error: Option<String>,
+    /// The node that writes (or wrote) it; crash recovery touches its own and dead nodes' rows.
+    pub node_id: Option<String>,
 }
 
 /// How a recording ended.
@@ -359,6 +364,81 @@ pub(crate) fn to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
 /// Parses a stored layout name.
 pub(crate) fn to_layout(s: &str) -> Result<Layout, StoreError> {
     Layout::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown layout '{s}'")))
+}
+
+/// The atomic placement (`$1` room name, `$2` node, `$3` oldest heartbeat of a live node): the
+/// room goes to `$2` unless it is on a live node already. Two nodes racing for one room both run
+/// it; the row lock orders them and the second sees the first's live node, so exactly one wins.
+pub(crate) const PLACE_ROOM: &str = "UPDATE rooms SET node_id = $2 WHERE name = $1 AND \
+     (node_id IS NULL OR node_id = $2 OR node_id NOT IN \
+      (SELECT id FROM nodes WHERE heartbeat_at >= $3 AND status <> 'stopped'))";
+
+/// What a node says of itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeBeat {
+    /// Stable node id.
+    pub id: String,
+    /// Public base URL (`http(s)://…`) clients and other nodes reach it at.
+    pub url: String,
+    /// Taking rooms, draining, or stopped.
+    pub status: NodeStatus,
+    /// Live rooms on it.
+    pub rooms: u64,
+    /// Connected participants.
+    pub participants: u64,
+    /// CPU in use, cores.
+    pub cpu: f64,
+    /// CPU budget, cores (0: none).
+    pub cpu_budget: f64,
+    /// Process start.
+    pub started_at: DateTime<Utc>,
+}
+
+/// The status a node writes. `dead` is never written: it is a heartbeat too old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Takes new rooms.
+    Active,
+    /// SIGTERM: no new rooms, its own go on.
+    Draining,
+    /// Exited cleanly: its rooms may be placed elsewhere at once.
+    Stopped,
+}
+
+impl NodeStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Active => "active",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// A node as stored, with the rooms placed on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    /// Node id.
+    pub id: String,
+    /// Public base URL.
+    pub url: String,
+    /// `active`, `draining` or `stopped` as last written.
+    pub status: String,
+    /// Live rooms it reported.
+    pub rooms: u64,
+    /// Participants it reported.
+    pub participants: u64,
+    /// CPU it reported, cores.
+    pub cpu: f64,
+    /// Its CPU budget, cores (0: none).
+    pub cpu_budget: f64,
+    /// Its process start.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Rooms placed on it (`rooms.node_id`), live or about to be.
+    pub placed: u64,
 }
 
 /// The metadata store. Cheap to clone (pools are reference counted).
@@ -546,12 +626,14 @@ impl Store {
 
     /// Inserts a running recording (status `recording`) of `room`; `RecordingInProgress` if the
     /// room has one already. The room itself is not checked (recordings outlive rooms).
+    /// `node_id`: the node writing it.
     pub async fn create_recording(
         &self,
         id: Uuid,
         room: &str,
         file_name: &str,
         started_at: DateTime<Utc>,
+        node_id: Option<&str>,
     ) -> Result<RecordingRecord, StoreError> {
         let rec = RecordingRecord {
             id,
@@ -563,6 +645,7 @@ impl Store {
             size_bytes: None,
             file_name: file_name.to_string(),
             error: None,
+            node_id: node_id.map(str::to_string),
         };
         match self {
             Store::Sqlite(p) => sqlite::insert_recording(p, &rec).await?,
@@ -644,6 +727,40 @@ impl Store {
             recordings,
             next_cursor,
         })
+    }
+
+    /// Writes node `n`'s heartbeat (its row created on the first).
+    pub async fn heartbeat(&self, n: &NodeBeat, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let now = to_micros(now);
+        match self {
+            Store::Sqlite(p) => sqlite::heartbeat(p, n, now).await,
+            Store::Postgres(p) => postgres::heartbeat(p, n, now).await,
+        }
+    }
+
+    /// Every node that ever heartbeat, by id.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::list_nodes(p).await,
+            Store::Postgres(p) => postgres::list_nodes(p).await,
+        }
+    }
+
+    /// Places room `name` on `node` unless a live node (heartbeat at or after `live_since`, not
+    /// stopped) hosts it already, in one atomic statement ([`PLACE_ROOM`]). Returns the hosting
+    /// node after the statement, `None` if there is no such room (or it was deleted meanwhile).
+    pub async fn place_room(
+        &self,
+        name: &str,
+        node: &str,
+        live_since: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let live_since = to_micros(live_since);
+        let host = match self {
+            Store::Sqlite(p) => sqlite::place_room(p, name, node, live_since).await?,
+            Store::Postgres(p) => postgres::place_room(p, name, node, live_since).await?,
+        };
+        Ok(host.flatten())
     }
 
     /// Deletes the recording row; false if there was none. The file is the caller's business.
@@ -757,7 +874,7 @@ mod tests {
             if i == 3 {
                 // "a" is still recording: a second running one is refused.
                 let dup = store
-                    .create_recording(Uuid::new_v4(), room, "x.webm", at(*t))
+                    .create_recording(Uuid::new_v4(), room, "x.webm", at(*t), None)
                     .await;
                 assert!(matches!(&dup, Err(StoreError::RecordingInProgress(r)) if r == "a"));
                 assert!(matches!(
@@ -789,7 +906,7 @@ mod tests {
             }
             let file = format!("{}.webm", ids[i]);
             let r = store
-                .create_recording(ids[i], room, &file, at(*t))
+                .create_recording(ids[i], room, &file, at(*t), Some("n1"))
                 .await
                 .unwrap();
             assert_eq!(
@@ -918,7 +1035,7 @@ mod tests {
             None
         );
         store
-            .create_recording(Uuid::new_v4(), "a", "y.webm", at(10))
+            .create_recording(Uuid::new_v4(), "a", "y.webm", at(10), None)
             .await
             .unwrap();
     }
@@ -961,6 +1078,96 @@ mod tests {
         let store = Store::connect("sqlite::memory:").await.unwrap();
         recordings_crud(&store).await;
         bans(&store).await;
+        placement(&store).await;
+    }
+
+    fn beat(id: &str, status: NodeStatus) -> NodeBeat {
+        NodeBeat {
+            id: id.into(),
+            url: format!("http://{id}.example:8080"),
+            status,
+            rooms: 1,
+            participants: 2,
+            cpu: 0.5,
+            cpu_budget: 1.7,
+            started_at: at(0),
+        }
+    }
+
+    /// Nodes register, a room is placed exactly once however many race for it, and moves only
+    /// when its node is dead (silent past the TTL) or stopped.
+    async fn placement(store: &Store) {
+        use NodeStatus::*;
+        let ttl = chrono::Duration::seconds(10);
+        let t0 = at(1_000);
+        for id in ["a", "b"] {
+            store.heartbeat(&beat(id, Active), t0).await.unwrap();
+        }
+        store
+            .create_room(&NewRoom::with_defaults("placed", &RoomDefaults::default()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get_room("placed").await.unwrap().unwrap().node_id,
+            None
+        );
+        // 16 placements at once, half for each node: all see the same single winner.
+        let tries = (0..16).map(|i| store.place_room("placed", ["a", "b"][i % 2], t0 - ttl));
+        let hosts = futures_util::future::join_all(tries).await;
+        let first = hosts[0].as_ref().unwrap().clone().unwrap();
+        assert!(
+            hosts
+                .iter()
+                .all(|h| h.as_ref().unwrap().as_deref() == Some(first.as_str())),
+            "{hosts:?}"
+        );
+        let other = if first == "a" { "b" } else { "a" };
+        let room = store.get_room("placed").await.unwrap().unwrap();
+        assert_eq!(room.node_id.as_deref(), Some(first.as_str()));
+        let nodes = store.list_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 2);
+        let n = nodes.iter().find(|n| n.id == first).unwrap();
+        assert_eq!(
+            (n.placed, n.participants, n.status.as_str()),
+            (1, 2, "active")
+        );
+        assert_eq!(n.heartbeat_at, to_micros(t0));
+        assert_eq!(n.url, format!("http://{first}.example:8080"));
+        // Later, with its node still live (a heartbeat within the TTL): it stays.
+        let t1 = t0 + chrono::Duration::seconds(8);
+        store.heartbeat(&beat(&first, Active), t1).await.unwrap();
+        store.heartbeat(&beat(other, Active), t1).await.unwrap();
+        let host = store.place_room("placed", other, t1 - ttl).await.unwrap();
+        assert_eq!(host.as_deref(), Some(first.as_str()));
+        // Its node falls silent past the TTL: the room moves.
+        let t2 = t1 + chrono::Duration::seconds(11);
+        store.heartbeat(&beat(other, Active), t2).await.unwrap();
+        let host = store.place_room("placed", other, t2 - ttl).await.unwrap();
+        assert_eq!(host.as_deref(), Some(other));
+        // A node that says it stopped gives its rooms up at once.
+        store.heartbeat(&beat(&first, Active), t2).await.unwrap();
+        assert_eq!(
+            store
+                .place_room("placed", &first, t2 - ttl)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(other)
+        );
+        store.heartbeat(&beat(other, Stopped), t2).await.unwrap();
+        assert_eq!(
+            store
+                .place_room("placed", &first, t2 - ttl)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(first.as_str())
+        );
+        // No such room.
+        assert_eq!(
+            store.place_room("nowhere", "a", t2 - ttl).await.unwrap(),
+            None
+        );
     }
 
     /// The same on a fresh PostgreSQL database (`MCU_TEST_PG_URL`, default the local `test`
@@ -998,6 +1205,7 @@ mod tests {
             let store = Store::connect(&url).await.unwrap();
             recordings_crud(&store).await;
             bans(&store).await;
+            placement(&store).await;
             store.close().await;
         })
         .await;

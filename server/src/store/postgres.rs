@@ -1,8 +1,8 @@
 //! PostgreSQL backend: native `uuid`, `timestamptz` (microseconds), `boolean`, `bigint`.
 
 use super::{
-    Cursor, RecordingEnd, RecordingFilter, RecordingRecord, RoomPatch, RoomRecord, StoreError,
-    classify, to_i64, to_layout, to_status, to_u32, to_u64,
+    Cursor, NodeBeat, NodeRow, PLACE_ROOM, RecordingEnd, RecordingFilter, RecordingRecord,
+    RoomPatch, RoomRecord, StoreError, classify, to_i64, to_layout, to_status, to_u32, to_u64,
 };
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
@@ -33,7 +33,7 @@ pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 const SELECT_ROOM: &str = "SELECT r.id, r.name, r.max_participants, r.layout, r.auto_record, \
-     r.empty_timeout_s, r.metadata, r.created_at, r.updated_at, \
+     r.empty_timeout_s, r.metadata, r.created_at, r.updated_at, r.node_id, \
      (SELECT rec.id FROM recordings rec WHERE rec.room_name = r.name AND rec.status = 'recording' \
       ORDER BY rec.started_at DESC LIMIT 1) AS recording_id \
      FROM rooms r";
@@ -51,6 +51,7 @@ fn room_from_row(row: &PgRow) -> Result<RoomRecord, StoreError> {
         created_at: row.try_get("created_at").map_err(classify)?,
         updated_at: row.try_get("updated_at").map_err(classify)?,
         recording_id: row.try_get("recording_id").map_err(classify)?,
+        node_id: row.try_get("node_id").map_err(classify)?,
     })
 }
 
@@ -221,8 +222,8 @@ pub(super) async fn rooms_with_empty_timeout(pool: &PgPool) -> Result<Vec<RoomRe
     rows.iter().map(room_from_row).collect()
 }
 
-const RECORDING_COLUMNS: &str =
-    "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error";
+const RECORDING_COLUMNS: &str = "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error, \
+     node_id";
 
 fn recording_from_row(row: &PgRow) -> Result<RecordingRecord, StoreError> {
     let get_opt_i = |c: &'static str| -> Result<Option<u64>, StoreError> {
@@ -241,6 +242,7 @@ fn recording_from_row(row: &PgRow) -> Result<RecordingRecord, StoreError> {
         size_bytes: get_opt_i("size_bytes")?,
         file_name: row.try_get("file_name").map_err(classify)?,
         error: row.try_get("error").map_err(classify)?,
+        node_id: row.try_get("node_id").map_err(classify)?,
     })
 }
 
@@ -251,14 +253,15 @@ pub(super) async fn insert_recording(
     rec: &RecordingRecord,
 ) -> Result<(), StoreError> {
     let res = sqlx::query(
-        "INSERT INTO recordings (id, room_name, status, started_at, file_name) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO recordings (id, room_name, status, started_at, file_name, node_id) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(rec.id)
     .bind(&rec.room)
     .bind(rec.status.as_str())
     .bind(rec.started_at)
     .bind(&rec.file_name)
+    .bind(rec.node_id.as_deref())
     .execute(pool)
     .await;
     match res {
@@ -345,4 +348,81 @@ pub(super) async fn delete_recording(pool: &PgPool, id: Uuid) -> Result<bool, St
         .await
         .map_err(classify)?;
     Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn heartbeat(
+    pool: &PgPool,
+    n: &NodeBeat,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO nodes (id, url, status, rooms, participants, cpu, cpu_budget, started_at, \
+         heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (id) DO UPDATE SET url = $2, status = $3, rooms = $4, participants = $5, \
+         cpu = $6, cpu_budget = $7, started_at = $8, heartbeat_at = $9",
+    )
+    .bind(&n.id)
+    .bind(&n.url)
+    .bind(n.status.as_str())
+    .bind(to_i64(n.rooms, "rooms")?)
+    .bind(to_i64(n.participants, "participants")?)
+    .bind(n.cpu)
+    .bind(n.cpu_budget)
+    .bind(n.started_at)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub(super) async fn list_nodes(pool: &PgPool) -> Result<Vec<NodeRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n.id, n.url, n.status, n.rooms, n.participants, n.cpu, n.cpu_budget, \
+         n.started_at, n.heartbeat_at, \
+         (SELECT COUNT(*) FROM rooms r WHERE r.node_id = n.id) AS placed \
+         FROM nodes n ORDER BY n.id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    rows.iter()
+        .map(|row| {
+            let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(classify);
+            Ok(NodeRow {
+                id: row.try_get("id").map_err(classify)?,
+                url: row.try_get("url").map_err(classify)?,
+                status: row.try_get("status").map_err(classify)?,
+                rooms: to_u64(get_i("rooms")?, "rooms")?,
+                participants: to_u64(get_i("participants")?, "participants")?,
+                cpu: row.try_get("cpu").map_err(classify)?,
+                cpu_budget: row.try_get("cpu_budget").map_err(classify)?,
+                started_at: row.try_get("started_at").map_err(classify)?,
+                heartbeat_at: row.try_get("heartbeat_at").map_err(classify)?,
+                placed: to_u64(get_i("placed")?, "placed")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn place_room(
+    pool: &PgPool,
+    name: &str,
+    node: &str,
+    live_since: DateTime<Utc>,
+) -> Result<Option<Option<String>>, StoreError> {
+    sqlx::query(PLACE_ROOM)
+        .bind(name)
+        .bind(node)
+        .bind(live_since)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    let row = sqlx::query("SELECT node_id FROM rooms WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.map(|r| r.try_get::<Option<String>, _>("node_id").map_err(classify))
+        .transpose()
 }

@@ -2,8 +2,8 @@
 //! UUID text, so `ORDER BY created_at, id` is time order and matches PostgreSQL's order.
 
 use super::{
-    Cursor, RecordingEnd, RecordingFilter, RecordingRecord, RoomPatch, RoomRecord, StoreError,
-    classify, to_i64, to_layout, to_status, to_u32, to_u64,
+    Cursor, NodeBeat, NodeRow, PLACE_ROOM, RecordingEnd, RecordingFilter, RecordingRecord,
+    RoomPatch, RoomRecord, StoreError, classify, to_i64, to_layout, to_status, to_u32, to_u64,
 };
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
@@ -77,7 +77,7 @@ pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
 }
 
 const SELECT_ROOM: &str = "SELECT r.id, r.name, r.max_participants, r.layout, r.auto_record, \
-     r.empty_timeout_s, r.metadata, r.created_at, r.updated_at, \
+     r.empty_timeout_s, r.metadata, r.created_at, r.updated_at, r.node_id, \
      (SELECT rec.id FROM recordings rec WHERE rec.room_name = r.name AND rec.status = 'recording' \
       ORDER BY rec.started_at DESC LIMIT 1) AS recording_id \
      FROM rooms r";
@@ -99,6 +99,7 @@ fn room_from_row(row: &SqliteRow) -> Result<RoomRecord, StoreError> {
         recording_id: recording_id
             .map(|s| parse_uuid(&s, "recordings.id"))
             .transpose()?,
+        node_id: row.try_get("node_id").map_err(classify)?,
     })
 }
 
@@ -275,8 +276,8 @@ pub(super) async fn rooms_with_empty_timeout(
     rows.iter().map(room_from_row).collect()
 }
 
-const RECORDING_COLUMNS: &str =
-    "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error";
+const RECORDING_COLUMNS: &str = "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error, \
+     node_id";
 
 fn recording_from_row(row: &SqliteRow) -> Result<RecordingRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(classify);
@@ -297,6 +298,7 @@ fn recording_from_row(row: &SqliteRow) -> Result<RecordingRecord, StoreError> {
         size_bytes: get_opt_i("size_bytes")?,
         file_name: get_s("file_name")?,
         error: row.try_get("error").map_err(classify)?,
+        node_id: row.try_get("node_id").map_err(classify)?,
     })
 }
 
@@ -307,14 +309,15 @@ pub(super) async fn insert_recording(
     rec: &RecordingRecord,
 ) -> Result<(), StoreError> {
     let res = sqlx::query(
-        "INSERT INTO recordings (id, room_name, status, started_at, file_name) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO recordings (id, room_name, status, started_at, file_name, node_id) \
+         VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(rec.id.to_string())
     .bind(&rec.room)
     .bind(rec.status.as_str())
     .bind(ts(rec.started_at))
     .bind(&rec.file_name)
+    .bind(rec.node_id.as_deref())
     .execute(pool)
     .await;
     match res {
@@ -401,4 +404,83 @@ pub(super) async fn delete_recording(pool: &SqlitePool, id: Uuid) -> Result<bool
         .await
         .map_err(classify)?;
     Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn heartbeat(
+    pool: &SqlitePool,
+    n: &NodeBeat,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO nodes (id, url, status, rooms, participants, cpu, cpu_budget, started_at, \
+         heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         ON CONFLICT (id) DO UPDATE SET url = ?2, status = ?3, rooms = ?4, participants = ?5, \
+         cpu = ?6, cpu_budget = ?7, started_at = ?8, heartbeat_at = ?9",
+    )
+    .bind(&n.id)
+    .bind(&n.url)
+    .bind(n.status.as_str())
+    .bind(to_i64(n.rooms, "rooms")?)
+    .bind(to_i64(n.participants, "participants")?)
+    .bind(n.cpu)
+    .bind(n.cpu_budget)
+    .bind(ts(n.started_at))
+    .bind(ts(now))
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+pub(super) async fn list_nodes(pool: &SqlitePool) -> Result<Vec<NodeRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT n.id, n.url, n.status, n.rooms, n.participants, n.cpu, n.cpu_budget, \
+         n.started_at, n.heartbeat_at, \
+         (SELECT COUNT(*) FROM rooms r WHERE r.node_id = n.id) AS placed \
+         FROM nodes n ORDER BY n.id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    rows.iter()
+        .map(|row| {
+            let get_s = |c: &str| row.try_get::<String, _>(c).map_err(classify);
+            let get_i = |c: &str| row.try_get::<i64, _>(c).map_err(classify);
+            Ok(NodeRow {
+                id: get_s("id")?,
+                url: get_s("url")?,
+                status: get_s("status")?,
+                rooms: to_u64(get_i("rooms")?, "rooms")?,
+                participants: to_u64(get_i("participants")?, "participants")?,
+                cpu: row.try_get("cpu").map_err(classify)?,
+                cpu_budget: row.try_get("cpu_budget").map_err(classify)?,
+                started_at: parse_ts(&get_s("started_at")?, "started_at")?,
+                heartbeat_at: parse_ts(&get_s("heartbeat_at")?, "heartbeat_at")?,
+                placed: to_u64(get_i("placed")?, "placed")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn place_room(
+    pool: &SqlitePool,
+    name: &str,
+    node: &str,
+    live_since: DateTime<Utc>,
+) -> Result<Option<Option<String>>, StoreError> {
+    // The same statement as PostgreSQL's, with SQLite's numbered parameters.
+    sqlx::query(&PLACE_ROOM.replace('$', "?"))
+        .bind(name)
+        .bind(node)
+        .bind(ts(live_since))
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    let row = sqlx::query("SELECT node_id FROM rooms WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    row.map(|r| r.try_get::<Option<String>, _>("node_id").map_err(classify))
+        .transpose()
 }
