@@ -393,6 +393,9 @@ pub(crate) fn collect(rx: &Mutex<Rx>, opened: Instant, report: &mut Report) {
     report.video_latency_ms = rx.video_latency.clone();
 }
 
+/// `wrong_node` redirects followed before a join gives up.
+const MAX_REDIRECTS: u32 = 3;
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     spec: &Spec,
@@ -408,11 +411,32 @@ async fn session(
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let tok = token(&http, target, &format!("synthetic-{}", spec.id)).await?;
-    let ws_url = format!(
+    let mut ws_url = format!(
         "{}/api/v1/ws?token={tok}",
         target.base_url.replacen("http", "ws", 1)
     );
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    // Several nodes: a join on the wrong one names the hosting node's URL (same token).
+    let mut redirects = 0;
+    let (ws, welcome) = loop {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await?;
+        let first = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => break serde_json::from_str::<Value>(&t)?,
+                Some(Ok(_)) => continue,
+                other => anyhow::bail!("socket ended before welcome: {other:?}"),
+            }
+        };
+        if first["type"] == "welcome" {
+            break (ws, first);
+        }
+        match first["ws_url"].as_str() {
+            Some(url) if first["code"] == "wrong_node" && redirects < MAX_REDIRECTS => {
+                redirects += 1;
+                ws_url = url.to_string();
+            }
+            _ => anyhow::bail!("expected welcome, got {first}"),
+        }
+    };
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
     let writer = tokio::spawn(async move {
@@ -424,19 +448,6 @@ async fn session(
         let _ = ws_tx.close().await;
     });
 
-    let welcome = loop {
-        match ws_rx.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t)?;
-                if v["type"] == "welcome" {
-                    break v;
-                }
-                anyhow::bail!("expected welcome, got {v}");
-            }
-            Some(Ok(_)) => continue,
-            other => anyhow::bail!("socket ended before welcome: {other:?}"),
-        }
-    };
     report.welcome_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
     let _ = welcome;
 

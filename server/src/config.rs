@@ -45,6 +45,10 @@ pub struct Config {
     /// A node whose heartbeat is older than this is dead, seconds (`MCU_NODE_TTL_S`).
     #[serde(default = "default_node_ttl_s")]
     pub node_ttl_s: u32,
+    /// SIGTERM drains: no new rooms here, the node's calls go on until they end or this many
+    /// seconds pass, then the shutdown (`MCU_DRAIN_TIMEOUT_S`; 0 = shut down at once).
+    #[serde(default = "default_drain_timeout_s")]
+    pub drain_timeout_s: u32,
     /// Development mode: generated API key and token secret, tokens minted by `/r/{room}`.
     pub dev: bool,
     /// WebRTC transport.
@@ -241,6 +245,10 @@ fn default_node_ttl_s() -> u32 {
     10
 }
 
+fn default_drain_timeout_s() -> u32 {
+    600
+}
+
 fn default_auth_failures_burst() -> u32 {
     20
 }
@@ -292,6 +300,7 @@ impl Default for Config {
             cpu_budget: None,
             node_id: None,
             node_ttl_s: default_node_ttl_s(),
+            drain_timeout_s: default_drain_timeout_s(),
             dev: false,
             rtc: RtcConfig::default(),
             media: MediaSettings::default(),
@@ -404,6 +413,9 @@ impl Config {
         if let Some(v) = get("MCU_NODE_TTL_S") {
             self.node_ttl_s = parse("MCU_NODE_TTL_S", &v)?;
         }
+        if let Some(v) = get("MCU_DRAIN_TIMEOUT_S") {
+            self.drain_timeout_s = parse("MCU_DRAIN_TIMEOUT_S", &v)?;
+        }
         if let Some(v) = get("MCU_AUTH_FAILURES_BURST") {
             self.auth_failures_burst = parse("MCU_AUTH_FAILURES_BURST", &v)?;
         }
@@ -501,6 +513,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "node_ttl_s {} must be 2 to 3600 seconds",
                 self.node_ttl_s
+            )));
+        }
+        if self.drain_timeout_s > 86_400 {
+            return Err(ConfigError::Invalid(format!(
+                "drain_timeout_s {} must be at most 86400 seconds (a day)",
+                self.drain_timeout_s
             )));
         }
         if let Some(id) = &self.node_id

@@ -178,6 +178,49 @@ pub fn rtc_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// SIGTERM's first half: this node takes no new rooms (it says `draining` in its heartbeat, so
+/// placement skips it; a join for a room it does not host is sent elsewhere), and its calls go on
+/// until every participant has left or `drain_timeout_s` passes. [`shutdown`] follows.
+pub async fn drain(state: &AppState) {
+    use std::time::Duration;
+    state.cluster.set_status(store::NodeStatus::Draining);
+    if let Err(e) = state.cluster.beat(state).await {
+        tracing::warn!(error = %e, "cannot write the draining status; other nodes may still place rooms here");
+    }
+    let timeout = Duration::from_secs(u64::from(state.config.drain_timeout_s));
+    let started = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let (rooms, people) = state.rooms.counts();
+        if people == 0 {
+            tracing::info!(
+                waited_s = started.elapsed().as_secs(),
+                "drained: no participant left"
+            );
+            return;
+        }
+        if started.elapsed() >= timeout {
+            tracing::info!(
+                rooms,
+                participants = people,
+                timeout_s = timeout.as_secs(),
+                "drain timeout passed; ending the remaining calls"
+            );
+            return;
+        }
+        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            last_log = Some(Instant::now());
+            tracing::info!(
+                rooms,
+                participants = people,
+                left_s = timeout.saturating_sub(started.elapsed()).as_secs(),
+                "draining: no new rooms here; waiting for the calls to end"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Graceful shutdown: refuse new joins, tell every participant `closed: server_shutdown`,
 /// finalize running recordings as `completed`, then stop the HTTP server.
 pub async fn shutdown(state: &AppState, http: &actix_web::dev::ServerHandle) {

@@ -142,8 +142,16 @@ fn main() -> anyhow::Result<()> {
                 tracing::error!("cannot install signal handlers");
                 return;
             };
+            // SIGTERM drains first (a second signal cuts it short); SIGINT (Ctrl-C) stops now.
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: draining");
+                    tokio::select! {
+                        _ = server::drain(&state) => {}
+                        _ = term.recv() => tracing::info!("second SIGTERM: shutting down now"),
+                        _ = int.recv() => tracing::info!("SIGINT: shutting down now"),
+                    }
+                }
                 _ = int.recv() => tracing::info!("SIGINT"),
             }
             server::shutdown(&state, &handle).await;

@@ -1066,7 +1066,7 @@ async fn health_metrics_openapi(app: &App) {
     assert_eq!(doc.status(), StatusCode::OK);
     let doc: Value = doc.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let routes: [(&str, &[&str]); 16] = [
+    let routes: [(&str, &[&str]); 17] = [
         ("/api/v1/rooms", &["get", "post"]),
         ("/api/v1/rooms/{name}/stats", &["get"]),
         ("/api/v1/rooms/{name}", &["get", "patch", "delete"]),
@@ -1083,6 +1083,7 @@ async fn health_metrics_openapi(app: &App) {
         ("/metrics", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/api/v1/dev/token", &["get"]),
+        ("/api/v1/nodes", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(

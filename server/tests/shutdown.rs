@@ -1,7 +1,10 @@
-//! Graceful shutdown of the real binary: with a participant connected over the signaling
-//! WebSocket and a recording of its room running, SIGTERM makes the participant receive
-//! `{"type":"closed","reason":"server_shutdown"}`, the recording end `completed` with a playable
-//! file, and the process exit 0 within 10 s; a join after SIGTERM is not welcomed.
+//! Drain and graceful shutdown of the real binary: with a participant connected over the
+//! signaling WebSocket and a recording of its room running, SIGTERM drains: the node says
+//! `draining`, places no new room (`server_busy`: it is the only node), and its call goes on (a
+//! late participant still joins it) until the drain timeout (`MCU_DRAIN_TIMEOUT_S`, 3 s here).
+//! Then the participants receive `{"type":"closed","reason":"server_shutdown"}`, the recording
+//! ends `completed` with a playable file, and the process exits 0 within 10 s; a join after
+//! that is not welcomed.
 
 mod common;
 
@@ -46,6 +49,7 @@ async fn sigterm_closes_sessions_and_completes_recordings() {
         .env("MCU_RECORDINGS_DIR", &rec_dir)
         .env("MCU_RTC_BIND", "127.0.0.1")
         .env("MCU_UDP_PORTS", "0")
+        .env("MCU_DRAIN_TIMEOUT_S", "3")
         .env("MCU_LOG", "info")
         .env("NO_COLOR", "1");
     let mut server = Server::spawn(cmd, dir.path());
@@ -90,6 +94,40 @@ async fn sigterm_closes_sessions_and_completes_recordings() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     server.signal("TERM");
+    let drain_start = Instant::now();
+    // Draining: the call goes on, the node says so, no new room is placed here.
+    let nodes = loop {
+        let v: Value = http
+            .get(format!("{base}/api/v1/nodes"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["nodes"][0]["status"] == "draining" || drain_start.elapsed() > Duration::from_secs(2) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(nodes["nodes"][0]["status"], "draining", "{nodes}");
+    let r = post("/rooms", json!({"name": "newroom"})).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post("/rooms/newroom/tokens", json!({"identity": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_busy", "{body}");
+    let (mut ws_late, _) = tokio_tungstenite::connect_async(&late_url).await.unwrap();
+    let welcome = next_json(&mut ws_late, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        welcome["type"], "welcome",
+        "a late join during the drain: {welcome}"
+    );
     let t0 = Instant::now();
     let mut closed = None;
     while let Some(m) = next_json(&mut ws, Duration::from_secs(10)).await {
@@ -104,7 +142,12 @@ async fn sigterm_closes_sessions_and_completes_recordings() {
         "server log:\n{}",
         server.stdout()
     );
-    // A join after SIGTERM is refused (or finds the listener already closed): never welcomed.
+    let drained = drain_start.elapsed();
+    assert!(
+        drained >= Duration::from_millis(2_900),
+        "the call ended {drained:?} after SIGTERM, before the 3 s drain"
+    );
+    // A join once the shutdown runs is refused (or finds the listener closed): never welcomed.
     if let Ok((mut ws2, _)) = tokio_tungstenite::connect_async(&late_url).await {
         let first = next_json(&mut ws2, Duration::from_secs(10)).await;
         if let Some(m) = first {
@@ -144,7 +187,8 @@ async fn sigterm_closes_sessions_and_completes_recordings() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert_eq!(rec.size_bytes, Some(size));
     let stored = rec.duration_ms.expect("duration stored");
-    assert!((1500..=4000).contains(&stored), "duration {stored} ms");
+    // About 2 s before SIGTERM and the 3 s of the drain.
+    assert!((4500..=7000).contains(&stored), "duration {stored} ms");
     // The file itself is complete: the demuxer reads as long a duration as was stored, and
     // ffprobe (when installed) finds the header's Duration, written only on a clean finish.
     let probed = recorder::probe_duration_ms(&path).unwrap();

@@ -36,7 +36,7 @@ export function makeMedia(name, color, freq) {
   return { y4m, wav };
 }
 
-async function freePort() {
+export async function freePort() {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.listen(0, '127.0.0.1', () => {
@@ -73,6 +73,9 @@ export async function startServer(extraEnv = {}, reuse = null, args = [], { netn
     MCU_RECORDINGS_DIR: `${dir}/recordings`,
     MCU_WEB_DIR: path.join(root, 'web'),
     MCU_LOG: process.env.MCU_LOG || 'info,webrtc=warn,rtc=warn',
+    // stop() sends SIGTERM, which drains (600 s by default while anyone is connected): a test
+    // that stops its server with browsers still in the call waits a second, not ten minutes.
+    MCU_DRAIN_TIMEOUT_S: '1',
     ...extraEnv,
   };
   if (netns) env.MCU_LISTEN = `0.0.0.0:${port}`;

@@ -5,7 +5,10 @@
 // - the WebSocket drops (no `closed` message, no refusal): rejoin with a new socket after a
 //   back-off; the server treats it as a new session, so a new peer connection is made;
 // - ICE disconnects for a few seconds or fails: ICE restart through a new offer on the same
-//   socket; after ICE_RESTARTS failed restarts, rejoin as above.
+//   socket; after ICE_RESTARTS failed restarts, rejoin as above;
+// - several nodes: a socket refused with `wrong_node` (close 4307) reconnects at once to the
+//   `ws_url` it names (the node hosting the room, same token); a rejoin after a lost session
+//   starts again from this page's server, which places the room anew if its node died.
 // What happens is reported as `status` events; the page decides what to show.
 //
 // Events (CustomEvent, `detail`):
@@ -24,6 +27,11 @@ export const ICE_GRACE_MS = 3000;
 export const ICE_RESTART_TIMEOUT_MS = 8000;
 /** ICE restarts on one session before rejoining instead. */
 export const ICE_RESTARTS = 2;
+
+/** Redirects followed in a row before falling back to the back-off (nodes disagreeing). */
+export const MAX_REDIRECTS = 3;
+/** Close code of a join sent to another node (`wrong_node`). */
+const WRONG_NODE = 4307;
 
 /** Server close codes of refusals (docs/server.md). */
 const REFUSED = { 4001: 'unauthorized', 4009: 'room_full', 4403: 'banned', 4404: 'room_not_found', 4503: 'unavailable' };
@@ -55,6 +63,8 @@ export class Connection extends EventTarget {
     this.iceTimer = null;
     this.retryTimer = null;
     this.pendingCandidates = [];
+    this.redirectUrl = null; // the hosting node's ws_url, for the next connect only
+    this.redirects = 0;
     this.onOnline = () => {
       if (this.retryTimer && !this.stopped) {
         clearTimeout(this.retryTimer);
@@ -98,17 +108,21 @@ export class Connection extends EventTarget {
     if (this.stopped) return;
     this.retryTimer = null;
     this.emit('status', { phase: 'connecting', attempt: this.attempt });
-    let token;
-    try {
-      token = await this.tokenSource(this.freshToken);
-    } catch (e) {
-      if (e.fatal) return this.end(e.reason || 'unauthorized', { message: e.message });
-      return this.retry('unreachable');
+    let url = this.redirectUrl;
+    this.redirectUrl = null;
+    if (!url) {
+      let token;
+      try {
+        token = await this.tokenSource(this.freshToken);
+      } catch (e) {
+        if (e.fatal) return this.end(e.reason || 'unauthorized', { message: e.message });
+        return this.retry('unreachable');
+      }
+      if (this.stopped) return;
+      this.freshToken = false;
+      const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+      url = `${proto}://${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`;
     }
-    if (this.stopped) return;
-    this.freshToken = false;
-    const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-    let url = `${proto}://${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`;
     if (this.name) url += `&name=${encodeURIComponent(this.name)}`;
     const ws = new WebSocket(url);
     this.ws = ws;
@@ -132,6 +146,7 @@ export class Connection extends EventTarget {
       case 'welcome': {
         session.welcomed = true;
         this.attempt = 0;
+        this.redirects = 0;
         this.iceRestarts = 0;
         const rejoined = this.everWelcomed;
         this.everWelcomed = true;
@@ -151,6 +166,10 @@ export class Connection extends EventTarget {
         break;
       case 'error':
         session.error = msg;
+        if (msg.code === 'wrong_node' && typeof msg.ws_url === 'string') {
+          session.redirect = msg.ws_url;
+          break; // not the person's business: we follow it
+        }
         this.emit('message', msg);
         break;
       case 'closed':
@@ -170,6 +189,18 @@ export class Connection extends EventTarget {
     this.closePeer();
     this.ws = null;
     if (this.stopped) return;
+    if (!session.welcomed && ev.code === WRONG_NODE && session.redirect) {
+      if (this.redirects >= MAX_REDIRECTS) {
+        // Nodes sending us round in circles (a placement changing under us): back off, then
+        // start again from this page's server.
+        this.redirects = 0;
+        return this.retry('unavailable');
+      }
+      this.redirects += 1;
+      this.redirectUrl = session.redirect.replace(/&name=[^&]*/, '');
+      this.emit('status', { phase: 'connecting', attempt: this.attempt, redirected: true });
+      return this.connect();
+    }
     const refused = session.welcomed ? null : REFUSED[ev.code];
     switch (session.closed) {
       case 'kicked':

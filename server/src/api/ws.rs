@@ -74,6 +74,21 @@ fn origin_allowed(origin: &str, host: &str, public_url: Option<&str>, allowed: &
             .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
+/// Whether `origin` is another node's public URL: a page served by one node of the cluster is
+/// sent to the node hosting its room (`wrong_node`), and opens its socket there.
+async fn cluster_origin(state: &AppState, origin: &str) -> bool {
+    let origin = origin.trim_end_matches('/');
+    match state.cluster.nodes(&state.store).await {
+        Ok(nodes) => nodes
+            .iter()
+            .any(|n| n.url.trim_end_matches('/').eq_ignore_ascii_case(origin)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the nodes to check an origin");
+            false
+        }
+    }
+}
+
 async fn handler(
     req: HttpRequest,
     body: web::Payload,
@@ -90,7 +105,8 @@ async fn handler(
             &host,
             cfg.public_url.as_deref(),
             &cfg.allowed_origins,
-        ) {
+        ) && !cluster_origin(&state, origin).await
+        {
             tracing::info!(origin, "signaling refused: origin not allowed");
             return Ok(HttpResponse::Forbidden().json(json!({"error": {
                 "code": "forbidden_origin",
