@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::next_json;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,9 +16,6 @@ use sqlx::Executor as _;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const KEY: &str = "cluster-test-api-key-0123456789";
 const SECRET: &str = "cluster-test-token-secret-0123456789abcdef";
@@ -99,19 +97,6 @@ impl Node {
         assert_eq!(r.status(), StatusCode::CREATED);
         let v: Value = r.json().await.unwrap();
         v["ws_url"].as_str().unwrap().to_string()
-    }
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no message within 10 s");
-        match m {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
     }
 }
 

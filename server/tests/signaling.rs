@@ -1,6 +1,9 @@
 //! Bad input on the signaling WebSocket: every case gets an `error` or a clean close, never a
 //! panic, and the other participants do not notice.
 
+mod common;
+
+use common::{Ws, next_json};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use server::auth::JoinClaims;
@@ -8,9 +11,6 @@ use server::config::Config;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct App {
     addr: std::net::SocketAddr,
@@ -69,19 +69,6 @@ impl App {
         let welcome = next_json(&mut ws).await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         (ws, welcome)
-    }
-}
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no message within 10 s");
-        match m {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
     }
 }
 
