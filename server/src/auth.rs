@@ -179,6 +179,24 @@ impl FromRequest for AdminAuth {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let result = match req.app_data::<web::Data<AppState>>() {
+            // A call another node of the cluster forwarded (it checked the caller's key).
+            Some(state)
+                if req
+                    .headers()
+                    .contains_key(crate::api::forward::INTERNAL_HEADER) =>
+            {
+                let given = req
+                    .headers()
+                    .get(crate::api::forward::INTERNAL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if secrets_equal(given, &state.internal_key) {
+                    Ok(AdminAuth)
+                } else {
+                    tracing::warn!(peer = ?req.peer_addr(), path = req.path(), "a forwarded call with a wrong internal credential");
+                    Err(ApiError::Unauthorized("invalid internal credential".into()))
+                }
+            }
             Some(state) => AdminAuth::check(req, &state.api_key, &state.auth_limiter),
             None => Err(ApiError::Unexpected(anyhow::anyhow!(
                 "AppState missing from the app data"

@@ -53,6 +53,8 @@ pub struct AppState {
     pub udp_mux: Option<Arc<room::udp_mux::UdpMux>>,
     /// This node in the cluster (room placement).
     pub cluster: cluster::Cluster,
+    /// The credential of calls forwarded between nodes (derived from the token secret).
+    pub internal_key: String,
 }
 
 /// A started server.
@@ -136,6 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         config: Arc::new(config),
         api_key: api_key.clone(),
         tokens: auth::TokenKeys::new(token_secret.as_bytes()),
+        internal_key: api::forward::internal_credential(token_secret.as_bytes()),
         auth_limiter,
         load: load.clone(),
         store,

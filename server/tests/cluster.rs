@@ -199,7 +199,94 @@ async fn two_nodes(url: String) {
     let welcome = next_json(&mut ws).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_eq!(host.state.rooms.active_count("burst"), 1);
+    let me = welcome["participant"]["id"].as_str().unwrap().to_string();
+
+    // Calls about the live room asked of the other node are answered by the hosting one.
+    let room = other.get("/api/v1/rooms/burst").await;
+    assert_eq!(room["active_participants"], 1, "{room}");
+    let people = other.get("/api/v1/rooms/burst/participants").await;
+    assert_eq!(
+        people["participants"][0]["identity"], "wanderer",
+        "{people}"
+    );
+    let stats = other.get("/api/v1/rooms/burst/stats").await;
+    assert_eq!(stats["live"], true, "{stats}");
+    // A wrong key is refused by the node asked, before anything is forwarded.
+    let r = http()
+        .get(format!("{}/api/v1/rooms/burst/participants", other.base))
+        .bearer_auth("not-the-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A mute on the other node reaches the participant within a second.
+    let asked = std::time::Instant::now();
+    let r = other
+        .post(
+            &format!("/api/v1/rooms/burst/participants/{me}/mute"),
+            json!({"audio": true}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-mcu-node"], host.id.as_str());
+    let update = loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "participant_updated" {
+            break m;
+        }
+    };
+    assert_eq!(update["participant"]["audio_muted"], true, "{update}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    // A kick too: the session ends with `closed: kicked`.
+    let r = http()
+        .delete(format!(
+            "{}/api/v1/rooms/burst/participants/{me}",
+            other.base
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let closed = loop {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "closed" {
+            break m;
+        }
+    };
+    assert_eq!(closed["reason"], "kicked", "{closed}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
     drop(ws);
+    // A recording started and stopped through the other node runs on the hosting one.
+    let r = other
+        .post("/api/v1/rooms/burst/recordings", json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let rec: Value = r.json().await.unwrap();
+    let rec_id = rec["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        host.state
+            .recordings
+            .active_in("burst")
+            .map(|u| u.to_string()),
+        Some(rec_id.clone())
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = other
+        .post(&format!("/api/v1/recordings/{rec_id}/stop"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let rec: Value = r.json().await.unwrap();
+    assert_eq!(rec["status"], "completed", "{rec}");
+    assert_eq!(host.state.recordings.active_in("burst"), None);
 
     // The other node falls silent (no heartbeat for the TTL): shown dead, its rooms placed
     // again on the next token.

@@ -1,6 +1,7 @@
 //! HTTP and WebSocket: routes, auth, error mapping.
 
 pub mod body;
+pub mod forward;
 pub mod health;
 pub mod openapi;
 pub mod recordings;
@@ -22,6 +23,7 @@ pub fn http_server(
     let server = HttpServer::new(move || {
         let dir = state.config.web_dir.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(forward::forward))
             .wrap(security_headers())
             .wrap(actix_web::middleware::from_fn(request_id::request_id))
             .app_data(state.clone())
