@@ -194,6 +194,17 @@ impl Cluster {
             .collect())
     }
 
+    /// The ids of the other live nodes.
+    pub async fn live_others(&self, store: &Store) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .nodes(store)
+            .await?
+            .into_iter()
+            .filter(|n| n.status != "dead" && n.id != self.node_id)
+            .map(|n| n.id)
+            .collect())
+    }
+
     /// The node hosting `room`, placing it first if it is not on a live node: least loaded
     /// first among the live, active nodes with headroom; the atomic statement settles races.
     pub async fn host(&self, store: &Store, room: &RoomRecord) -> Result<Host, PlaceError> {

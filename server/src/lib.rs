@@ -57,6 +57,38 @@ pub struct AppState {
     pub internal_key: String,
 }
 
+impl AppState {
+    /// The node hosting `room`, placing it first if needed ([`cluster::Cluster::host`]). When the
+    /// room moves off a dead node, that node's running recordings are taken over and marked
+    /// `interrupted` (repaired when their file is reachable here: a shared directory), in the
+    /// background.
+    pub async fn host_of(
+        &self,
+        room: &store::RoomRecord,
+    ) -> Result<cluster::Host, cluster::PlaceError> {
+        let host = self.cluster.host(&self.store, room).await?;
+        let now_on = match &host {
+            cluster::Host::Here => self.cluster.node_id.as_str(),
+            cluster::Host::Elsewhere { node_id, .. } => node_id.as_str(),
+        };
+        if let Some(before) = room.node_id.as_deref().filter(|b| *b != now_on) {
+            tracing::info!(room = %room.name, from = before, to = now_on, "room taken over from a dead node");
+            let live_others = self.cluster.live_others(&self.store).await?;
+            let recordings = self.recordings.clone();
+            tokio::spawn(async move {
+                match recordings.recover_interrupted(&live_others).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(n, "recordings of a dead node taken over"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take over a dead node's recordings")
+                    }
+                }
+            });
+        }
+        Ok(host)
+    }
+}
+
 /// A started server.
 pub struct RunningServer {
     /// The bound HTTP address (port 0 resolved).
@@ -117,13 +149,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .with_context(|| format!("cannot create {}", config.recordings_dir.display()))?;
     // Before serving: recordings a crash left behind become `interrupted`, repaired (not those
     // another live node is writing).
-    let live_others: Vec<String> = cluster
-        .nodes(&store)
-        .await?
-        .into_iter()
-        .filter(|n| n.status != "dead" && n.id != cluster.node_id)
-        .map(|n| n.id)
-        .collect();
+    let live_others = cluster.live_others(&store).await?;
     let recovered = recordings.recover_interrupted(&live_others).await?;
     if recovered > 0 {
         tracing::warn!(

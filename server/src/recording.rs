@@ -369,9 +369,10 @@ impl Recordings {
         n
     }
 
-    /// At start-up: recordings a previous process left in `recording` are repaired (duration
-    /// and cues written), marked `interrupted` with their duration, and stay downloadable.
-    /// Those another live node is writing (`live_others`) are its own business.
+    /// Recordings a dead process left in `recording` (this node's previous run, at start-up; a
+    /// dead node's, when one of its rooms is placed again) are repaired (duration and cues
+    /// written) when their file is reachable, marked `interrupted` with their duration, and stay
+    /// downloadable. Those another live node is writing (`live_others`) are its own business.
     pub async fn recover_interrupted(&self, live_others: &[String]) -> anyhow::Result<usize> {
         let left: Vec<RecordingRecord> = self
             .0
@@ -380,13 +381,45 @@ impl Recordings {
             .await?
             .into_iter()
             .filter(|r| r.node_id.as_ref().is_none_or(|n| !live_others.contains(n)))
+            // Not those this process writes now (a take-over while it records).
+            .filter(|r| !self.0.active.lock().contains_key(&r.id))
             .collect();
-        let n = left.len();
+        let mut n = 0;
         for rec in left {
+            // Another node's (dead) or from before nodes: take it over first, so that two nodes
+            // never repair one file.
+            if rec.node_id.as_deref() != Some(self.0.node_id.as_str()) {
+                match self
+                    .0
+                    .store
+                    .claim_recording(rec.id, rec.node_id.as_deref(), &self.0.node_id)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(recording = %rec.id, error = %e, "cannot take over a recording");
+                        continue;
+                    }
+                }
+            }
+            n += 1;
             let path = self.path_of(&rec);
             let p = path.clone();
+            let foreign = rec.node_id.as_deref().filter(|id| *id != self.0.node_id);
             let repaired = tokio::task::spawn_blocking(move || recover_file(&p)).await;
             let (status, duration, size, error) = match repaired {
+                // Written by a dead node to a disk this one does not see (no shared directory).
+                Ok(Err(_)) if foreign.is_some() && !path.exists() => (
+                    RecordingStatus::Interrupted,
+                    0,
+                    None,
+                    Some(format!(
+                        "node {} died while recording; its file is not in this node's recordings \
+                         directory (share MCU_RECORDINGS_DIR between nodes to keep it)",
+                        foreign.unwrap_or_default()
+                    )),
+                ),
                 Ok(Ok(f)) => (
                     RecordingStatus::Interrupted,
                     f.duration_ms,

@@ -100,6 +100,11 @@ impl Node {
     }
 }
 
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// The same path and query on another node's address.
 fn on(node: &Node, ws_url: &str) -> String {
     let (_, path) = ws_url.split_once("/api/v1/ws").expect("a signaling URL");
@@ -131,6 +136,7 @@ async fn two_nodes(url: String) {
 
     // Rooms spread: tokens for ten new rooms, all asked of node A.
     let mut hosts = Vec::new();
+    let (mut placing, mut placed) = (Vec::new(), Vec::new());
     for i in 0..10 {
         let room = format!("spread-{i}");
         assert_eq!(
@@ -139,7 +145,12 @@ async fn two_nodes(url: String) {
                 .status(),
             StatusCode::CREATED
         );
+        let t = std::time::Instant::now();
         let ws_url = a.token(&room, "u").await;
+        placing.push(t.elapsed());
+        let t = std::time::Instant::now();
+        a.token(&room, "u2").await;
+        placed.push(t.elapsed());
         let host = by_url
             .iter()
             .find(|(_, base)| ws_url.starts_with(&base.replace("http://", "ws://")))
@@ -153,6 +164,12 @@ async fn two_nodes(url: String) {
         );
         hosts.push(host);
     }
+    // Figures for the notes (printed, not asserted: timing is a benchmark's business).
+    eprintln!(
+        "token that places a room: median {:?}; for a placed room: median {:?}",
+        median(&mut placing),
+        median(&mut placed)
+    );
     let on_b = hosts.iter().filter(|h| *h == "node-b").count();
     assert!(
         (4..=6).contains(&on_b),
@@ -184,6 +201,38 @@ async fn two_nodes(url: String) {
     } else {
         (&b, &a)
     };
+    // What the redirect costs a join: socket to welcome, direct and through the other node.
+    let (mut direct, mut redirected) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let url = host.token("burst", &format!("timing-{i}")).await;
+        let t = std::time::Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "welcome");
+        direct.push(t.elapsed());
+        drop(ws);
+        let url = host.token("burst", &format!("timing-r{i}")).await;
+        let t = std::time::Instant::now();
+        let (mut ws, _) = tokio_tungstenite::connect_async(on(other, &url))
+            .await
+            .unwrap();
+        let err = next_json(&mut ws).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(err["ws_url"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "welcome");
+        redirected.push(t.elapsed());
+        drop(ws);
+    }
+    eprintln!(
+        "join to welcome: direct median {:?}, through the wrong node median {:?}",
+        median(&mut direct),
+        median(&mut redirected)
+    );
+    // The timing sessions end (their sockets dropped) before the counts below.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while host.state.rooms.active_count("burst") > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (mut ws, _) = tokio_tungstenite::connect_async(on(other, &ws_url))
         .await
         .unwrap();
@@ -295,6 +344,16 @@ async fn two_nodes(url: String) {
         .position(|h| *h == other.id)
         .map(|i| format!("spread-{i}"))
         .expect("a room on each node");
+    // It records that room when it goes silent.
+    let r = other
+        .post(
+            &format!("/api/v1/rooms/{silent_room}/recordings"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let orphan: Value = r.json().await.unwrap();
+    let orphan = orphan["id"].as_str().unwrap().to_string();
     other.state.cluster.set_status(NodeStatus::Stopped); // stops its heartbeat, writes nothing
     tokio::time::sleep(Duration::from_millis(2_600)).await;
     let list = host.get("/api/v1/nodes").await;
@@ -315,6 +374,23 @@ async fn two_nodes(url: String) {
     );
     let r = host.get(&format!("/api/v1/rooms/{silent_room}")).await;
     assert_eq!(r["node_id"], host.id.as_str());
+    // Its running recording was taken over: `interrupted`, saying where the file is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let rec = loop {
+        let rec = host.get(&format!("/api/v1/recordings/{orphan}")).await;
+        if rec["status"] != "recording" || std::time::Instant::now() > deadline {
+            break rec;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec["status"], "interrupted", "{rec}");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("died while recording"),
+        "{rec}"
+    );
 
     a.handle.stop(true).await;
     b.handle.stop(true).await;

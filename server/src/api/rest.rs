@@ -633,7 +633,7 @@ pub async fn create_token(
     };
     let token = state.tokens.mint(&claims);
     // Placed now (several nodes): the client connects straight to the hosting node.
-    let base = match state.cluster.host(&state.store, &room).await? {
+    let base = match state.host_of(&room).await? {
         Host::Here => ws_base(state.config.public_url.as_deref(), &req),
         Host::Elsewhere { url, .. } => ws_of(&url),
     };

@@ -244,7 +244,7 @@ async fn pump(
     }
     // Several nodes: the room lives on one. Placed here if it is on no live node; a client on
     // the wrong node is sent to the right one with the same token.
-    match state.cluster.host(&state.store, &room).await {
+    match state.host_of(&room).await {
         Ok(Host::Here) => {}
         Ok(Host::Elsewhere { node_id, url }) => {
             let ws_url = format!("{}/api/v1/ws?token={token}", rest::ws_of(&url));

@@ -729,6 +729,20 @@ impl Store {
         })
     }
 
+    /// Takes running recording `id` over from node `from` (none: a row from before nodes) for
+    /// node `to`; false if it is not running or another node took it first (one repairer).
+    pub async fn claim_recording(
+        &self,
+        id: Uuid,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::claim_recording(p, id, from, to).await,
+            Store::Postgres(p) => postgres::claim_recording(p, id, from, to).await,
+        }
+    }
+
     /// Writes node `n`'s heartbeat (its row created on the first).
     pub async fn heartbeat(&self, n: &NodeBeat, now: DateTime<Utc>) -> Result<(), StoreError> {
         let now = to_micros(now);

@@ -406,6 +406,25 @@ pub(super) async fn delete_recording(pool: &SqlitePool, id: Uuid) -> Result<bool
     Ok(res.rows_affected() == 1)
 }
 
+pub(super) async fn claim_recording(
+    pool: &SqlitePool,
+    id: Uuid,
+    from: Option<&str>,
+    to: &str,
+) -> Result<bool, StoreError> {
+    let res = sqlx::query(
+        "UPDATE recordings SET node_id = ?3 WHERE id = ?1 AND status = 'recording' \
+         AND node_id IS ?2",
+    )
+    .bind(id.to_string())
+    .bind(from)
+    .bind(to)
+    .execute(pool)
+    .await
+    .map_err(classify)?;
+    Ok(res.rows_affected() == 1)
+}
+
 pub(super) async fn heartbeat(
     pool: &SqlitePool,
     n: &NodeBeat,
