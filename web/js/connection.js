@@ -30,6 +30,8 @@ export const ICE_RESTARTS = 2;
 
 /** Redirects followed in a row before falling back to the back-off (nodes disagreeing). */
 export const MAX_REDIRECTS = 3;
+/** Delay before asking again when the node we were sent to does not answer, ms. */
+export const REDIRECT_RETRY_MS = 1000;
 /** Close code of a join sent to another node (`wrong_node`). */
 const WRONG_NODE = 4307;
 
@@ -109,6 +111,7 @@ export class Connection extends EventTarget {
     this.retryTimer = null;
     this.emit('status', { phase: 'connecting', attempt: this.attempt });
     let url = this.redirectUrl;
+    const viaRedirect = Boolean(url);
     this.redirectUrl = null;
     if (!url) {
       let token;
@@ -128,7 +131,7 @@ export class Connection extends EventTarget {
     this.ws = ws;
     this.mcu.ws = ws;
     this.mcu.openedAt = performance.now();
-    const session = { welcomed: false, closed: null, error: null };
+    const session = { welcomed: false, closed: null, error: null, viaRedirect };
     let chain = Promise.resolve();
     ws.onmessage = (ev) => {
       // Strictly in order: offer/answer/candidates depend on it.
@@ -218,6 +221,9 @@ export class Connection extends EventTarget {
       return this.end(refused, { message: session.error?.message });
     }
     if (refused === 'unavailable') return this.retry('unavailable');
+    // The node we were sent to does not answer: it has likely died, and this page's server will
+    // place the room elsewhere once its heartbeat is old. Ask again every second meanwhile.
+    if (session.viaRedirect && !session.welcomed) return this.retry('unreachable', REDIRECT_RETRY_MS);
     return this.retry(this.everWelcomed ? 'lost' : 'unreachable');
   }
 
@@ -230,9 +236,9 @@ export class Connection extends EventTarget {
     return this.end('token_expired');
   }
 
-  retry(reason) {
+  retry(reason, maxDelay = Infinity) {
     if (this.stopped) return;
-    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    const delay = Math.min(BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)], maxDelay);
     this.attempt += 1;
     this.emit('status', { phase: 'reconnecting', reason, attempt: this.attempt, delay });
     clearTimeout(this.retryTimer);
