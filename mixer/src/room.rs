@@ -797,6 +797,12 @@ impl MediaRoom {
         s
     }
 
+    /// Whether the next tick makes a composite frame (exact rational schedule: frame f is due at
+    /// f * 1000 / fps ms of the room clock).
+    pub fn video_frame_due(&self) -> bool {
+        self.now_ms * u64::from(self.cfg.fps) >= self.video_frames * 1000
+    }
+
     /// Advances the room clock by 20 ms and produces this tick's output.
     pub fn tick(&mut self) -> TickOutput {
         self.tick_inner(true)
@@ -835,8 +841,7 @@ impl MediaRoom {
         if out.active_speaker.is_some() {
             self.update_visibility();
         }
-        // Exact rational schedule: frame f is due at f * 1000 / fps ms.
-        if now * u64::from(self.cfg.fps) >= self.video_frames * 1000 {
+        if self.video_frame_due() {
             self.video_frames += 1;
             if with_video {
                 out.video_tick = true;

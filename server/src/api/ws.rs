@@ -127,9 +127,14 @@ async fn handler(
     Ok(resp)
 }
 
-async fn refuse(mut session: actix_ws::Session, code: &str, message: String, close: u16) {
+async fn refuse(session: actix_ws::Session, code: &str, message: String, close: u16) {
     tracing::info!(code, %message, "signaling connection refused");
-    let _ = session.text(msg_error(code, message)).await;
+    close_with(session, msg_error(code, message), code, close).await;
+}
+
+/// Sends `msg` (an `error`), then closes with `close` and `code` as the reason.
+async fn close_with(mut session: actix_ws::Session, msg: String, code: &str, close: u16) {
+    let _ = session.text(msg).await;
     let _ = session
         .close(Some(WsClose {
             code: CloseCode::Other(close),
@@ -252,14 +257,7 @@ async fn pump(
             let msg = json!({"type": "error", "code": "wrong_node",
                 "message": format!("room '{}' is hosted by node {node_id}; reconnect there", room.name),
                 "ws_url": ws_url});
-            let _ = session.text(msg.to_string()).await;
-            let _ = session
-                .close(Some(WsClose {
-                    code: CloseCode::Other(WRONG_NODE_CLOSE),
-                    description: Some("wrong_node".into()),
-                }))
-                .await;
-            return;
+            return close_with(session, msg.to_string(), "wrong_node", WRONG_NODE_CLOSE).await;
         }
         Err(PlaceError::NoCapacity) => {
             return refuse(

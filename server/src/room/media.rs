@@ -476,9 +476,12 @@ fn run(
             let out = media.tick_audio_only();
             deliver(out, &mut media, &mut receivers, &mut sinks, &events);
         }
-        // Encoder pushback: a tier does not make frames for a receiver's full send queue.
-        for (&key, r) in &receivers {
-            media.set_video_backlog(key, r.link.video_queue_ms());
+        // Encoder pushback: a tier does not make frames for a receiver's full send queue
+        // (read on the ticks that make a frame only).
+        if media.video_frame_due() {
+            for (&key, r) in &receivers {
+                media.set_video_backlog(key, r.link.video_queue_ms());
+            }
         }
         let out = media.tick();
         let video_tick = out.video_tick;
