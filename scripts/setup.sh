@@ -60,6 +60,13 @@ fi
 
 [ "${1:-}" = "--server" ] && exit 0
 
+# A real S3 implementation for the object storage tests (server/tests/object_storage.rs, the
+# cluster's network-namespace test): s3s-fs serves a directory on loopback. 0.14.1 builds with
+# Rust 1.92 (later versions need newer); about two minutes the first time.
+if ! command -v s3s-fs >/dev/null; then
+  cargo install s3s-fs@0.14.1 --features binary --locked
+fi
+
 # Browser test driver (uses Debian's Chromium; never downloads a browser).
 if [ ! -d tests/e2e/node_modules/playwright-core ]; then
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)

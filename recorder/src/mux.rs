@@ -25,6 +25,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -45,11 +46,31 @@ pub const CLUSTER_SIZE_LIMIT_BYTES: u32 = 1 << 20;
 const AVIO_BUFFER_BYTES: usize = 64 * 1024;
 
 /// What the sink shares with its owner: the bytes handed to the kernel
-/// (highest offset written) and the first write error.
+/// (highest offset written), the ranges written over after they were first
+/// written, and the first write error.
 #[derive(Debug, Default)]
 struct SinkState {
     end: u64,
+    rewritten: Vec<Range<u64>>,
     error: Option<io::Error>,
+}
+
+impl SinkState {
+    /// Notes a write of `from..to`: the part below `end` was written before.
+    fn wrote(&mut self, from: u64, to: u64) {
+        let over = from..to.min(self.end);
+        if !over.is_empty() {
+            match self
+                .rewritten
+                .iter_mut()
+                .find(|r| r.start <= over.end && over.start <= r.end)
+            {
+                Some(r) => *r = r.start.min(over.start)..r.end.max(over.end),
+                None => self.rewritten.push(over),
+            }
+        }
+        self.end = self.end.max(to);
+    }
 }
 
 fn lock(state: &Mutex<SinkState>) -> MutexGuard<'_, SinkState> {
@@ -85,9 +106,9 @@ impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match (&*self.file).write(buf) {
             Ok(n) => {
+                let from = self.pos;
                 self.pos += n as u64;
-                let mut s = lock(&self.state);
-                s.end = s.end.max(self.pos);
+                lock(&self.state).wrote(from, self.pos);
                 Ok(n)
             }
             Err(e) => {
@@ -276,8 +297,9 @@ impl Muxer {
     }
 
     /// Writes the trailer (duration, cues, seek head), flushes, fsyncs.
-    /// Returns the file size.
-    pub(crate) fn finish(self) -> Result<u64, RecorderError> {
+    /// Returns the file size and the byte ranges written over (in the order
+    /// first written over; the trailer completes the header).
+    pub(crate) fn finish(self) -> Result<(u64, Vec<Range<u64>>), RecorderError> {
         let Muxer {
             mut out,
             file,
@@ -302,7 +324,8 @@ impl Muxer {
             source,
         };
         file.sync_all().map_err(io)?;
-        Ok(file.metadata().map_err(io)?.len())
+        let rewritten = std::mem::take(&mut lock(&state).rewritten);
+        Ok((file.metadata().map_err(io)?.len(), rewritten))
     }
 }
 

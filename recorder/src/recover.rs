@@ -160,6 +160,7 @@ pub fn recover(path: &Path) -> Result<Finished, RecorderError> {
         Ok(Finished {
             duration_ms,
             size_bytes,
+            rewritten: Vec::new(),
         })
     });
     if result.is_err() {
@@ -266,6 +267,6 @@ fn copy(
         }
         next = r.next();
     }
-    let size = mux.finish()?;
+    let (size, _) = mux.finish()?;
     Ok((u64::try_from(end).unwrap_or(0), size))
 }

@@ -86,12 +86,17 @@ impl Default for AudioParams {
 }
 
 /// Result of a finished (or recovered) file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     /// End of the last packet, ms of file time.
     pub duration_ms: u64,
     /// File size in bytes.
     pub size_bytes: u64,
+    /// Byte ranges of the file written again after they were first written
+    /// (finishing completes the header: duration, sizes, seek head), so
+    /// that a copy made while the file grew can be brought up to date.
+    /// Empty for a recovered file.
+    pub rewritten: Vec<std::ops::Range<u64>>,
 }
 
 /// Counters of what the writer fixed or refused.
@@ -455,11 +460,12 @@ impl WebmWriter {
             return Err(RecorderError::Unusable("already finished".into()));
         };
         let path = mux.path().to_owned();
-        let size_bytes = mux.finish()?;
+        let (size_bytes, rewritten) = mux.finish()?;
         mux::sync_parent_dir(&path)?;
         Ok(Finished {
             duration_ms: self.duration_ms,
             size_bytes,
+            rewritten,
         })
     }
 }
@@ -490,7 +496,7 @@ impl Drop for WebmWriter {
         };
         let path = mux.path().to_owned();
         match mux.finish() {
-            Ok(size) => tracing::warn!(
+            Ok((size, _)) => tracing::warn!(
                 path = %path.display(),
                 size,
                 "recording dropped without finish(); trailer written"

@@ -446,3 +446,42 @@ fn write_cost() {
     let (_dir, duration) = measure_cost("1.5 Mbit/s-sized video packets", &heavy, pre_skip, 6);
     assert_eq!(duration, 60_006);
 }
+
+/// A copy of the file taken while it grows (what an uploader sends in parts), brought up to date
+/// with the ranges `finish` reports as written over and the bytes after it, is the finished
+/// file byte for byte; and what is written over is the header only.
+#[test]
+fn a_copy_made_while_growing_plus_rewritten_ranges_is_the_finished_file() {
+    let dir = temp_dir("rewritten");
+    let path = dir.join("grow.webm");
+    let (media, pre_skip) = room_output(0, 6_000, 6_000);
+    let mut w = WebmWriter::create(&path, video_params(), audio_params(pre_skip)).expect("create");
+    let mut copy = Vec::new();
+    for (i, m) in media.iter().enumerate() {
+        m.write(&mut w).expect("write");
+        if i % 50 == 0 {
+            // Append what the file gained since the last look, as an uploader does.
+            let now = std::fs::read(&path).expect("read");
+            copy.extend_from_slice(&now[copy.len()..]);
+        }
+    }
+    let copied = copy.len() as u64;
+    let done = w.finish().expect("finish");
+    let last = std::fs::read(&path).expect("read");
+    assert_eq!(done.size_bytes, last.len() as u64);
+    assert!(copied > 10_000, "{copied} bytes copied while growing");
+    assert!(
+        !done.rewritten.is_empty(),
+        "finishing writes the header again"
+    );
+    for r in &done.rewritten {
+        assert!(r.end <= 4096, "{r:?} written over: beyond the header");
+        let (s, e) = (r.start as usize, (r.end.min(copied)) as usize);
+        copy[s..e].copy_from_slice(&last[s..e]);
+    }
+    copy.extend_from_slice(&last[copy.len()..]);
+    assert!(
+        copy == last,
+        "the patched copy differs from the finished file"
+    );
+}

@@ -59,6 +59,60 @@ pub struct Config {
     pub rooms: RoomDefaults,
     /// TURN relay whose time-limited credentials are handed to participants.
     pub turn: TurnConfig,
+    /// Recordings on S3-compatible object storage (`MCU_S3_*`); empty bucket = files in
+    /// `recordings_dir` only.
+    pub s3: S3Config,
+}
+
+/// S3-compatible object storage for recordings (docs/recording.md, "Object storage"). The file is
+/// written in `recordings_dir` as before and uploaded as it grows: a multipart upload of
+/// `part_size_mb` parts, and what is not in a part yet as small objects every `checkpoint_s`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint URL (`MCU_S3_ENDPOINT`), e.g. `https://s3.eu-west-1.amazonaws.com` or
+    /// `http://minio:9000`.
+    pub endpoint: Option<String>,
+    /// Bucket (`MCU_S3_BUCKET`); object storage is off while it is empty.
+    pub bucket: Option<String>,
+    /// Region signed into requests (`MCU_S3_REGION`).
+    pub region: String,
+    /// Access key id (`MCU_S3_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Secret access key (`MCU_S3_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// Prefix of the recordings' keys (`MCU_S3_PREFIX`).
+    pub prefix: String,
+    /// Size of the upload's parts, MiB (`MCU_S3_PART_MB`, 5 to 5120: S3's limits).
+    pub part_size_mb: u32,
+    /// How often what is not in a part yet is sent, seconds (`MCU_S3_CHECKPOINT_S`, 1 to 60): at
+    /// most this much of a recording (plus half a second) is lost with its node.
+    pub checkpoint_s: u32,
+    /// Virtual-hosted-style URLs (`bucket.endpoint`) instead of path style (`MCU_S3_VIRTUAL_HOST`).
+    pub virtual_host: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            prefix: "recordings/".into(),
+            part_size_mb: 8,
+            checkpoint_s: 2,
+            virtual_host: false,
+        }
+    }
+}
+
+impl S3Config {
+    /// Whether recordings go to object storage.
+    pub fn enabled(&self) -> bool {
+        self.bucket.is_some()
+    }
 }
 
 /// A TURN server sharing a secret with this server (coturn `use-auth-secret`): every participant
@@ -306,6 +360,7 @@ impl Default for Config {
             media: MediaSettings::default(),
             rooms: RoomDefaults::default(),
             turn: TurnConfig::default(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -343,6 +398,45 @@ pub enum ConfigError {
 }
 
 impl Config {
+    fn validate_s3(&self) -> Result<(), ConfigError> {
+        let s3 = &self.s3;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !s3.enabled() {
+            if s3.endpoint.is_some() {
+                return bad("MCU_S3_ENDPOINT is set but MCU_S3_BUCKET is not".into());
+            }
+            return Ok(());
+        }
+        let Some(endpoint) = &s3.endpoint else {
+            return bad("MCU_S3_BUCKET is set but MCU_S3_ENDPOINT is not (e.g. \
+                        https://s3.eu-west-1.amazonaws.com)"
+                .into());
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return bad(format!(
+                "MCU_S3_ENDPOINT '{endpoint}' must be an http:// or https:// URL"
+            ));
+        }
+        if s3.access_key_id.is_none() || s3.secret_access_key.is_none() {
+            return bad(
+                "object storage needs MCU_S3_ACCESS_KEY_ID and MCU_S3_SECRET_ACCESS_KEY".into(),
+            );
+        }
+        if !(5..=5120).contains(&s3.part_size_mb) {
+            return bad(format!(
+                "MCU_S3_PART_MB {} must be 5 to 5120 (S3's part sizes)",
+                s3.part_size_mb
+            ));
+        }
+        if !(1..=60).contains(&s3.checkpoint_s) {
+            return bad(format!(
+                "MCU_S3_CHECKPOINT_S {} must be 1 to 60 seconds",
+                s3.checkpoint_s
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the optional TOML file, then applies environment overrides from `env`.
     pub fn load(
         path: Option<&std::path::Path>,
@@ -390,6 +484,33 @@ impl Config {
         }
         if let Some(v) = get("MCU_RECORDINGS_DIR") {
             self.recordings_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("MCU_S3_ENDPOINT") {
+            self.s3.endpoint = Some(v);
+        }
+        if let Some(v) = get("MCU_S3_BUCKET") {
+            self.s3.bucket = Some(v);
+        }
+        if let Some(v) = get("MCU_S3_REGION") {
+            self.s3.region = v;
+        }
+        if let Some(v) = get("MCU_S3_ACCESS_KEY_ID") {
+            self.s3.access_key_id = Some(v);
+        }
+        if let Some(v) = get("MCU_S3_SECRET_ACCESS_KEY") {
+            self.s3.secret_access_key = Some(v);
+        }
+        if let Some(v) = env("MCU_S3_PREFIX") {
+            self.s3.prefix = v.trim().to_string();
+        }
+        if let Some(v) = get("MCU_S3_PART_MB") {
+            self.s3.part_size_mb = parse("MCU_S3_PART_MB", &v)?;
+        }
+        if let Some(v) = get("MCU_S3_CHECKPOINT_S") {
+            self.s3.checkpoint_s = parse("MCU_S3_CHECKPOINT_S", &v)?;
+        }
+        if let Some(v) = get("MCU_S3_VIRTUAL_HOST") {
+            self.s3.virtual_host = parse("MCU_S3_VIRTUAL_HOST", &v)?;
         }
         if let Some(v) = get("MCU_WEB_DIR") {
             self.web_dir = PathBuf::from(v);
@@ -509,6 +630,7 @@ impl Config {
 
     /// Refuses unsafe or inconsistent settings with a message an operator can act on.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_s3()?;
         if !(2..=3600).contains(&self.node_ttl_s) {
             return Err(ConfigError::Invalid(format!(
                 "node_ttl_s {} must be 2 to 3600 seconds",

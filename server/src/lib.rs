@@ -15,6 +15,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod moderation;
+pub mod objstore;
 pub mod reaper;
 pub mod recording;
 pub mod room;
@@ -139,12 +140,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             database would send clients to {} (set it to this node's public URL)", cluster.url);
     }
     let rooms = RoomManager::new(config.media.clone(), rtc_runtime().handle().clone());
+    let s3 = objstore::ObjectStore::new(&config.s3)?;
+    if let Some(s3) = &s3 {
+        s3.check()
+            .await
+            .context("object storage for recordings (MCU_S3_*) does not answer")?;
+        tracing::info!(store = %s3.describe(), "recordings go to object storage");
+    }
     let recordings = recording::Recordings::new(
         store.clone(),
         rooms.clone(),
         config.recordings_dir.clone(),
         config.media.clone(),
         cluster.node_id.clone(),
+        s3,
     )
     .with_context(|| format!("cannot create {}", config.recordings_dir.display()))?;
     // Before serving: recordings a crash left behind become `interrupted`, repaired (not those

@@ -531,16 +531,19 @@ pub async fn recording_media(
         return Err(ApiError::RecordingRunning(rec.id));
     }
     let file_path = state.recordings.path_of(&rec);
-    let open = async {
-        let mut file = tokio::fs::File::open(&file_path).await?;
-        let size = file.metadata().await?.len();
-        let range = if req.headers().contains_key(header::IF_RANGE) {
+    let range_of = |size: u64| {
+        if req.headers().contains_key(header::IF_RANGE) {
             RangeReply::Full
         } else {
             let h = req.headers().get(header::RANGE);
             // A header that is not even text cannot be a byte range: ignored.
             range_reply(h.and_then(|v| v.to_str().ok()), size)
-        };
+        }
+    };
+    let open = async {
+        let mut file = tokio::fs::File::open(&file_path).await?;
+        let size = file.metadata().await?.len();
+        let range = range_of(size);
         if let RangeReply::Partial { start, .. } = range {
             file.seek(std::io::SeekFrom::Start(start)).await?;
         }
@@ -549,6 +552,11 @@ pub async fn recording_media(
     let (file, size, range) = match open.await {
         Ok(v) => v,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let (Some(s3), Some(key)) =
+                (state.recordings.object_store(), rec.object_key.as_deref())
+            {
+                return object_media(s3, key, &rec, range_of).await;
+            }
             tracing::warn!(recording = %rec.id, path = %file_path.display(),
                 "recording file missing on disk");
             return Err(ApiError::RecordingNotFound(rec.id.to_string()));
@@ -560,6 +568,17 @@ pub async fn recording_media(
             )));
         }
     };
+    let (mut res, len) = media_head(&rec, size, range)?;
+    Ok(res.body(SizedStream::new(len, file_stream(file, len))))
+}
+
+/// The status and headers of a media answer for `range` of a file of `size` bytes, and the
+/// length of its body.
+fn media_head(
+    rec: &RecordingRecord,
+    size: u64,
+    range: RangeReply,
+) -> Result<(actix_web::HttpResponseBuilder, u64), ApiError> {
     let mut res = HttpResponse::build(StatusCode::OK);
     res.insert_header((header::CONTENT_TYPE, WEBM))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
@@ -576,7 +595,37 @@ pub async fn recording_media(
         }
         RangeReply::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable(size)),
     };
-    Ok(res.body(SizedStream::new(len, file_stream(file, len))))
+    Ok((res, len))
+}
+
+/// A recording's media read from object storage (any node answers it the same).
+async fn object_media(
+    s3: &crate::objstore::ObjectStore,
+    key: &str,
+    rec: &RecordingRecord,
+    range_of: impl Fn(u64) -> RangeReply,
+) -> Result<HttpResponse, ApiError> {
+    use futures_util::TryStreamExt as _;
+    let unavailable = |e: anyhow::Error| {
+        tracing::warn!(recording = %rec.id, key, error = %e, "cannot read a recording from object storage");
+        ApiError::Unavailable(format!(
+            "object storage does not answer ({e}); try again shortly"
+        ))
+    };
+    let Some(size) = s3.size(key).await.map_err(unavailable)? else {
+        tracing::warn!(recording = %rec.id, key, "recording object missing in object storage");
+        return Err(ApiError::RecordingNotFound(rec.id.to_string()));
+    };
+    let range = range_of(size);
+    let (mut res, len) = media_head(rec, size, range)?;
+    let bytes = match range {
+        RangeReply::Partial { start, end } => Some((start, end)),
+        _ if size == 0 => return Ok(res.finish()),
+        _ => Some((0, size - 1)),
+    };
+    let body = s3.get_range(key, bytes).await.map_err(unavailable)?;
+    let stream = body.bytes_stream().map_err(std::io::Error::other);
+    Ok(res.body(SizedStream::new(len, stream)))
 }
 
 /// Delete a recording: a running one is stopped first; the file is removed.
@@ -658,6 +707,8 @@ mod tests {
             file_name: format!("{id}.webm"),
             error: Some(format!("/srv/rec/{id}.webm: write: disk full")),
             node_id: None,
+            object_key: None,
+            upload: None,
         };
         let j = recording_json(rec, Path::new("/srv/rec"));
         assert_eq!(j.media_url, format!("/api/v1/recordings/{id}/media"));

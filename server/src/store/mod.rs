@@ -250,6 +250,11 @@ pub struct RecordingRecord {
     pub error: Option<String>,
     /// The node that writes (or wrote) it; crash recovery touches its own and dead nodes' rows.
     pub node_id: Option<String>,
+    /// The object holding the file in object storage (`None`: a file in a node's directory).
+    pub object_key: Option<String>,
+    /// While it records to object storage: the running multipart upload (JSON, see
+    /// `recording::upload::UploadState`).
+    pub upload: Option<String>,
 }
 
 /// How a recording ended.
@@ -646,6 +651,8 @@ impl Store {
             file_name: file_name.to_string(),
             error: None,
             node_id: node_id.map(str::to_string),
+            object_key: None,
+            upload: None,
         };
         match self {
             Store::Sqlite(p) => sqlite::insert_recording(p, &rec).await?,
@@ -727,6 +734,19 @@ impl Store {
             recordings,
             next_cursor,
         })
+    }
+
+    /// Where recording `id`'s file is in object storage (`object_key`), and its running upload.
+    pub async fn set_recording_storage(
+        &self,
+        id: Uuid,
+        object_key: Option<&str>,
+        upload: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(p) => sqlite::set_recording_storage(p, id, object_key, upload).await,
+            Store::Postgres(p) => postgres::set_recording_storage(p, id, object_key, upload).await,
+        }
     }
 
     /// Takes running recording `id` over from node `from` (none: a row from before nodes) for

@@ -223,7 +223,7 @@ pub(super) async fn rooms_with_empty_timeout(pool: &PgPool) -> Result<Vec<RoomRe
 }
 
 const RECORDING_COLUMNS: &str = "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error, \
-     node_id";
+     node_id, object_key, upload";
 
 fn recording_from_row(row: &PgRow) -> Result<RecordingRecord, StoreError> {
     let get_opt_i = |c: &'static str| -> Result<Option<u64>, StoreError> {
@@ -243,6 +243,8 @@ fn recording_from_row(row: &PgRow) -> Result<RecordingRecord, StoreError> {
         file_name: row.try_get("file_name").map_err(classify)?,
         error: row.try_get("error").map_err(classify)?,
         node_id: row.try_get("node_id").map_err(classify)?,
+        object_key: row.try_get("object_key").map_err(classify)?,
+        upload: row.try_get("upload").map_err(classify)?,
     })
 }
 
@@ -348,6 +350,22 @@ pub(super) async fn delete_recording(pool: &PgPool, id: Uuid) -> Result<bool, St
         .await
         .map_err(classify)?;
     Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn set_recording_storage(
+    pool: &PgPool,
+    id: Uuid,
+    object_key: Option<&str>,
+    upload: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE recordings SET object_key = $2, upload = $3 WHERE id = $1")
+        .bind(id)
+        .bind(object_key)
+        .bind(upload)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(())
 }
 
 pub(super) async fn claim_recording(

@@ -277,7 +277,7 @@ pub(super) async fn rooms_with_empty_timeout(
 }
 
 const RECORDING_COLUMNS: &str = "id, room_name, status, started_at, ended_at, duration_ms, size_bytes, file_name, error, \
-     node_id";
+     node_id, object_key, upload";
 
 fn recording_from_row(row: &SqliteRow) -> Result<RecordingRecord, StoreError> {
     let get_s = |c: &str| row.try_get::<String, _>(c).map_err(classify);
@@ -299,6 +299,8 @@ fn recording_from_row(row: &SqliteRow) -> Result<RecordingRecord, StoreError> {
         file_name: get_s("file_name")?,
         error: row.try_get("error").map_err(classify)?,
         node_id: row.try_get("node_id").map_err(classify)?,
+        object_key: row.try_get("object_key").map_err(classify)?,
+        upload: row.try_get("upload").map_err(classify)?,
     })
 }
 
@@ -404,6 +406,22 @@ pub(super) async fn delete_recording(pool: &SqlitePool, id: Uuid) -> Result<bool
         .await
         .map_err(classify)?;
     Ok(res.rows_affected() == 1)
+}
+
+pub(super) async fn set_recording_storage(
+    pool: &SqlitePool,
+    id: Uuid,
+    object_key: Option<&str>,
+    upload: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE recordings SET object_key = ?2, upload = ?3 WHERE id = ?1")
+        .bind(id.to_string())
+        .bind(object_key)
+        .bind(upload)
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(())
 }
 
 pub(super) async fn claim_recording(

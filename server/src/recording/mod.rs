@@ -10,13 +10,20 @@
 //! Lifecycle: `recording` → `completed` (stopped, room deleted, auto-record room emptied,
 //! shutdown) | `failed` (write error: the meeting goes on) | `interrupted` (the process died;
 //! found and repaired at the next start).
+//!
+//! With object storage (`MCU_S3_*`) the file also follows into the bucket as it grows and ends
+//! there ([`upload`]); its row's `object_key` then names it and the local file is removed.
+
+pub mod upload;
 
 use crate::config::MediaSettings;
 use crate::error::ApiError;
 use crate::model::RecordingStatus;
+use crate::objstore::ObjectStore;
 use crate::room::RoomManager;
 use crate::room::media::{SINK_QUEUE, SinkPacket};
 use crate::store::{RecordingEnd, RecordingRecord, Store};
+use anyhow::Context as _;
 use chrono::Utc;
 use parking_lot::Mutex;
 use recorder::{AudioParams, VideoParams, WebmWriter};
@@ -44,6 +51,8 @@ struct Inner {
     media: MediaSettings,
     /// This node's id, written on each recording it starts.
     node_id: String,
+    /// Object storage the recordings end in, if any.
+    s3: Option<ObjectStore>,
     active: Mutex<HashMap<Uuid, Active>>,
 }
 
@@ -56,16 +65,26 @@ struct WriterOutcome {
     error: Option<String>,
     duration_ms: u64,
     size_bytes: Option<u64>,
+    /// Byte ranges the trailer wrote over (an upload sends them again).
+    rewritten: Vec<std::ops::Range<u64>>,
 }
 
+/// A running upload: the end of the file goes in, the upload's outcome comes out.
+type UploadHandle = (
+    oneshot::Sender<(u64, Vec<std::ops::Range<u64>>)>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
 impl Recordings {
-    /// The service of node `node_id`, writing into `dir` (created if missing).
+    /// The service of node `node_id`, writing into `dir` (created if missing), and uploading
+    /// to `s3` if given.
     pub fn new(
         store: Store,
         rooms: RoomManager,
         dir: PathBuf,
         media: MediaSettings,
         node_id: String,
+        s3: Option<ObjectStore>,
     ) -> std::io::Result<Recordings> {
         std::fs::create_dir_all(&dir)?;
         Ok(Recordings(Arc::new(Inner {
@@ -74,8 +93,14 @@ impl Recordings {
             dir,
             media,
             node_id,
+            s3,
             active: Mutex::new(HashMap::new()),
         })))
+    }
+
+    /// The object storage recordings end in, if any.
+    pub fn object_store(&self) -> Option<&ObjectStore> {
+        self.0.s3.as_ref()
     }
 
     /// The file of a recording. Names come from the store, where only `<uuid>.webm` is ever
@@ -185,6 +210,12 @@ impl Recordings {
                 done: done_rx,
             },
         );
+        let upload = inner.s3.clone().map(|s3| {
+            let key = s3.key_of(&rec.file_name);
+            let up = upload::Uploader::new(s3, inner.store.clone(), id, key, path.clone());
+            let (end_tx, end_rx) = oneshot::channel();
+            (end_tx, tokio::spawn(follow(up, end_rx)))
+        });
         let (res_tx, res_rx) = oneshot::channel();
         let thread = std::thread::Builder::new()
             .name(format!("rec-{}", &id.simple().to_string()[..8]))
@@ -197,7 +228,10 @@ impl Recordings {
         }
         let this = self.clone();
         let room_name = room.to_string();
-        tokio::spawn(async move { this.supervise(id, room_name, key, res_rx, done_tx).await });
+        tokio::spawn(async move {
+            this.supervise(id, room_name, key, res_rx, upload, done_tx)
+                .await
+        });
         tracing::info!(room, recording = %id, auto, kbps = m.recording_kbps, "recording started");
         inner.rooms.broadcast(
             room,
@@ -214,13 +248,18 @@ impl Recordings {
         room: String,
         key: u64,
         res: oneshot::Receiver<WriterOutcome>,
+        upload: Option<UploadHandle>,
         done: watch::Sender<Option<RecordingRecord>>,
     ) {
-        let outcome = res.await.unwrap_or(WriterOutcome {
+        let mut outcome = res.await.unwrap_or(WriterOutcome {
             error: Some("the writer thread ended unexpectedly".into()),
             duration_ms: 0,
             size_bytes: None,
+            rewritten: Vec::new(),
         });
+        if let Some(upload) = upload {
+            self.finish_upload(id, &mut outcome, upload).await;
+        }
         let status = match &outcome.error {
             None => RecordingStatus::Completed,
             Some(e) => {
@@ -248,6 +287,58 @@ impl Recordings {
             None,
         );
         let _ = done.send(Some(rec.unwrap_or_else(|| placeholder(id, &room, status))));
+    }
+
+    /// Completes a recording's upload once its file is finished; the local file is then
+    /// removed. If the upload fails the file stays here, served by this node, and the
+    /// recording's error says so.
+    async fn finish_upload(&self, id: Uuid, outcome: &mut WriterOutcome, upload: UploadHandle) {
+        let (end_tx, task) = upload;
+        let Some(rec) = self.0.store.get_recording(id).await.ok().flatten() else {
+            // Without the row nothing can name the object; the file stays local.
+            drop(end_tx);
+            let _ = task.await;
+            return;
+        };
+        let path = self.path_of(&rec);
+        let len = match outcome.size_bytes {
+            Some(n) => n,
+            None => std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        };
+        let _ = end_tx.send((len, std::mem::take(&mut outcome.rewritten)));
+        let uploaded = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("upload task: {e}")),
+        };
+        let key = self.0.s3.as_ref().map(|s3| s3.key_of(&rec.file_name));
+        let stored = match uploaded {
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(recording = %id, error = %e, "cannot remove the uploaded local file");
+                }
+                tracing::info!(recording = %id, key = key.as_deref().unwrap_or(""), size_bytes = len,
+                    "recording uploaded to object storage");
+                self.0
+                    .store
+                    .set_recording_storage(id, key.as_deref(), None)
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(recording = %id, error = %e, "recording not uploaded; its file stays on this node");
+                let why = format!(
+                    "not uploaded to object storage ({e}); the file stays on node {}",
+                    self.0.node_id
+                );
+                outcome.error = Some(match outcome.error.take() {
+                    Some(first) => format!("{first}; {why}"),
+                    None => why,
+                });
+                self.0.store.set_recording_storage(id, None, None).await
+            }
+        };
+        if let Err(e) = stored {
+            tracing::warn!(recording = %id, error = %e, "cannot store where the recording is");
+        }
     }
 
     /// Writes the end of a recording, retrying while the database is briefly unavailable (if it
@@ -347,6 +438,18 @@ impl Recordings {
                 )));
             }
         }
+        if let Some(key) = &rec.object_key {
+            let Some(s3) = &self.0.s3 else {
+                return Err(ApiError::Unavailable(format!(
+                    "the recording is in object storage ({key}), which this node is not set up \
+                     for (MCU_S3_*)"
+                )));
+            };
+            s3.delete(key).await.map_err(|e| {
+                ApiError::Unavailable(format!("cannot delete the recording's object ({e})"))
+            })?;
+            upload::delete_tails(s3, key).await;
+        }
         if !self.0.store.delete_recording(id).await? {
             return Err(ApiError::RecordingNotFound(id.to_string()));
         }
@@ -405,20 +508,55 @@ impl Recordings {
             }
             n += 1;
             let path = self.path_of(&rec);
-            let p = path.clone();
             let foreign = rec.node_id.as_deref().filter(|id| *id != self.0.node_id);
+            if let Some(dead) = foreign {
+                // Out of `recording` at once: the room's next recording may start meanwhile.
+                let why = format!("node {dead} died while recording; being repaired");
+                self.end(rec.id, RecordingStatus::Interrupted, 0, None, Some(why))
+                    .await;
+            }
+            let key = rec
+                .object_key
+                .as_deref()
+                .filter(|_| self.0.s3.is_some())
+                .map(str::to_string);
+            let mut salvaged = false;
+            if let (Some(s3), Some(key)) = (&self.0.s3, &key)
+                && !path.exists()
+            {
+                // The dead writer's file is on its own disk; what reached the bucket comes here.
+                match upload::salvage(s3, &rec, key, &path).await {
+                    Ok(Some(size)) => {
+                        salvaged = true;
+                        tracing::info!(recording = %rec.id, size, "what reached object storage was put together for repair");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(recording = %rec.id, error = %e, "cannot put together what reached object storage");
+                    }
+                }
+            }
+            let p = path.clone();
             let repaired = tokio::task::spawn_blocking(move || recover_file(&p)).await;
-            let (status, duration, size, error) = match repaired {
-                // Written by a dead node to a disk this one does not see (no shared directory).
+            let (status, duration, mut size, mut error) = match repaired {
+                // Written by a dead node to a disk this one does not see, nothing in a bucket.
                 Ok(Err(_)) if foreign.is_some() && !path.exists() => (
                     RecordingStatus::Interrupted,
                     0,
                     None,
-                    Some(format!(
-                        "node {} died while recording; its file is not in this node's recordings \
-                         directory (share MCU_RECORDINGS_DIR between nodes to keep it)",
-                        foreign.unwrap_or_default()
-                    )),
+                    Some(if key.is_some() {
+                        format!(
+                            "node {} died while recording; nothing of it reached object storage",
+                            foreign.unwrap_or_default()
+                        )
+                    } else {
+                        format!(
+                            "node {} died while recording; its file is not in this node's recordings \
+                             directory (share MCU_RECORDINGS_DIR between nodes, or use object \
+                             storage, to keep it)",
+                            foreign.unwrap_or_default()
+                        )
+                    }),
                 ),
                 Ok(Ok(f)) => (
                     RecordingStatus::Interrupted,
@@ -432,11 +570,59 @@ impl Recordings {
                 Ok(Err((e, _))) => (RecordingStatus::Failed, 0, None, Some(e)),
                 Err(e) => (RecordingStatus::Failed, 0, None, Some(e.to_string())),
             };
+            if let (Some(key), true) = (&key, size.is_some() && path.exists()) {
+                match self.store_repaired(&rec, key, &path, salvaged).await {
+                    Ok(n) => size = Some(n),
+                    Err(e) => {
+                        tracing::error!(recording = %rec.id, error = %e, "repaired recording not uploaded; its file stays on this node");
+                        let why = format!(
+                            "not uploaded to object storage ({e}); the file stays on node {}",
+                            self.0.node_id
+                        );
+                        error = Some(match error {
+                            Some(first) => format!("{first}; {why}"),
+                            None => why,
+                        });
+                    }
+                }
+            }
             tracing::warn!(recording = %rec.id, room = rec.room, ?status, duration_ms = duration,
                 error = error.as_deref().unwrap_or(""), "recording left by a previous run recovered");
             self.end(rec.id, status, duration, size, error).await;
         }
         Ok(n)
+    }
+}
+
+impl Recordings {
+    /// Uploads a repaired recording's file in place of whatever its dead writer's upload left
+    /// (`salvaged`: that upload was completed to read it back; else it is aborted), deletes its
+    /// tail objects and the local file. Returns the object's size.
+    async fn store_repaired(
+        &self,
+        rec: &RecordingRecord,
+        key: &str,
+        path: &Path,
+        salvaged: bool,
+    ) -> anyhow::Result<u64> {
+        let s3 = self.0.s3.as_ref().context("no object storage")?;
+        let size = s3.put_file(key, path).await?;
+        if !salvaged
+            && let Some(state) = rec.upload.as_deref()
+            && let Ok(state) = serde_json::from_str::<upload::UploadState>(state)
+            && let Err(e) = s3.abort(key, &state.upload_id).await
+        {
+            tracing::warn!(recording = %rec.id, error = %e, "cannot abort the dead writer's upload");
+        }
+        upload::delete_tails(s3, key).await;
+        self.0
+            .store
+            .set_recording_storage(rec.id, Some(key), None)
+            .await?;
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(recording = %rec.id, error = %e, "cannot remove the uploaded local file");
+        }
+        Ok(size)
     }
 }
 
@@ -453,6 +639,8 @@ fn placeholder(id: Uuid, room: &str, status: RecordingStatus) -> RecordingRecord
         file_name: format!("{id}.webm"),
         error: Some("the database was unavailable when the recording ended".into()),
         node_id: None,
+        object_key: None,
+        upload: None,
     }
 }
 
@@ -491,11 +679,13 @@ fn write_loop(
                 error: None,
                 duration_ms: f.duration_ms,
                 size_bytes: Some(f.size_bytes),
+                rewritten: f.rewritten,
             },
             Err(e) => WriterOutcome {
                 error: Some(format!("finishing the file failed: {e}")),
                 duration_ms,
                 size_bytes: std::fs::metadata(path).ok().map(|m| m.len()),
+                rewritten: Vec::new(),
             },
         },
         Some(e) => {
@@ -504,7 +694,46 @@ fn write_loop(
                 error: Some(e),
                 duration_ms,
                 size_bytes: std::fs::metadata(path).ok().map(|m| m.len()),
+                rewritten: Vec::new(),
             }
+        }
+    }
+}
+
+/// The upload task of a running recording: a checkpoint every `ObjectStore::checkpoint` until
+/// the file's end comes in, then the upload is completed. A checkpoint that fails is tried again
+/// at the next one (the recording goes on either way).
+async fn follow(
+    mut up: upload::Uploader,
+    mut end: oneshot::Receiver<(u64, Vec<std::ops::Range<u64>>)>,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(up.every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            finished = &mut end => {
+                return match finished {
+                    Ok((len, rewritten)) => up.finish(len, &rewritten).await,
+                    Err(_) => {
+                        up.abandon().await;
+                        Err(anyhow::anyhow!("the recording ended without its file"))
+                    }
+                };
+            }
+            _ = tick.tick() => match up.checkpoint().await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("object storage answers again; the recording's upload caught up");
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "a recording's checkpoint did not reach object storage; trying again");
+                    }
+                    failing = true;
+                }
+            },
         }
     }
 }
