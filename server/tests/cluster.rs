@@ -253,6 +253,18 @@ async fn two_nodes(url: String) {
     // Calls about the live room asked of the other node are answered by the hosting one.
     let room = other.get("/api/v1/rooms/burst").await;
     assert_eq!(room["active_participants"], 1, "{room}");
+    // The list too, asked of either node.
+    for n in [&other, &host] {
+        let list = n.get("/api/v1/rooms?limit=100").await;
+        let listed = list["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "burst")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(listed["active_participants"], 1, "{list}");
+    }
     let people = other.get("/api/v1/rooms/burst/participants").await;
     assert_eq!(
         people["participants"][0]["identity"], "wanderer",

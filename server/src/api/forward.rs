@@ -170,6 +170,38 @@ async fn read_body(payload: &mut actix_web::dev::Payload) -> Result<web::Bytes, 
     Ok(body.freeze())
 }
 
+/// The live participant count of `room` as node `base` (its host) sees it; `None` if it does
+/// not answer.
+pub async fn active_participants(state: &AppState, base: &str, room: &str) -> Option<u32> {
+    let url = format!("{}/api/v1/rooms/{room}", base.trim_end_matches('/'));
+    let answer = client()
+        .get(&url)
+        .header(INTERNAL_HEADER, &state.internal_key)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    let body: serde_json::Value = match answer {
+        Ok(a) => a.json().await.ok()?,
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "cannot ask the hosting node for a room's participants");
+            return None;
+        }
+    };
+    body["active_participants"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    })
+}
+
 /// Sends the call on; the answer's status, type and body come back as they are.
 async fn send(
     state: &AppState,
@@ -177,13 +209,7 @@ async fn send(
     url: &str,
     body: web::Bytes,
 ) -> Result<HttpResponse, reqwest::Error> {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .build()
-            .unwrap_or_default()
-    });
+    let client = client();
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .unwrap_or(reqwest::Method::GET);
     let mut out = client

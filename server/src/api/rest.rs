@@ -454,15 +454,40 @@ pub async fn list_rooms(
     let limit = page_limit(q.limit.as_deref())?;
     let cursor = q.cursor.as_deref().filter(|c| !c.is_empty());
     let page = state.store.list_rooms(limit, cursor).await?;
-    let rooms = page
+    let mut rooms: Vec<Room> = page
         .rooms
         .into_iter()
         .map(|r| room_json(&state, r))
         .collect();
+    live_counts_elsewhere(&state, &mut rooms).await?;
     Ok(HttpResponse::Ok().json(RoomList {
         rooms,
         next_cursor: page.next_cursor,
     }))
+}
+
+/// Several nodes: the live participant counts of the rooms other live nodes host, asked of
+/// them (one call per such room, all at once). A node that does not answer leaves 0.
+async fn live_counts_elsewhere(state: &AppState, rooms: &mut [Room]) -> Result<(), ApiError> {
+    let here = state.cluster.node_id.as_str();
+    let elsewhere = |r: &Room| r.node_id.as_deref().is_some_and(|n| n != here);
+    if state.store.backend() == "sqlite" || !rooms.iter().any(elsewhere) {
+        return Ok(());
+    }
+    let nodes = state.cluster.nodes(&state.store).await?;
+    let asks = rooms.iter_mut().filter_map(|room| {
+        let node = nodes.iter().find(|n| {
+            room.node_id.as_deref() == Some(n.id.as_str()) && n.id != here && n.status != "dead"
+        })?;
+        Some(async move {
+            if let Some(n) = super::forward::active_participants(state, &node.url, &room.name).await
+            {
+                room.active_participants = n;
+            }
+        })
+    });
+    futures_util::future::join_all(asks).await;
+    Ok(())
 }
 
 /// Get a room.
