@@ -818,6 +818,7 @@ impl Config {
         mask(&mut c.api_key);
         mask(&mut c.token_secret);
         mask(&mut c.turn.secret);
+        mask(&mut c.s3.secret_access_key);
         if let Some(i) = c.database_url.find('@')
             && let Some(s) = c.database_url.find("://")
         {
@@ -894,13 +895,48 @@ mod tests {
 
     #[test]
     fn print_config_masks_secrets() {
-        let c = Config {
+        let mut c = Config {
             api_key: Some("supersecretkey-123456".into()),
             database_url: "postgres://u:pw@h/db".into(),
             ..Config::default()
         };
+        c.s3.secret_access_key = Some("supersecret-s3".into());
         let t = c.to_masked_toml();
         assert!(!t.contains("supersecret") && !t.contains(":pw@"), "{t}");
+    }
+
+    #[test]
+    fn object_storage_settings_from_the_environment_and_their_checks() {
+        let full: &'static [(&str, &str)] = &[
+            ("MCU_API_KEY", "kkkkkkkkkkkkkkkkkkkk"),
+            ("MCU_TOKEN_SECRET", "ssssssssssssssssssssssssssssssssssss"),
+            ("MCU_S3_ENDPOINT", "http://minio:9000"),
+            ("MCU_S3_BUCKET", "recs"),
+            ("MCU_S3_ACCESS_KEY_ID", "id"),
+            ("MCU_S3_SECRET_ACCESS_KEY", "secret"),
+            ("MCU_S3_PREFIX", ""),
+            ("MCU_S3_PART_MB", "16"),
+            ("MCU_S3_CHECKPOINT_S", "3"),
+        ];
+        let c = Config::load(None, env_of(full)).unwrap();
+        c.validate().unwrap();
+        assert!(c.s3.enabled());
+        assert_eq!(c.s3.bucket.as_deref(), Some("recs"));
+        assert_eq!(c.s3.prefix, "", "an empty prefix is kept");
+        assert_eq!((c.s3.part_size_mb, c.s3.checkpoint_s), (16, 3));
+        assert!(!Config::default().s3.enabled());
+        let refused = |change: fn(&mut S3Config), why: &str| {
+            let mut c = Config::load(None, env_of(full)).unwrap();
+            change(&mut c.s3);
+            let e = c.validate().expect_err(why).to_string();
+            assert!(e.contains("MCU_S3"), "{why}: {e}");
+        };
+        refused(|s| s.endpoint = None, "a bucket without an endpoint");
+        refused(|s| s.bucket = None, "an endpoint without a bucket");
+        refused(|s| s.secret_access_key = None, "no secret key");
+        refused(|s| s.part_size_mb = 4, "parts under S3's 5 MiB");
+        refused(|s| s.checkpoint_s = 0, "no checkpoint");
+        refused(|s| s.endpoint = Some("minio:9000".into()), "no scheme");
     }
 
     /// A configuration that passes `validate` outside `--dev`.
