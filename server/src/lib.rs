@@ -259,6 +259,34 @@ pub async fn drain(state: &AppState) {
     }
 }
 
+/// Several nodes: places a room of this (stopping) node on another live node and returns that
+/// node's signaling URL, which the room's participants are sent to; `None` on one node, or
+/// when no other node can take it (they rejoin through their page's server then).
+async fn move_room(state: &AppState, name: &str) -> Option<String> {
+    if state.store.backend() == "sqlite" {
+        return None;
+    }
+    let mut record = state.store.get_room(name).await.ok()??;
+    // This node counts itself as the host whatever its status: asked as if the room were
+    // nowhere, placement picks a live, active node (this one is `stopped` now).
+    record.node_id = None;
+    match state.cluster.host(&state.store, &record).await {
+        Ok(cluster::Host::Elsewhere { node_id, url }) => {
+            tracing::info!(
+                room = name,
+                to = node_id,
+                "room moved to another node for the shutdown"
+            );
+            Some(format!("{}/api/v1/ws", api::rest::ws_of(&url)))
+        }
+        Ok(cluster::Host::Here) => None,
+        Err(e) => {
+            tracing::warn!(room = name, error = %e, "no other node takes the room; its participants rejoin through their page's server");
+            None
+        }
+    }
+}
+
 /// Graceful shutdown: refuse new joins, tell every participant `closed: server_shutdown`,
 /// finalize running recordings as `completed`, then stop the HTTP server.
 pub async fn shutdown(state: &AppState, http: &actix_web::dev::ServerHandle) {
@@ -268,13 +296,19 @@ pub async fn shutdown(state: &AppState, http: &actix_web::dev::ServerHandle) {
     }
     let (rooms, people) = state.rooms.counts();
     tracing::info!(rooms, participants = people, "shutting down");
-    state.rooms.close_all(model::CloseReason::ServerShutdown);
-    let finalized = state.recordings.shutdown().await;
-    // Gone: other nodes may place this node's rooms at once, not after the TTL.
+    // Gone first: other nodes may place this node's rooms at once, not after the TTL, and the
+    // participants told to leave can rejoin at once.
     state.cluster.set_status(store::NodeStatus::Stopped);
     if let Err(e) = state.cluster.beat(state).await {
         tracing::warn!(error = %e, "cannot mark this node stopped; other nodes will see it dead after the TTL");
     }
+    for room in state.rooms.live_rooms() {
+        let to = move_room(state, &room).await;
+        state
+            .rooms
+            .close_room_to(&room, model::CloseReason::ServerShutdown, to.as_deref());
+    }
+    let finalized = state.recordings.shutdown().await;
     // Let the `closed` messages reach the sockets before the workers stop.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     http.stop(true).await;

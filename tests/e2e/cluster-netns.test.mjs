@@ -373,7 +373,16 @@ test('a rolling restart with drain loses no call', async () => {
     const stopped = (Date.now() - t0) / 1000;
     await startNode(nodes.indexOf(n));
     const back = await media([alice, bob], t0, 30);
-    console.log(`restart of ${n.id}${hosted ? ' (hosting the call)' : ''}: drained and stopped in ${stopped.toFixed(1)} s; both have media ${back.toFixed(1)} s after SIGTERM`);
+    let gap = '';
+    if (hosted) {
+      // The participants were told where the call moved, and rejoined there.
+      const closed = alice.received.find((m) => m.at >= t0 && m.type === 'closed');
+      assert.equal(closed?.reason, 'server_shutdown');
+      assert.match(closed.ws_url ?? '', /^ws:\/\/10\.199\.10\.\d+:8080\/api\/v1\/ws$/, JSON.stringify(closed));
+      assert.notEqual(closed.ws_url, `ws://${n.ip}:${PORT}/api/v1/ws`, 'moved to another node');
+      gap = `; call closed ${((closed.at - t0) / 1000).toFixed(1)} s after SIGTERM (drain 2 s), moved to ${closed.ws_url.split('/')[2]}, media on both at most ${(back - (closed.at - t0) / 1000).toFixed(1)} s later`;
+    }
+    console.log(`restart of ${n.id}${hosted ? ' (hosting the call)' : ''}: stopped in ${stopped.toFixed(1)} s; both have media ${back.toFixed(1)} s after SIGTERM${gap}`);
     const people = await n.server.api('GET', '/rooms/meet/participants');
     assert.deepEqual(people.body.participants.map((p) => p.identity).sort(), ['alice', 'bob']);
   }

@@ -8,7 +8,8 @@
 //   socket; after ICE_RESTARTS failed restarts, rejoin as above;
 // - several nodes: a socket refused with `wrong_node` (close 4307) reconnects at once to the
 //   `ws_url` it names (the node hosting the room, same token); a rejoin after a lost session
-//   starts again from this page's server, which places the room anew if its node died.
+//   starts again from this page's server, which places the room anew if its node died; a node
+//   shutting down names the node its room moved to in `closed` (`ws_url`): rejoined at once.
 // What happens is reported as `status` events; the page decides what to show.
 //
 // Events (CustomEvent, `detail`):
@@ -111,8 +112,12 @@ export class Connection extends EventTarget {
     this.retryTimer = null;
     this.emit('status', { phase: 'connecting', attempt: this.attempt });
     let url = this.redirectUrl;
-    const viaRedirect = Boolean(url);
+    // A moved room's node is asked with a fresh token below; if it does not answer, the next
+    // attempt starts again from this page's server, as after a redirect.
+    const movedTo = this.movedTo;
+    const viaRedirect = Boolean(url || movedTo);
     this.redirectUrl = null;
+    this.movedTo = null;
     if (!url) {
       let token;
       try {
@@ -124,7 +129,8 @@ export class Connection extends EventTarget {
       if (this.stopped) return;
       this.freshToken = false;
       const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-      url = `${proto}://${location.host}/api/v1/ws?token=${encodeURIComponent(token)}`;
+      const base = movedTo || `${proto}://${location.host}/api/v1/ws`;
+      url = `${base}?token=${encodeURIComponent(token)}`;
     }
     if (this.name) url += `&name=${encodeURIComponent(this.name)}`;
     const ws = new WebSocket(url);
@@ -177,6 +183,8 @@ export class Connection extends EventTarget {
         break;
       case 'closed':
         session.closed = msg.reason;
+        // A node shutting down names the node its room moved to: rejoin there at once.
+        if (msg.reason === 'server_shutdown' && typeof msg.ws_url === 'string') session.movedTo = msg.ws_url;
         // Final reasons end the call now; the socket's close follows and is then ignored.
         if (msg.reason === 'kicked' || msg.reason === 'room_deleted') this.end(msg.reason);
         else if (msg.reason === 'token_expired' && !this.tokenSource.canRefresh) this.end('token_expired');
@@ -212,6 +220,11 @@ export class Connection extends EventTarget {
       case 'token_expired':
         return this.expired();
       case 'server_shutdown':
+        if (session.movedTo) {
+          this.movedTo = session.movedTo;
+          this.emit('status', { phase: 'connecting', attempt: this.attempt, moved: true });
+          return this.connect();
+        }
         return this.retry('server_shutdown');
     }
     if (refused === 'unauthorized') {
@@ -223,7 +236,11 @@ export class Connection extends EventTarget {
     if (refused === 'unavailable') return this.retry('unavailable');
     // The node we were sent to does not answer: it has likely died, and this page's server will
     // place the room elsewhere once its heartbeat is old. Ask again every second meanwhile.
-    if (session.viaRedirect && !session.welcomed) return this.retry('unreachable', REDIRECT_RETRY_MS);
+    // Not nodes disagreeing (what MAX_REDIRECTS guards against): the redirect count starts over.
+    if (session.viaRedirect && !session.welcomed) {
+      this.redirects = 0;
+      return this.retry('unreachable', REDIRECT_RETRY_MS);
+    }
     return this.retry(this.everWelcomed ? 'lost' : 'unreachable');
   }
 

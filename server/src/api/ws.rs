@@ -585,13 +585,13 @@ impl Core {
                 },
                 ev = room.recv() => match ev {
                     Some(SessionEvent::Send(v)) => self.send(v),
-                    Some(SessionEvent::Close(reason)) => { self.close(reason); break; }
+                    Some(SessionEvent::Close(reason, to)) => { self.close(reason, to.as_deref()); break; }
                     None => break,
                 },
                 pe = peer_rx.recv() => {
                     if let Some(pe) = pe { self.on_peer(pe); }
                 }
-                _ = &mut expiry => { self.close(CloseReason::TokenExpired); break; }
+                _ = &mut expiry => { self.close(CloseReason::TokenExpired, None); break; }
             }
         }
         if let Some(mut p) = self.peer.take() {
@@ -609,8 +609,11 @@ impl Core {
         }
     }
 
-    fn close(&self, reason: CloseReason) {
-        self.send(json!({"type": "closed", "reason": reason}));
+    fn close(&self, reason: CloseReason, moved_to: Option<&str>) {
+        match moved_to {
+            Some(url) => self.send(json!({"type": "closed", "reason": reason, "ws_url": url})),
+            None => self.send(json!({"type": "closed", "reason": reason})),
+        }
         let why = serde_json::to_value(reason)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

@@ -21,8 +21,9 @@ pub const SESSION_QUEUE: usize = 256;
 pub enum SessionEvent {
     /// A JSON message to send to the client as is.
     Send(serde_json::Value),
-    /// Send `closed` with this reason and close the socket.
-    Close(CloseReason),
+    /// Send `closed` with this reason and close the socket; with the signaling URL of the node
+    /// the room moved to, if any (shutdown of one node of several).
+    Close(CloseReason, Option<Arc<str>>),
 }
 
 /// Is a room in use, and since when is it empty.
@@ -607,7 +608,7 @@ impl RoomManager {
             return false;
         };
         tracing::info!(room, participant = id, "participant kicked");
-        deliver(&e.events, SessionEvent::Close(CloseReason::Kicked));
+        deliver(&e.events, SessionEvent::Close(CloseReason::Kicked, None));
         true
     }
 
@@ -768,20 +769,36 @@ impl RoomManager {
 
     /// Disconnects everyone with `closed: reason` and forgets the live room.
     pub fn close_room(&self, room: &str, reason: CloseReason) {
+        self.close_room_to(room, reason, None);
+    }
+
+    /// Closes a live room, telling its participants where it moved (`ws_url`), if anywhere.
+    pub fn close_room_to(&self, room: &str, reason: CloseReason, ws_url: Option<&str>) {
         let mut inner = self.inner.lock();
         inner.emptied.remove(room);
         if let Some(live) = inner.rooms.remove(room) {
-            tracing::info!(room, ?reason, n = live.participants.len(), "closing room");
+            tracing::info!(
+                room,
+                ?reason,
+                n = live.participants.len(),
+                moved_to = ws_url,
+                "closing room"
+            );
+            let to: Option<Arc<str>> = ws_url.map(Arc::from);
             for e in &live.participants {
-                deliver(&e.events, SessionEvent::Close(reason));
+                deliver(&e.events, SessionEvent::Close(reason, to.clone()));
             }
         }
     }
 
+    /// The rooms live here (someone or a recording in them).
+    pub fn live_rooms(&self) -> Vec<String> {
+        self.inner.lock().rooms.keys().cloned().collect()
+    }
+
     /// Disconnects everyone everywhere (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        let names: Vec<String> = self.inner.lock().rooms.keys().cloned().collect();
-        for n in names {
+        for n in self.live_rooms() {
             self.close_room(&n, reason);
         }
     }
