@@ -677,7 +677,7 @@ async fn get_patch_delete(app: &App) {
     assert!(
         events
             .iter()
-            .any(|e| matches!(e, SessionEvent::Close(CloseReason::RoomDeleted))),
+            .any(|e| matches!(e, SessionEvent::Close(CloseReason::RoomDeleted, None))),
         "{events:?}"
     );
     expect_error(
@@ -787,13 +787,13 @@ async fn participants(app: &App) {
     let ev = drain(&mut rx_b);
     assert!(
         ev.iter()
-            .any(|e| matches!(e, SessionEvent::Close(CloseReason::Kicked))),
+            .any(|e| matches!(e, SessionEvent::Close(CloseReason::Kicked, None))),
         "{ev:?}"
     );
     assert!(
         !drain(&mut rx_a)
             .iter()
-            .any(|e| matches!(e, SessionEvent::Close(_)))
+            .any(|e| matches!(e, SessionEvent::Close(..)))
     );
     drop(h_b); // the session ends, as the signaling side does on `closed`
     let list: ParticipantList = app
