@@ -217,7 +217,7 @@ async fn uploader_follows_a_growing_file_and_a_dead_writer_is_salvaged() {
         f.write_all(&[0xAB; 64]).unwrap();
     }
     append(&path, &cues);
-    let header_rewritten = vec![100..164];
+    let header_rewritten: Vec<_> = std::iter::once(100..164).collect();
     up.finish(data.len() as u64, &header_rewritten)
         .await
         .expect("finish");
