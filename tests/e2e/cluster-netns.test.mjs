@@ -147,8 +147,8 @@ async function startNode(i) {
 const hostOf = (wsUrl) => nodes.find((n) => wsUrl.startsWith(`ws://${n.ip}:${PORT}/`));
 const live = () => nodes.filter((n) => n.server.proc.exitCode === null && n.server.proc.signalCode === null);
 
-async function createRoom(node, name) {
-  const r = await node.server.api('POST', '/rooms', { name });
+async function createRoom(node, name, settings = {}) {
+  const r = await node.server.api('POST', '/rooms', { name, ...settings });
   assert.equal(r.status, 201, JSON.stringify(r.body));
 }
 
@@ -262,7 +262,8 @@ let alice;
 let bob;
 
 test('a page from a node that does not host the room ends up in the call', async () => {
-  await createRoom(nodes[2], 'meet');
+  // Auto-record: a recording runs from the first join, and follows the room when it moves.
+  await createRoom(nodes[2], 'meet', { auto_record: true });
   const t = await token(nodes[0], 'meet', 'alice');
   host = hostOf(t.ws_url);
   const pageNode = nodes.find((n) => n !== host);
@@ -312,12 +313,24 @@ test('a mute and a kick asked of another node reach the participant within a sec
   assert.ok(muteMs < 1000 && kickMs < 1000, `mute ${muteMs} ms, kick ${kickMs} ms`);
 });
 
+/** The room's running recording (asked of `node`), once there is one that is not `except`. */
+async function runningRecording(node, except = null, limitS = 20) {
+  const deadline = Date.now() + limitS * 1000;
+  for (;;) {
+    const room = await node.server.api('GET', '/rooms/meet');
+    const id = room.body.recording_id;
+    if (id && id !== except) return (await node.server.api('GET', `/recordings/${id}`)).body;
+    if (Date.now() > deadline) throw new Error(`no new recording of the room: ${JSON.stringify(room.body)}`);
+    await sleep(250);
+  }
+}
+
 test('kill -9 of the hosting node: the call resumes within 10 s; its recording is interrupted and downloadable elsewhere', async () => {
   const asker = nodes.find((n) => n !== host);
-  const rec = await asker.server.api('POST', '/rooms/meet/recordings', {});
-  assert.equal(rec.status, 201, JSON.stringify(rec.body));
-  const recStart = Date.now();
-  await sleep(8000);
+  const rec = { body: await runningRecording(asker) };
+  assert.equal(rec.body.status, 'recording', JSON.stringify(rec.body));
+  const recStart = Date.parse(rec.body.started_at);
+  await sleep(3000);
   await alice.page.evaluate(() => { window.mcu.pc.beforeKill = true; });
   const killed = Date.now();
   const recordedS = (killed - recStart) / 1000;
@@ -358,6 +371,10 @@ test('kill -9 of the hosting node: the call resumes within 10 s; its recording i
   console.log(`recording of ${recordedS.toFixed(1)} s before the kill: ${seconds.toFixed(2)} s downloaded from ${reader.id} (${info.streams.map((s) => s.codec_name)})`);
   assert.ok(seconds >= recordedS - 3 && seconds <= recordedS + 1, `${seconds} s of ${recordedS} s`);
   assert.deepEqual(info.streams.map((s) => s.codec_type).sort(), ['audio', 'video']);
+  // The room's auto-record goes on on its new node, as a new recording.
+  const next = await runningRecording(newHost, rec.body.id);
+  assert.equal(next.status, 'recording');
+  console.log(`auto-record on ${newHost.id} started ${((Date.parse(next.started_at) - killed) / 1000).toFixed(1)} s after the kill`);
 });
 
 test('a rolling restart with drain loses no call', async () => {
@@ -368,6 +385,7 @@ test('a rolling restart with drain loses no call', async () => {
   for (const n of nodes) {
     const room = await nodes.find((x) => x !== n).server.api('GET', '/rooms/meet');
     const hosted = room.body.node_id === n.id;
+    const runningBefore = hosted ? await runningRecording(n) : null;
     const t0 = Date.now();
     await n.server.stop('SIGTERM');
     const stopped = (Date.now() - t0) / 1000;
@@ -375,6 +393,12 @@ test('a rolling restart with drain loses no call', async () => {
     const back = await media([alice, bob], t0, 30);
     let gap = '';
     if (hosted) {
+      // The stopping node completed its recording; the room's new node records on.
+      const before = runningBefore;
+      const done = await n.server.api('GET', `/recordings/${before.id}`);
+      assert.equal(done.body.status, 'completed', JSON.stringify(done.body));
+      const next = await runningRecording(n, before.id);
+      assert.equal(next.status, 'recording', JSON.stringify(next));
       // The participants were told where the call moved, and rejoined there.
       const closed = alice.received.find((m) => m.at >= t0 && m.type === 'closed');
       assert.equal(closed?.reason, 'server_shutdown');

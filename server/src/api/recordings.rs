@@ -516,7 +516,7 @@ pub async fn get_recording(
         (status = 416, description = "`range_not_satisfiable`: the range lies outside the file", body = ErrorBody,
          headers(("Content-Range" = String, description = "`bytes */size`"))),
         (status = 500, description = "`internal`: unexpected server error", body = ErrorBody),
-        (status = 503, description = "`unavailable`: database unreachable", body = ErrorBody),
+        (status = 503, description = "`unavailable`: database unreachable, or the object storage holding the recording does not answer", body = ErrorBody),
     ),
     security(("bearer" = []), ())
 )]
@@ -637,7 +637,7 @@ async fn object_media(
         (status = 401, description = "`unauthorized`: missing or wrong API key", body = ErrorBody),
         (status = 404, description = "`recording_not_found`", body = ErrorBody),
         (status = 500, description = "`internal`: unexpected server error (e.g. the file cannot be removed)", body = ErrorBody),
-        (status = 503, description = "`unavailable`: database unreachable, or a running recording is still being finalized (ask again)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: database unreachable, a running recording is still being finalized (ask again), or the object storage holding it does not answer", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

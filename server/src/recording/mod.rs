@@ -36,6 +36,10 @@ use uuid::Uuid;
 
 /// How long `stop` waits for the writer to finish the file.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Auto-record of a room whose previous recording still runs (on a node stopping or dead) tries
+/// again this often, this many times (a minute: the previous node's drain or take-over).
+const AUTO_RECORD_RETRY: Duration = Duration::from_secs(2);
+const AUTO_RECORD_TRIES: u32 = 30;
 
 struct Active {
     room: String,
@@ -134,15 +138,37 @@ impl Recordings {
     }
 
     /// Starts an auto-record recording when the first participant joins (no-op if one runs).
+    /// A room that just moved here (its node stopped or died) may still have that node's
+    /// recording running while it is finished or taken over: this one starts once it has ended.
     pub async fn start_auto(&self, room: &str) {
-        if self.active_in(room).is_some() {
-            return;
+        for attempt in 0..AUTO_RECORD_TRIES {
+            if self.active_in(room).is_some() || self.0.rooms.active_count(room) == 0 {
+                return;
+            }
+            match self.start_inner(room, true).await {
+                Ok(r) => {
+                    tracing::info!(room, recording = %r.id, "auto-record started");
+                    return;
+                }
+                Err(ApiError::RecordingInProgress(_)) => {
+                    if attempt == 0 {
+                        tracing::info!(
+                            room,
+                            "auto-record waits for the room's previous recording to end"
+                        );
+                    }
+                    tokio::time::sleep(AUTO_RECORD_RETRY).await;
+                }
+                Err(e) => {
+                    tracing::error!(room, error = %e, "auto-record could not start");
+                    return;
+                }
+            }
         }
-        match self.start_inner(room, true).await {
-            Ok(r) => tracing::info!(room, recording = %r.id, "auto-record started"),
-            Err(ApiError::RecordingInProgress(_)) => {}
-            Err(e) => tracing::error!(room, error = %e, "auto-record could not start"),
-        }
+        tracing::warn!(
+            room,
+            "auto-record did not start: the room's previous recording is still running"
+        );
     }
 
     async fn start_inner(&self, room: &str, auto: bool) -> Result<RecordingRecord, ApiError> {
