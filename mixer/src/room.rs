@@ -68,6 +68,9 @@ pub const PUSHBACK_HARD_MS: u64 = 400;
 pub const MAX_HELD_FRAMES: u32 = 7;
 /// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
 pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
+/// Frames one input may have waiting for the tick (two a tick at 60 fps, and a burst after a
+/// short stall); past it they are dropped and a keyframe is asked for.
+pub const MAX_PENDING_FRAMES: usize = 8;
 
 /// Everything one tick produced.
 #[derive(Debug, Clone, Default)]
@@ -166,6 +169,9 @@ struct Participant {
     own_idle_ticks: u32,
     /// Only while on screen and video unmuted.
     video_decoder: Option<Vp8Decoder>,
+    /// Frames received since the last tick, with whether they arrived whole; decoded at the
+    /// tick, every input's in parallel ([`MediaRoom::decode_video_inputs`]).
+    pending_video: Vec<(Vec<u8>, bool)>,
     need_keyframe: bool,
     /// The size of its last keyframe, when that was over the input cap: its frames are
     /// dropped (without PLI) until a keyframe of an accepted size.
@@ -440,6 +446,7 @@ impl MediaRoom {
                 p.publishes = publishes;
                 p.audio_in = audio_in;
                 p.video_decoder = None;
+                p.pending_video.clear();
                 p.need_keyframe = true;
                 p.pli_pending = publishes && p.on_screen;
             }
@@ -458,6 +465,7 @@ impl MediaRoom {
             own_encoder: None,
             own_idle_ticks: 0,
             video_decoder: None,
+            pending_video: Vec::new(),
             need_keyframe: true,
             oversized: None,
             pli_pending: false,
@@ -511,80 +519,60 @@ impl MediaRoom {
     }
 
     /// One complete depacketized VP8 frame (untrusted). `complete = false`
-    /// means the server saw loss inside it. Decoded at once if the input is
-    /// on screen; `ts` is not needed (the latest picture is shown) and ignored.
+    /// means the server saw loss inside it. Kept for the next tick if the
+    /// input is on screen, where every input's frames are decoded in parallel;
+    /// `ts` is not needed (the latest picture is shown) and ignored.
     pub fn push_video(&mut self, key: ParticipantKey, _ts: u32, frame: &[u8], complete: bool) {
         let Some(i) = self.index.get(&key).copied() else {
             return;
         };
-        let stats = &mut self.stats;
         let Some(p) = self.participants.get_mut(i) else {
             return;
         };
         if !p.publishes || p.video_muted || !p.on_screen {
             return;
         }
-        if !complete {
+        if p.pending_video.len() >= MAX_PENDING_FRAMES {
+            // More than a tick can take from one input (a burst after a stall): start again
+            // from a keyframe rather than grow.
+            self.stats.video_frames_dropped += p.pending_video.len() as u64;
+            p.pending_video.clear();
             p.need_keyframe = true;
             p.pli_pending = true;
-            stats.video_frames_dropped += 1;
-            return;
         }
-        if let Some((w, h)) = vp8_keyframe_size(frame) {
-            let oversized = !input_size_ok(w, h);
-            if oversized && p.oversized.is_none() {
-                tracing::warn!(
-                    key,
-                    width = w,
-                    height = h,
-                    "video input over 1080p refused: \
-                    the tile shows the placeholder until the sender lowers its resolution"
-                );
+        p.pending_video.push((frame.to_vec(), complete));
+    }
+
+    /// Decodes the frames every on-screen input received since the last tick: inputs in
+    /// parallel on the rayon pool when more than one has frames (each input's in order).
+    fn decode_video_inputs(&mut self) {
+        let busy = self
+            .participants
+            .iter()
+            .filter(|p| !p.pending_video.is_empty())
+            .count();
+        let counts = match busy {
+            0 => return,
+            1 => self
+                .participants
+                .iter_mut()
+                .filter(|p| !p.pending_video.is_empty())
+                .map(decode_pending)
+                .fold(DecodeCounts::default(), DecodeCounts::add),
+            _ => {
+                use rayon::prelude::*;
+                self.participants
+                    .par_iter_mut()
+                    .filter(|p| !p.pending_video.is_empty())
+                    .map(decode_pending)
+                    .reduce(DecodeCounts::default, DecodeCounts::add)
             }
-            p.oversized = oversized.then_some((w, h));
-        }
-        if p.oversized.is_some() {
-            // No PLI: another keyframe of the same size would be refused too; an encoder that
-            // changes its resolution sends a keyframe by itself.
-            stats.video_frames_oversized += 1;
-            stats.video_frames_dropped += 1;
-            p.need_keyframe = true;
-            p.pli_pending = false;
-            return;
-        }
-        if p.need_keyframe && !is_vp8_keyframe(frame) {
-            p.pli_pending = true;
-            stats.video_frames_dropped += 1;
-            return;
-        }
-        if p.video_decoder.is_none() {
-            match Vp8Decoder::new() {
-                Ok(d) => p.video_decoder = Some(d),
-                Err(e) => {
-                    tracing::error!(error = %e, "vp8 decoder");
-                    return;
-                }
-            }
-        }
-        let Some(dec) = p.video_decoder.as_mut() else {
-            return;
         };
-        match dec.decode(frame) {
-            Ok(Some(_)) => {
-                // Whatever asked for a keyframe is satisfied now.
-                p.need_keyframe = false;
-                p.pli_pending = false;
-                stats.video_frames_decoded += 1;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(key, error = %e, "vp8 decode");
-                p.need_keyframe = true;
-                p.pli_pending = true;
-                stats.video_decode_errors += 1;
-                stats.video_frames_dropped += 1;
-            }
-        }
+        let s = &mut self.stats;
+        s.video_frames_decoded += counts.decoded;
+        s.video_frames_dropped += counts.dropped;
+        s.video_decode_errors += counts.errors;
+        s.video_frames_oversized += counts.oversized;
     }
 
     /// Server-side mute flags. Muted audio leaves the mix and stops counting
@@ -598,6 +586,7 @@ impl MediaRoom {
         if video != p.video_muted {
             p.video_muted = video;
             p.video_decoder = None;
+            p.pending_video.clear();
             p.need_keyframe = true;
             p.pli_pending = !video && p.publishes && p.on_screen;
         }
@@ -841,6 +830,8 @@ impl MediaRoom {
         if out.active_speaker.is_some() {
             self.update_visibility();
         }
+        // Every tick, not only those that make a frame: the decoding spreads as frames arrive.
+        self.decode_video_inputs();
         if self.video_frame_due() {
             self.video_frames += 1;
             if with_video {
@@ -996,6 +987,7 @@ impl MediaRoom {
             }
             if !on {
                 p.video_decoder = None;
+                p.pending_video.clear();
             }
             p.on_screen = on;
         }
@@ -1086,9 +1078,31 @@ impl MediaRoom {
         self.last_composite_ms = Some(now);
         let canvas = self.compositor.compose(&tiles);
         let mut encoded: Vec<Option<EncodedFrame>> = vec![None; n_tiers];
-        for (t, enc) in self.tier_encoders.iter_mut().enumerate() {
-            let Some(enc) = enc else { continue };
-            match enc.encode(canvas, frame_no, now, want_kf[t], backlog_ms[t]) {
+        // Tiers encode the same canvas independently: in parallel when several are in use.
+        let encode = |(t, enc): (usize, &mut Option<TierEncoder>)| {
+            let enc = enc.as_mut()?;
+            Some((
+                t,
+                enc.encode(canvas, frame_no, now, want_kf[t], backlog_ms[t]),
+            ))
+        };
+        let active = self.tier_encoders.iter().filter(|e| e.is_some()).count();
+        let results: Vec<_> = if active > 1 {
+            use rayon::prelude::*;
+            self.tier_encoders
+                .par_iter_mut()
+                .enumerate()
+                .filter_map(encode)
+                .collect()
+        } else {
+            self.tier_encoders
+                .iter_mut()
+                .enumerate()
+                .filter_map(encode)
+                .collect()
+        };
+        for (t, result) in results {
+            match result {
                 Ok(Encoded::Frame(f)) => {
                     self.stats.video_encodes_last_video_tick += 1;
                     if f.keyframe {
@@ -1098,7 +1112,7 @@ impl MediaRoom {
                 }
                 Ok(Encoded::Held) => {
                     self.stats.video_frames_held += 1;
-                    if enc.held == 1 {
+                    if self.tier_encoders[t].as_ref().is_some_and(|e| e.held == 1) {
                         tracing::debug!(tier = t, "tier held back for a full send queue");
                     }
                 }
@@ -1125,6 +1139,99 @@ impl MediaRoom {
             }
         }
     }
+}
+
+/// What decoding one input's frames of a tick came to.
+#[derive(Debug, Default, Clone, Copy)]
+struct DecodeCounts {
+    decoded: u64,
+    dropped: u64,
+    errors: u64,
+    oversized: u64,
+}
+
+impl DecodeCounts {
+    fn add(self, o: DecodeCounts) -> DecodeCounts {
+        DecodeCounts {
+            decoded: self.decoded + o.decoded,
+            dropped: self.dropped + o.dropped,
+            errors: self.errors + o.errors,
+            oversized: self.oversized + o.oversized,
+        }
+    }
+}
+
+/// Decodes `p`'s frames of this tick in order: loss and decode errors wait for a keyframe (and
+/// ask for one), keyframes over the input cap are refused with what follows them.
+fn decode_pending(p: &mut Participant) -> DecodeCounts {
+    let mut c = DecodeCounts::default();
+    let mut frames = std::mem::take(&mut p.pending_video);
+    for (frame, complete) in frames.drain(..) {
+        if !complete {
+            p.need_keyframe = true;
+            p.pli_pending = true;
+            c.dropped += 1;
+            continue;
+        }
+        if let Some((w, h)) = vp8_keyframe_size(&frame) {
+            let oversized = !input_size_ok(w, h);
+            if oversized && p.oversized.is_none() {
+                tracing::warn!(
+                    key = p.key,
+                    width = w,
+                    height = h,
+                    "video input over 1080p refused: \
+                    the tile shows the placeholder until the sender lowers its resolution"
+                );
+            }
+            p.oversized = oversized.then_some((w, h));
+        }
+        if p.oversized.is_some() {
+            // No PLI: another keyframe of the same size would be refused too; an encoder that
+            // changes its resolution sends a keyframe by itself.
+            c.oversized += 1;
+            c.dropped += 1;
+            p.need_keyframe = true;
+            p.pli_pending = false;
+            continue;
+        }
+        if p.need_keyframe && !is_vp8_keyframe(&frame) {
+            p.pli_pending = true;
+            c.dropped += 1;
+            continue;
+        }
+        if p.video_decoder.is_none() {
+            match Vp8Decoder::new() {
+                Ok(d) => p.video_decoder = Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "vp8 decoder");
+                    continue;
+                }
+            }
+        }
+        let Some(dec) = p.video_decoder.as_mut() else {
+            continue;
+        };
+        match dec.decode(&frame) {
+            Ok(Some(_)) => {
+                // Whatever asked for a keyframe is satisfied now.
+                p.need_keyframe = false;
+                p.pli_pending = false;
+                c.decoded += 1;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(key = p.key, error = %e, "vp8 decode");
+                p.need_keyframe = true;
+                p.pli_pending = true;
+                c.errors += 1;
+                c.dropped += 1;
+            }
+        }
+    }
+    // The buffer's capacity stays for the next tick.
+    p.pending_video = frames;
+    c
 }
 
 /// Plays out one frame of `p`'s audio into `p.pcm` and updates its voice
@@ -1239,6 +1346,7 @@ mod tests {
         assert_eq!(s.video_frames_oversized, 101, "{s:?}");
         // The sender lowers its resolution: its next keyframe is decoded at once.
         room.push_video(1, 400_000, &keyframe(320, 180), true);
+        room.tick();
         assert_eq!(room.stats().video_frames_decoded, 1);
     }
 
@@ -1681,8 +1789,10 @@ mod tests {
         assert_eq!(room.tick().pli, vec![7]);
         let kf = keyframe(64, 64);
         room.push_video(7, 0, &kf, true);
+        // Decoded at the next tick (20 ms).
+        room.tick();
         assert_eq!(room.stats().video_frames_decoded, 1);
-        // Loss at 20 ms: the next PLI is due 500 ms after the first (at 0 ms).
+        // Loss at 40 ms: the next PLI is due 500 ms after the first (at 0 ms).
         room.push_video(7, 3000, &kf[..kf.len() / 2], false);
         let mut pli_times = Vec::new();
         for _ in 0..60 {
@@ -1714,6 +1824,7 @@ mod tests {
         for k in 0..n {
             room.push_video(k, 0, &kf, true);
         }
+        room.tick();
         assert_eq!(room.stats().video_decoders, MAX_GRID_TILES);
         assert_eq!(room.stats().visible_tiles, MAX_GRID_TILES);
         // Speaker layout: speaker (first joiner, nobody spoke) + strip.
@@ -1750,6 +1861,7 @@ mod tests {
         for k in 0..25 {
             room.push_video(k, 0, &kf, true);
         }
+        room.tick();
         let (visible, _) = room.visible();
         assert_eq!(visible, &(0..9).collect::<Vec<u64>>()[..]);
         assert_eq!(

@@ -268,6 +268,7 @@ impl MediaHandle {
         cfg: MediaConfig,
         events: mpsc::Sender<Event>,
     ) -> Result<MediaHandle, mixer::MixerError> {
+        init_media_pool();
         let media = MediaRoom::new(cfg)?;
         let (state, state_rx) = stdmpsc::channel();
         let (hints, hints_rx) = stdmpsc::sync_channel(HINT_QUEUE);
@@ -328,6 +329,23 @@ const MEDIA_THREAD_NICE: i32 = -10;
 /// at once instead of waiting for the scheduler to get round to it. The kernel's real-time
 /// throttling (`sched_rt_runtime_us`, 95 % by default) keeps a runaway room from locking a core.
 const MEDIA_THREAD_RT_PRIORITY: i32 = 1;
+
+/// The pool a large room's video decodes and tier encodes run on (the mixer uses rayon's global
+/// pool): one thread per core, at the media threads' priority, since a room's tick waits for
+/// them. Built once, when the first room starts.
+fn init_media_pool() {
+    static POOL: std::sync::Once = std::sync::Once::new();
+    POOL.call_once(|| {
+        let built = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("media-pool-{i}"))
+            .start_handler(|_| raise_priority("media pool"))
+            .build_global();
+        if let Err(e) = built {
+            // Only when something built it first (a test): it works, at the default priority.
+            tracing::debug!(error = %e, "the media pool was already built");
+        }
+    });
+}
 
 /// Gives the calling thread real-time round-robin scheduling, or [`MEDIA_THREAD_NICE`] where
 /// that is refused. Both need CAP_SYS_NICE (root, or a container given it); without it the
