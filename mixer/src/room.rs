@@ -71,6 +71,13 @@ pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
 /// Frames one input may have waiting for the tick (two a tick at 60 fps, and a burst after a
 /// short stall); past it they are dropped and a keyframe is asked for.
 pub const MAX_PENDING_FRAMES: usize = 8;
+/// Inputs with frames in one tick from which they decode in parallel, and tiers in use from
+/// which they encode in parallel. Below, the room's own thread does it: a small room gains little
+/// and, with many rooms, the cores are busy with other rooms anyway (handing work to the pool
+/// then only makes the room's worker wait, and the rooms behind it).
+pub const PARALLEL_MIN_INPUTS: usize = 4;
+/// Tiers in use from which a video tick encodes them in parallel (see [`PARALLEL_MIN_INPUTS`]).
+pub const PARALLEL_MIN_TIERS: usize = 3;
 
 /// Everything one tick produced.
 #[derive(Debug, Clone, Default)]
@@ -553,7 +560,7 @@ impl MediaRoom {
             .count();
         let counts = match busy {
             0 => return,
-            1 => self
+            n if n < PARALLEL_MIN_INPUTS => self
                 .participants
                 .iter_mut()
                 .filter(|p| !p.pending_video.is_empty())
@@ -1087,7 +1094,7 @@ impl MediaRoom {
             ))
         };
         let active = self.tier_encoders.iter().filter(|e| e.is_some()).count();
-        let results: Vec<_> = if active > 1 {
+        let results: Vec<_> = if active >= PARALLEL_MIN_TIERS {
             use rayon::prelude::*;
             self.tier_encoders
                 .par_iter_mut()

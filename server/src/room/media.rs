@@ -1,12 +1,18 @@
-//! The media thread of one room: owns the room's [`mixer::MediaRoom`], ticks it every 20 ms on a
-//! dedicated OS thread (never a tokio worker) and hands the encoded output to each participant's
-//! sender task.
+//! The media side of one room: owns the room's [`mixer::MediaRoom`], ticks it every 20 ms and
+//! hands the encoded output to each participant's sender task.
+//!
+//! Rooms run on a fixed set of media workers ([`workers`]: one OS thread per core, never a tokio
+//! worker, at real-time priority where allowed), not a thread each: the workers share one queue
+//! of rooms ordered by when their tick is due; an idle worker runs the most overdue room and sleeps
+//! until the next is due. A large room's video decodes and tier encodes also spread over the cores
+//! (the mixer's rayon pool, [`init_media_pool`]).
 //!
 //! Invariants:
-//! - The tick is scheduled as `next += 20 ms` (no drift from sleep overshoot). When the thread is
-//!   more than one tick late it counts a deadline miss and skips ahead instead of bursting.
-//! - The thread never blocks on anything but its own clock: inputs arrive through bounded
-//!   channels drained with `try_recv`, outputs leave with `try_send` (overflow: drop + count).
+//! - A room's tick is scheduled as `next += 20 ms` (no drift from sleep overshoot). When it is
+//!   more than one tick late it counts a deadline miss and catches up with audio-only ticks, or
+//!   skips ahead past [`MAX_CATCH_UP`], instead of bursting.
+//! - A worker never blocks on anything but its clock: inputs arrive through bounded channels
+//!   drained with `try_recv`, outputs leave with `try_send` (overflow: drop + count).
 
 use crate::metrics::METRICS;
 use crate::room::pacer::LinkState;
@@ -275,20 +281,24 @@ impl MediaHandle {
         let (packets, packets_rx) = stdmpsc::sync_channel(PACKET_QUEUE);
         let timing = Arc::new(RoomTiming::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (t, s) = (timing.clone(), stop.clone());
-        let name = room.to_string();
-        std::thread::Builder::new()
-            .name(format!(
-                "media-{}",
-                room.chars().take(9).collect::<String>()
-            ))
-            .spawn(move || {
-                raise_priority(&name);
-                run(name, media, (state_rx, hints_rx), packets_rx, events, t, s)
-            })
-            .map_err(|e| {
-                mixer::MixerError::InvalidConfig(format!("cannot start media thread: {e}"))
-            })?;
+        tracing::info!(room, "room media started");
+        let task = RoomTask {
+            room: room.to_string(),
+            media,
+            control: state_rx,
+            hints: hints_rx,
+            packets: packets_rx,
+            events,
+            timing: timing.clone(),
+            stop: stop.clone(),
+            receivers: HashMap::new(),
+            sinks: HashMap::new(),
+            next: Instant::now() + TICK,
+            last_counts: (0, 0),
+        };
+        workers().assign(task).map_err(|e| {
+            mixer::MixerError::InvalidConfig(format!("cannot start a media worker: {e}"))
+        })?;
         Ok(MediaHandle {
             control: MediaHandleRef { state, hints },
             packets,
@@ -417,62 +427,77 @@ impl Receiver {
     }
 }
 
-fn run(
+/// One room as a media worker runs it.
+struct RoomTask {
     room: String,
-    mut media: MediaRoom,
-    (control, hints): (stdmpsc::Receiver<Command>, stdmpsc::Receiver<Command>),
+    media: MediaRoom,
+    /// Membership, mutes, layout: never dropped.
+    control: stdmpsc::Receiver<Command>,
+    /// Link reports, keyframe requests: may be dropped when full.
+    hints: stdmpsc::Receiver<Command>,
     packets: stdmpsc::Receiver<Packet>,
     events: mpsc::Sender<Event>,
     timing: Arc<RoomTiming>,
     stop: Arc<AtomicBool>,
-) {
-    tracing::info!(room, "media thread started");
-    let mut receivers: HashMap<ParticipantKey, Receiver> = HashMap::new();
-    let mut sinks: HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>> = HashMap::new();
-    let mut next = Instant::now() + TICK;
-    let mut last_counts = (0u64, 0u64);
-    'ticks: loop {
-        // Sleep until the tick is due. Late by whole ticks (a long video tick, the CPU taken by
-        // others): those ticks are caught up with audio-only ticks, so that every mix still gets
-        // every 20 ms (a burst its jitter buffer absorbs, not a gap it must conceal); only the
+    receivers: HashMap<ParticipantKey, Receiver>,
+    sinks: HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>>,
+    /// When the next tick is due.
+    next: Instant,
+    /// Encoders counted into the process gauges (audio, video).
+    last_counts: (u64, u64),
+}
+
+impl RoomTask {
+    /// Runs the tick due at `self.next` (the worker calls it once that time has come), with
+    /// audio-only ticks first for those missed. Returns false when the room has ended.
+    fn step(&mut self) -> bool {
+        // Late by whole ticks (a long tick of this or another room, the CPU taken by others):
+        // those ticks are caught up with audio-only ticks, so that every mix still gets every
+        // 20 ms (a burst its jitter buffer absorbs, not a gap it must conceal); only the
         // composite frames due meanwhile are skipped. Beyond MAX_CATCH_UP the clock realigns.
         let now = Instant::now();
         let mut catch_up = 0u32;
-        if next > now {
-            std::thread::sleep(next - now);
-        } else if now - next >= TICK {
-            let behind = ((now - next).as_micros() / TICK.as_micros()) as u32;
-            timing.misses.fetch_add(u64::from(behind), Relaxed);
+        if now > self.next && now - self.next >= TICK {
+            let behind = ((now - self.next).as_micros() / TICK.as_micros()) as u32;
+            self.timing.misses.fetch_add(u64::from(behind), Relaxed);
             METRICS
                 .deadline_misses
                 .fetch_add(u64::from(behind), Relaxed);
             if behind > MAX_CATCH_UP {
-                next = now;
+                self.next = now;
             } else {
                 catch_up = behind;
-                next += TICK * behind;
+                self.next += TICK * behind;
             }
         }
-        next += TICK;
-        if stop.load(Relaxed) {
-            break;
+        self.next += TICK;
+        if self.stop.load(Relaxed) {
+            return false;
         }
         let started = Instant::now();
+        let Self {
+            media,
+            receivers,
+            sinks,
+            events,
+            timing,
+            ..
+        } = self;
 
         // Membership first (a hint may name a participant that joins in the same tick).
         loop {
-            match control.try_recv() {
-                Ok(c) => apply(&mut media, &mut receivers, &mut sinks, c),
+            match self.control.try_recv() {
+                Ok(c) => apply(media, receivers, sinks, c),
                 Err(stdmpsc::TryRecvError::Empty) => break,
-                Err(stdmpsc::TryRecvError::Disconnected) => break 'ticks,
+                Err(stdmpsc::TryRecvError::Disconnected) => return false,
             }
         }
-        while let Ok(c) = hints.try_recv() {
-            apply(&mut media, &mut receivers, &mut sinks, c);
+        while let Ok(c) = self.hints.try_recv() {
+            apply(media, receivers, sinks, c);
         }
         // Only what is already queued: packets arriving during the tick wait for the next one.
         for _ in 0..PACKET_QUEUE {
-            match packets.try_recv() {
+            match self.packets.try_recv() {
                 Ok(Packet::Audio {
                     key,
                     seq,
@@ -492,32 +517,32 @@ fn run(
 
         for _ in 0..catch_up {
             let out = media.tick_audio_only();
-            deliver(out, &mut media, &mut receivers, &mut sinks, &events);
+            deliver(out, media, receivers, sinks, events);
         }
         // Encoder pushback: a tier does not make frames for a receiver's full send queue
         // (read on the ticks that make a frame only).
         if media.video_frame_due() {
-            for (&key, r) in &receivers {
+            for (&key, r) in receivers.iter() {
                 media.set_video_backlog(key, r.link.video_queue_ms());
             }
         }
         let out = media.tick();
         let video_tick = out.video_tick;
-        deliver(out, &mut media, &mut receivers, &mut sinks, &events);
+        deliver(out, media, receivers, sinks, events);
 
         let stats = media.encoder_counts();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
-        if counts != last_counts {
+        if counts != self.last_counts {
             timing.audio_encoders.store(counts.0, Relaxed);
             timing.video_encoders.store(counts.1, Relaxed);
             // Gauges are summed over rooms: apply this room's delta.
             METRICS
                 .audio_encoders
-                .fetch_add(counts.0.wrapping_sub(last_counts.0), Relaxed);
+                .fetch_add(counts.0.wrapping_sub(self.last_counts.0), Relaxed);
             METRICS
                 .video_encoders
-                .fetch_add(counts.1.wrapping_sub(last_counts.1), Relaxed);
-            last_counts = counts;
+                .fetch_add(counts.1.wrapping_sub(self.last_counts.1), Relaxed);
+            self.last_counts = counts;
         }
         METRICS
             .audio_encodes
@@ -539,10 +564,174 @@ fn run(
         }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);
+        true
     }
-    METRICS.audio_encoders.fetch_sub(last_counts.0, Relaxed);
-    METRICS.video_encoders.fetch_sub(last_counts.1, Relaxed);
-    tracing::info!(room, "media thread stopped");
+}
+
+impl Drop for RoomTask {
+    fn drop(&mut self) {
+        METRICS
+            .audio_encoders
+            .fetch_sub(self.last_counts.0, Relaxed);
+        METRICS
+            .video_encoders
+            .fetch_sub(self.last_counts.1, Relaxed);
+        tracing::info!(room = self.room, "room media stopped");
+    }
+}
+
+/// The media workers: one thread per core, taking rooms from one shared queue ordered by when
+/// their tick is due. Any idle worker runs the most overdue room (not one bound to a worker: three
+/// rooms due at once on one worker while the other idles would each wait for the others).
+pub struct Workers {
+    queue: std::sync::Mutex<Queue>,
+    /// Signalled when a room is queued (a worker waiting for a later one re-checks).
+    ready: std::sync::Condvar,
+    threads: usize,
+}
+
+/// Rooms waiting for their next tick (those being ticked are out of it), earliest first.
+#[derive(Default)]
+struct Queue {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Queued>>,
+    /// Rooms live on the workers: queued plus being ticked.
+    rooms: usize,
+    seq: u64,
+}
+
+/// A room in the queue; ordered by due time, then by arrival.
+struct Queued {
+    next: Instant,
+    seq: u64,
+    task: Box<RoomTask>,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.next, self.seq) == (o.next, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.next, self.seq).cmp(&(o.next, o.seq))
+    }
+}
+
+impl Queue {
+    fn push(&mut self, task: Box<RoomTask>) {
+        self.seq += 1;
+        self.heap.push(std::cmp::Reverse(Queued {
+            next: task.next,
+            seq: self.seq,
+            task,
+        }));
+    }
+}
+
+/// How many media workers run: `MCU_MEDIA_WORKERS`, else one per core.
+fn worker_count() -> usize {
+    std::env::var("MCU_MEDIA_WORKERS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// The process's media workers, started with the first room.
+pub fn workers() -> &'static Workers {
+    static WORKERS: std::sync::OnceLock<Workers> = std::sync::OnceLock::new();
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    let w = WORKERS.get_or_init(|| Workers {
+        queue: std::sync::Mutex::new(Queue::default()),
+        ready: std::sync::Condvar::new(),
+        threads: worker_count(),
+    });
+    STARTED.call_once(|| {
+        tracing::info!(workers = w.threads, "media workers started");
+        for i in 0..w.threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("media-{i}"))
+                .spawn(move || {
+                    raise_priority("media worker");
+                    w.work()
+                });
+            if let Err(e) = spawned {
+                // The others run every room; none at all shows in the rooms' missed ticks.
+                tracing::error!(worker = i, error = %e, "cannot start a media worker thread");
+            }
+        }
+    });
+    w
+}
+
+impl Workers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // The queue holds plain data; a panic in a room's tick happens outside the lock.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a new room.
+    fn assign(&self, task: RoomTask) -> Result<(), String> {
+        let mut q = self.lock();
+        q.rooms += 1;
+        q.push(Box::new(task));
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Rooms running on the workers.
+    pub fn rooms(&self) -> usize {
+        self.lock().rooms
+    }
+
+    /// A worker's loop: takes the room due first, waiting until it is due (or an earlier one is
+    /// queued), ticks it outside the lock, and queues it again unless it ended.
+    fn work(&self) {
+        let mut q = self.lock();
+        loop {
+            let due = q.heap.peek().map(|r| r.0.next);
+            match due {
+                None => {
+                    q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                Some(due) => {
+                    let now = Instant::now();
+                    if due > now {
+                        q = self
+                            .ready
+                            .wait_timeout(q, due - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                        continue;
+                    }
+                }
+            }
+            let Some(std::cmp::Reverse(Queued { mut task, .. })) = q.heap.pop() else {
+                continue;
+            };
+            drop(q);
+            let alive = task.step();
+            q = self.lock();
+            if alive {
+                q.push(task);
+                // Another worker may be waiting for a later room than this one.
+                self.ready.notify_one();
+            } else {
+                q.rooms -= 1;
+                drop(q);
+                drop(task);
+                q = self.lock();
+            }
+        }
+    }
 }
 
 /// Hands one tick's output to its receivers, sinks and the session events.
@@ -752,5 +941,39 @@ mod tests {
         })
         .await;
         assert!(closed.is_ok(), "the Remove was applied under the flood");
+    }
+
+    #[tokio::test]
+    async fn rooms_all_tick_on_the_workers_and_leave_them_when_dropped() {
+        let n = workers().threads;
+        let mut rooms = Vec::new();
+        let mut outs = Vec::new();
+        for i in 0..(3 * n) as u64 {
+            let (events, _rx) = mpsc::channel(EVENT_QUEUE);
+            let h =
+                MediaHandle::start(&format!("pool-{i}"), MediaConfig::default(), events).unwrap();
+            let (out, rx) = mpsc::channel(OUTPUT_QUEUE);
+            h.command(Command::Add {
+                key: 1,
+                publishes: false,
+                out,
+                link: LinkState::new(),
+            });
+            rooms.push(h);
+            outs.push(rx);
+        }
+        assert!(workers().rooms() >= 3 * n, "{}", workers().rooms());
+        // Every room ticks: each receiver gets its mix.
+        for rx in &mut outs {
+            let got = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+            assert!(matches!(got, Ok(Some(Output::Audio { .. }))), "{got:?}");
+        }
+        drop(rooms);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while workers().rooms() >= 3 * n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Ours left the workers (what remains is other tests' rooms).
+        assert!(workers().rooms() < 3 * n, "{}", workers().rooms());
     }
 }
