@@ -125,6 +125,25 @@ fn append(path: &Path, data: &[u8]) {
         .unwrap();
 }
 
+/// A running recording's row, object key, file path (in `dir`) and uploader.
+async fn recording(
+    store: &Store,
+    s3: &ObjectStore,
+    dir: &Path,
+    room: &str,
+) -> (uuid::Uuid, String, std::path::PathBuf, Uploader) {
+    let id = uuid::Uuid::new_v4();
+    let file = format!("{id}.webm");
+    store
+        .create_recording(id, room, &file, chrono::Utc::now(), Some("n1"))
+        .await
+        .unwrap();
+    let key = s3.key_of(&file);
+    let path = dir.join(format!("{room}.webm"));
+    let up = Uploader::new(s3.clone(), store.clone(), id, key.clone(), path.clone());
+    (id, key, path, up)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploader_follows_a_growing_file_and_a_dead_writer_is_salvaged() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,21 +159,8 @@ async fn uploader_follows_a_growing_file_and_a_dead_writer_is_salvaged() {
         .unwrap();
 
     // A writer that dies at 12 MiB: two parts, and the rest in tail objects.
-    let id = uuid::Uuid::new_v4();
-    store
-        .create_recording(
-            id,
-            "r",
-            &format!("{id}.webm"),
-            chrono::Utc::now(),
-            Some("n1"),
-        )
-        .await
-        .unwrap();
-    let key = s3.key_of(&format!("{id}.webm"));
-    let path = dir.path().join("dying.webm");
+    let (id, key, path, mut up) = recording(&store, &s3, dir.path(), "dying").await;
     let data = noise(12 * MIB + 12_345, 7);
-    let mut up = Uploader::new(s3.clone(), store.clone(), id, key.clone(), path.clone());
     let mut at = 0usize;
     for step in [MIB as usize, 3 * MIB as usize, 7 * MIB as usize, data.len()] {
         append(&path, &data[at..step]);
@@ -187,21 +193,8 @@ async fn uploader_follows_a_growing_file_and_a_dead_writer_is_salvaged() {
     );
 
     // A writer that finishes: 17 MiB, and its first part written over at the end.
-    let id = uuid::Uuid::new_v4();
-    store
-        .create_recording(
-            id,
-            "s",
-            &format!("{id}.webm"),
-            chrono::Utc::now(),
-            Some("n1"),
-        )
-        .await
-        .unwrap();
-    let key = s3.key_of(&format!("{id}.webm"));
-    let path = dir.path().join("finishing.webm");
+    let (_, key, path, mut up) = recording(&store, &s3, dir.path(), "finishing").await;
     let mut data = noise(17 * MIB, 11);
-    let mut up = Uploader::new(s3.clone(), store.clone(), id, key.clone(), path.clone());
     append(&path, &data[..11 * MIB as usize]);
     up.checkpoint().await.unwrap();
     append(&path, &data[11 * MIB as usize..]);
