@@ -151,6 +151,9 @@ pub enum Command {
     },
     /// A receiver asked for a keyframe (PLI/FIR).
     Keyframe(ParticipantKey),
+    /// Tests only: the room's tick panics (a bug in the media code).
+    #[cfg(test)]
+    Panic,
 }
 
 /// Media packets from the participants' receive tasks.
@@ -718,7 +721,16 @@ impl Workers {
                 continue;
             };
             drop(q);
-            let alive = task.step();
+            // A bug that panics in one room's tick ends that room's media, not the worker and
+            // the other rooms on it.
+            let alive = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.step()))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        room = task.room,
+                        "room media panicked; its media stops, the other rooms go on"
+                    );
+                    false
+                });
             q = self.lock();
             if alive {
                 q.push(task);
@@ -894,6 +906,8 @@ fn apply(
             }
         }
         Command::Keyframe(key) => media.request_keyframe(key),
+        #[cfg(test)]
+        Command::Panic => panic!("a room's media panicked (test)"),
     }
 }
 
@@ -975,5 +989,41 @@ mod tests {
         }
         // Ours left the workers (what remains is other tests' rooms).
         assert!(workers().rooms() < 3 * n, "{}", workers().rooms());
+    }
+
+    #[tokio::test]
+    async fn a_room_that_panics_stops_alone() {
+        let n = workers().threads;
+        // More rooms panicking than there are workers: each worker survives its panic.
+        let mut doomed = Vec::new();
+        for i in 0..=n {
+            let (events, _rx) = mpsc::channel(EVENT_QUEUE);
+            let h =
+                MediaHandle::start(&format!("doomed-{i}"), MediaConfig::default(), events).unwrap();
+            h.command(Command::Panic);
+            doomed.push(h);
+        }
+        let (events, _rx) = mpsc::channel(EVENT_QUEUE);
+        let h = MediaHandle::start("survivor", MediaConfig::default(), events).unwrap();
+        let (out, mut rx) = mpsc::channel(OUTPUT_QUEUE);
+        h.command(Command::Add {
+            key: 1,
+            publishes: false,
+            out,
+            link: LinkState::new(),
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while rx.try_recv().is_ok() {}
+        // A second of ticks after the panics: about 50 mixes.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut mixes = 0;
+        while let Ok(o) = rx.try_recv() {
+            mixes += usize::from(matches!(o, Output::Audio { .. }));
+        }
+        assert!(
+            mixes >= 40,
+            "{mixes} mixes in a second after {} rooms panicked",
+            n + 1
+        );
     }
 }
