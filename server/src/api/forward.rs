@@ -170,12 +170,22 @@ async fn read_body(payload: &mut actix_web::dev::Payload) -> Result<web::Bytes, 
     Ok(body.freeze())
 }
 
-/// The live participant count of `room` as node `base` (its host) sees it; `None` if it does
-/// not answer.
-pub async fn active_participants(state: &AppState, base: &str, room: &str) -> Option<u32> {
-    let url = format!("{}/api/v1/rooms/{room}", base.trim_end_matches('/'));
+/// Node `base`'s live participant counts of the rooms on one page of `GET /rooms` (the same
+/// `limit` and `cursor`), by room name; `None` if it does not answer.
+pub async fn room_counts(
+    state: &AppState,
+    base: &str,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Option<std::collections::HashMap<String, u32>> {
+    let url = format!("{}/api/v1/rooms", base.trim_end_matches('/'));
+    let mut query = vec![("limit", limit.to_string())];
+    if let Some(c) = cursor {
+        query.push(("cursor", c.to_string()));
+    }
     let answer = client()
         .get(&url)
+        .query(&query)
         .header(INTERNAL_HEADER, &state.internal_key)
         .send()
         .await
@@ -183,13 +193,20 @@ pub async fn active_participants(state: &AppState, base: &str, room: &str) -> Op
     let body: serde_json::Value = match answer {
         Ok(a) => a.json().await.ok()?,
         Err(e) => {
-            tracing::warn!(%url, error = %e, "cannot ask the hosting node for a room's participants");
+            tracing::warn!(%url, error = %e, "cannot ask a node for its rooms' participants");
             return None;
         }
     };
-    body["active_participants"]
-        .as_u64()
-        .and_then(|n| u32::try_from(n).ok())
+    Some(
+        body["rooms"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| {
+                let n = u32::try_from(r["active_participants"].as_u64()?).ok()?;
+                Some((r["name"].as_str()?.to_string(), n))
+            })
+            .collect(),
+    )
 }
 
 fn client() -> &'static reqwest::Client {

@@ -448,6 +448,7 @@ pub async fn create_room(
 pub async fn list_rooms(
     _admin: AdminAuth,
     state: web::Data<AppState>,
+    req: HttpRequest,
     query: web::Query<ListRoomsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -459,34 +460,55 @@ pub async fn list_rooms(
         .into_iter()
         .map(|r| room_json(&state, r))
         .collect();
-    live_counts_elsewhere(&state, &mut rooms).await?;
+    // Asked by another node for this node's counts: answered with them alone.
+    if !req.headers().contains_key(super::forward::INTERNAL_HEADER) {
+        live_counts_elsewhere(&state, &mut rooms, limit, cursor).await?;
+    }
     Ok(HttpResponse::Ok().json(RoomList {
         rooms,
         next_cursor: page.next_cursor,
     }))
 }
 
-/// Several nodes: the live participant counts of the rooms other live nodes host, asked of
-/// them (one call per such room, all at once). A node that does not answer leaves 0.
-async fn live_counts_elsewhere(state: &AppState, rooms: &mut [Room]) -> Result<(), ApiError> {
+/// Several nodes: the live participant counts of the rooms other live nodes host on this page,
+/// asked of them: each such node answers the same page (same `limit` and `cursor`) with its own
+/// counts, all at once. A node that does not answer leaves 0.
+async fn live_counts_elsewhere(
+    state: &AppState,
+    rooms: &mut [Room],
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<(), ApiError> {
     let here = state.cluster.node_id.as_str();
     let elsewhere = |r: &Room| r.node_id.as_deref().is_some_and(|n| n != here);
     if state.store.backend() == "sqlite" || !rooms.iter().any(elsewhere) {
         return Ok(());
     }
     let nodes = state.cluster.nodes(&state.store).await?;
-    let asks = rooms.iter_mut().filter_map(|room| {
-        let node = nodes.iter().find(|n| {
-            room.node_id.as_deref() == Some(n.id.as_str()) && n.id != here && n.status != "dead"
-        })?;
-        Some(async move {
-            if let Some(n) = super::forward::active_participants(state, &node.url, &room.name).await
-            {
+    let hosts: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.id != here && n.status != "dead")
+        .filter(|n| {
+            rooms
+                .iter()
+                .any(|r| r.node_id.as_deref() == Some(n.id.as_str()))
+        })
+        .collect();
+    let asks = hosts.iter().map(|n| async move {
+        let counts = super::forward::room_counts(state, &n.url, limit, cursor).await;
+        (n.id.as_str(), counts)
+    });
+    for (node, counts) in futures_util::future::join_all(asks).await {
+        let Some(counts) = counts else { continue };
+        for room in rooms
+            .iter_mut()
+            .filter(|r| r.node_id.as_deref() == Some(node))
+        {
+            if let Some(&n) = counts.get(&room.name) {
                 room.active_participants = n;
             }
-        })
-    });
-    futures_util::future::join_all(asks).await;
+        }
+    }
     Ok(())
 }
 
