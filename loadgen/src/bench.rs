@@ -237,6 +237,9 @@ pub struct Scenario {
     pub max_tiles: usize,
     /// Of which receive through a constrained link (the first ones, in-process shaping).
     pub shaped: usize,
+    /// Senders follow the server's `video_constraints` (else they always send the full size,
+    /// as a client that ignores them does).
+    pub honour_limits: bool,
     /// That link.
     pub shape: Option<LinkShape>,
 }
@@ -357,7 +360,9 @@ pub async fn run_scenario(server: &Server, name: &str, sc: Scenario) -> anyhow::
         let room = format!("{name}-{r}");
         server.create_room(&room).await?;
         // One id table per room (ids repeat across rooms); only the first room has probes.
-        let shared = Shared::new(sc.per_room.max(1)).with_max_tiles(sc.max_tiles);
+        let shared = Shared::new(sc.per_room.max(1))
+            .with_max_tiles(sc.max_tiles)
+            .honouring_limits(sc.honour_limits);
         tasks.extend(join_room(server.target(&room), &sc, &cast, shared, &stop_rx, r == 0).await);
     }
     // Settle, then measure over the hold.

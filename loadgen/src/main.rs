@@ -52,6 +52,10 @@ enum Cmd {
         /// The constrained link's random loss, 0..1.
         #[arg(long, default_value_t = 0.02)]
         shape_loss: f64,
+        /// Video senders ignore the server's `video_constraints` and always send 640x360 (what
+        /// a client that does not honour them costs the server).
+        #[arg(long)]
+        ignore_video_constraints: bool,
     },
     /// Start the server and run the benchmark scenarios.
     Bench {
@@ -76,6 +80,10 @@ enum Cmd {
         /// The Janus binary for the AudioBridge comparison (path or name on PATH).
         #[arg(long, default_value = "janus")]
         janus: String,
+        /// Video senders ignore the server's `video_constraints` and always send 640x360 (what
+        /// a client that does not honour them costs the server).
+        #[arg(long)]
+        ignore_video_constraints: bool,
     },
 }
 
@@ -152,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             shaped,
             shape_kbps,
             shape_loss,
+            ignore_video_constraints,
         } => {
             let shape = loadgen::shaper::LinkShape {
                 kbps: shape_kbps,
@@ -169,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
                 max_tiles: 25,
                 shaped,
                 shape: (shaped > 0).then_some(shape),
+                honour_limits: !ignore_video_constraints,
             };
             let reports = run_external(&url, &api_key, &room, server_like).await?;
             let (weak, rest): (Vec<_>, Vec<_>) = reports.into_iter().partition(|r| r.shaped);
@@ -189,6 +199,7 @@ async fn main() -> anyhow::Result<()> {
             video_sizes,
             hold,
             janus,
+            ignore_video_constraints,
         } => {
             let (audio_sizes, video_sizes, hold) = if smoke {
                 (vec![3], vec![3], 4)
@@ -221,6 +232,7 @@ async fn main() -> anyhow::Result<()> {
                     max_tiles: 25,
                     shaped: 0,
                     shape: None,
+                    honour_limits: !ignore_video_constraints,
                 };
                 let s = Server::start(&server, &[]).await?;
                 let row = bench::run_scenario(&s, &format!("audio-{n}"), sc).await?;
@@ -250,6 +262,7 @@ async fn main() -> anyhow::Result<()> {
                     max_tiles: 16,
                     shaped: 0,
                     shape: None,
+                    honour_limits: !ignore_video_constraints,
                 };
                 let row = bench::run_scenario(&s, &format!("video-{n}"), sc).await?;
                 eprintln!("{}", table_row(&row));
@@ -268,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
                 max_tiles: 25,
                 shaped: 0,
                 shape: None,
+                honour_limits: !ignore_video_constraints,
             };
             let row = bench::run_scenario(&s, &format!("{rooms}-rooms-of-{per}"), sc).await?;
             // Stopped before the next one starts: the idle-rooms figure is one server's CPU.
@@ -293,13 +307,18 @@ async fn main() -> anyhow::Result<()> {
             let _ = writeln!(md, "# Benchmarks\n");
             let _ = writeln!(
                 md,
-                "Written by `cargo run --release -p loadgen -- bench{}` on {}.\n",
+                "Written by `cargo run --release -p loadgen -- bench{}{}` on {}.\n",
                 if smoke { " --smoke" } else { "" },
+                if ignore_video_constraints {
+                    " --ignore-video-constraints"
+                } else {
+                    ""
+                },
                 machine()
             );
             let _ = writeln!(
                 md,
-                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus with RFC 6464 audio levels (3 talkers: 600 ms bursts every 3 s; the rest silence) and camera-like VP8 (640x360@15 at 600 kbit/s: the participant's colour under a moving texture with fresh sensor noise every frame, and bit blocks carrying its id and a frame counter), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15 with the server's default tiers; the video rows run the server with `MCU_MAX_TILES=16` (16 visible tiles, only those decoded). Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
+                "Synthetic participants (`loadgen/`) join through the real REST + WebSocket API, send pre-encoded Opus with RFC 6464 audio levels (3 talkers: 600 ms bursts every 3 s; the rest silence) and camera-like VP8 (640x360@15 at 600 kbit/s: the participant's colour under a moving texture with fresh sensor noise every frame, and bit blocks carrying its id and a frame counter; also pre-encoded at 320x180 / 200 kbit/s and 160x90 / 80 kbit/s, and they send the smallest that fills the tile the server's `video_constraints` names, or nothing while not shown, unless `--ignore-video-constraints`), and measure what comes back. They run in the same process on the same 2 cores as the server; the server's CPU is read from /proc for its process alone. Composite 640x360@15 with the server's default tiers; the video rows run the server with `MCU_MAX_TILES=16` (16 visible tiles, only those decoded). Latencies include loopback, the server's jitter buffer and tick, encode, and the probe's decode.\n"
             );
             if let Some(v) = &janus_version {
                 let _ = writeln!(
@@ -416,8 +435,8 @@ async fn run_external(
     };
     let cast = bench::Cast::new(&sc)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let tasks =
-        bench::join_room(target, &sc, &cast, Shared::new(sc.per_room), &stop_rx, true).await;
+    let shared = Shared::new(sc.per_room).honouring_limits(sc.honour_limits);
+    let tasks = bench::join_room(target, &sc, &cast, shared, &stop_rx, true).await;
     tokio::time::sleep(std::time::Duration::from_secs(sc.hold_s)).await;
     Ok(bench::finish(stop_tx, tasks).await)
 }

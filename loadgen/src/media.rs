@@ -8,7 +8,9 @@
 //!   real camera costs them, not what a flat colour does), with two rows of bit blocks drawn in:
 //!   the participant's id and a frame counter, readable back from the composite after scaling
 //!   (see [`read_marks`]). Encoded at [`VIDEO_KBPS`], a keyframe every [`KEYFRAME_EVERY`] frames,
-//!   since a replayed stream cannot answer PLI with a fresh keyframe.
+//!   since a replayed stream cannot answer PLI with a fresh keyframe. Also at half and a quarter
+//!   of that size (the same pictures scaled down, as a browser scales its camera), so that the
+//!   participant can send what the server's `video_constraints` ask ([`Camera::layer_for`]).
 
 use mixer::{I420Frame, OpusEncoder, Vp8Encoder, Vp8EncoderConfig, Yuv};
 use std::sync::Arc;
@@ -90,10 +92,25 @@ impl Voice {
     }
 }
 
-/// Pre-encoded video loop.
-pub struct Camera {
-    /// (frame, keyframe), frame `i` shows counter `i`.
+/// The sizes of the pre-encoded loop, largest first: (width, height, kbit/s).
+pub const LAYERS: [(u32, u32, u32); 3] =
+    [(WIDTH, HEIGHT, VIDEO_KBPS), (320, 180, 200), (160, 90, 80)];
+
+/// One size of the pre-encoded video loop.
+pub struct Layer {
+    /// Width of its pictures.
+    pub width: u32,
+    /// Height of its pictures.
+    pub height: u32,
+    /// (frame, keyframe), frame `i` shows counter `i`; keyframes at the same frames in every
+    /// layer, so that a sender can switch at any of them.
     pub frames: Vec<(Arc<[u8]>, bool)>,
+}
+
+/// Pre-encoded video loop, at each of [`LAYERS`].
+pub struct Camera {
+    /// Largest first.
+    pub layers: Vec<Layer>,
 }
 
 /// A distinct colour for participant `id` (hue circle, bright enough to read marks on).
@@ -160,11 +177,34 @@ fn camera_like(f: &mut I420Frame, id: u32, i: u32, seed: &mut u32) {
 }
 
 impl Camera {
-    /// Encodes the loop for participant `id`.
+    /// Encodes the loop for participant `id` at every size of [`LAYERS`].
     pub fn new(id: u32) -> anyhow::Result<Camera> {
-        let cfg = Vp8EncoderConfig::realtime(WIDTH, HEIGHT, FPS, VIDEO_KBPS);
-        let mut enc = Vp8Encoder::new(cfg)?;
-        let mut frames = Vec::with_capacity(VIDEO_LOOP);
+        let mut layers = Vec::with_capacity(LAYERS.len());
+        let mut encoders = Vec::with_capacity(LAYERS.len());
+        let mut scaled = Vec::with_capacity(LAYERS.len());
+        for (w, h, kbps) in LAYERS {
+            encoders.push(Vp8Encoder::new(Vp8EncoderConfig::realtime(
+                w, h, FPS, kbps,
+            ))?);
+            scaled.push(if (w, h) == (WIDTH, HEIGHT) {
+                None
+            } else {
+                let black = Yuv {
+                    y: 16,
+                    u: 128,
+                    v: 128,
+                };
+                Some((
+                    mixer::Scaler::new(WIDTH, HEIGHT, w, h)?,
+                    I420Frame::new(w, h, black)?,
+                ))
+            });
+            layers.push(Layer {
+                width: w,
+                height: h,
+                frames: Vec::with_capacity(VIDEO_LOOP),
+            });
+        }
         let mut f = I420Frame::new(WIDTH, HEIGHT, colour(id))?;
         let rh = (HEIGHT / 6) & !1;
         let mut seed = id.wrapping_mul(2_654_435_761) | 1;
@@ -172,16 +212,75 @@ impl Camera {
             camera_like(&mut f, id, i as u32, &mut seed);
             draw_row(&mut f, (HEIGHT * 2 / 8) & !1, rh, id_bits(id));
             draw_row(&mut f, (HEIGHT * 5 / 8) & !1, rh, i as u32);
-            if i % KEYFRAME_EVERY == 0 {
-                enc.force_keyframe();
+            for ((enc, scaler), layer) in encoders.iter_mut().zip(&mut scaled).zip(&mut layers) {
+                let picture = match scaler {
+                    Some((s, small)) => {
+                        s.scale(&f.view(), small)?;
+                        &*small
+                    }
+                    None => &f,
+                };
+                if i % KEYFRAME_EVERY == 0 {
+                    enc.force_keyframe();
+                }
+                // Keep asking until the encoder yields the frame (it may buffer none in realtime).
+                let out = enc
+                    .encode(picture, (i as i64) * 1000 / FPS as i64)?
+                    .ok_or_else(|| anyhow::anyhow!("encoder produced no frame"))?;
+                layer.frames.push((out.data, out.keyframe));
             }
-            // Keep asking until the encoder yields the frame (it may buffer none in realtime).
-            let out = enc
-                .encode(&f, (i as i64) * 1000 / FPS as i64)?
-                .ok_or_else(|| anyhow::anyhow!("encoder produced no frame"))?;
-            frames.push((out.data, out.keyframe));
         }
-        Ok(Camera { frames })
+        Ok(Camera { layers })
+    }
+
+    /// The layer to send under the server's `video_constraints` (`None`: none received yet,
+    /// send the largest): the smallest one that still fills the box it is shown in (the
+    /// picture is fitted inside the box, aspect kept); `None` when it is not shown at all.
+    pub fn layer_for(&self, limit: Option<&SendLimit>) -> Option<usize> {
+        let Some(l) = limit else {
+            return Some(0);
+        };
+        if !l.active || l.max_width == 0 || l.max_height == 0 {
+            return None;
+        }
+        // How much smaller than the camera the picture is shown.
+        let factor = (f64::from(WIDTH) / f64::from(l.max_width))
+            .max(f64::from(HEIGHT) / f64::from(l.max_height))
+            .max(1.0);
+        let shown_width = f64::from(WIDTH) / factor;
+        let fits = |layer: &&Layer| f64::from(layer.width) >= shown_width * 0.99;
+        Some(
+            self.layers
+                .iter()
+                .rposition(|layer| fits(&layer))
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// A server's `video_constraints` message, as the synthetic participant reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimit {
+    /// Shown at all.
+    pub active: bool,
+    /// Box the picture is shown in.
+    pub max_width: u32,
+    /// See `max_width`.
+    pub max_height: u32,
+}
+
+impl SendLimit {
+    /// Reads `{"type":"video_constraints",…}`; `None` for anything else.
+    pub fn from_message(v: &serde_json::Value) -> Option<SendLimit> {
+        if v["type"] != "video_constraints" {
+            return None;
+        }
+        let dim = |k: &str| v[k].as_u64().and_then(|x| u32::try_from(x).ok());
+        Some(SendLimit {
+            active: v["active"].as_bool()?,
+            max_width: dim("max_width")?,
+            max_height: dim("max_height")?,
+        })
     }
 }
 
@@ -240,19 +339,15 @@ mod tests {
     #[test]
     fn marks_survive_encode_decode_and_scaling() {
         let cam = Camera::new(13).unwrap();
-        assert!(cam.frames[0].1 && cam.frames[KEYFRAME_EVERY].1 && !cam.frames[1].1);
+        let frames = &cam.layers[0].frames;
+        assert!(frames[0].1 && frames[KEYFRAME_EVERY].1 && !frames[1].1);
         // Camera-like, not a flat colour: inter frames cost about what the bitrate allows
         // (600 kbit/s at 15 fps is 5 000 bytes a frame; a flat colour takes tens of bytes).
-        let inter: Vec<usize> = cam
-            .frames
-            .iter()
-            .filter(|f| !f.1)
-            .map(|f| f.0.len())
-            .collect();
+        let inter: Vec<usize> = frames.iter().filter(|f| !f.1).map(|f| f.0.len()).collect();
         let mean = inter.iter().sum::<usize>() / inter.len();
         assert!(mean > 2_500, "mean inter frame {mean} bytes");
         let mut dec = mixer::Vp8Decoder::new().unwrap();
-        for (i, (data, _)) in cam.frames.iter().enumerate().take(40) {
+        for (i, (data, _)) in frames.iter().enumerate().take(40) {
             let pic = dec.decode(data).unwrap().expect("picture");
             let view = mixer::I420View::from_video(pic).unwrap();
             let frame = I420Frame::from_view(&view).unwrap();
@@ -274,16 +369,59 @@ mod tests {
         )
         .unwrap();
         let mut scaler = mixer::Scaler::new(WIDTH, HEIGHT, 128, 72).unwrap();
-        let pic = dec
-            .decode(&cam.frames[KEYFRAME_EVERY].0)
-            .unwrap()
-            .expect("pic");
+        let pic = dec.decode(&frames[KEYFRAME_EVERY].0).unwrap().expect("pic");
         let view = mixer::I420View::from_video(pic).unwrap();
         scaler.scale(&view, &mut small).unwrap();
         let (y, _, _) = small.planes();
         assert_eq!(
             read_marks(y, 128, 0, 0, 128, 72),
             Some((13, KEYFRAME_EVERY as u32))
+        );
+    }
+
+    #[test]
+    fn smaller_layers_carry_the_same_marks_and_keyframes_and_follow_the_limit() {
+        let cam = Camera::new(7).unwrap();
+        assert_eq!(cam.layers.len(), LAYERS.len());
+        for layer in &cam.layers[1..] {
+            let mut dec = mixer::Vp8Decoder::new().unwrap();
+            for (i, (data, kf)) in layer.frames.iter().enumerate().take(31) {
+                assert_eq!(*kf, cam.layers[0].frames[i].1, "keyframes line up");
+                let pic = dec.decode(data).unwrap().expect("picture");
+                let frame =
+                    I420Frame::from_view(&mixer::I420View::from_video(pic).unwrap()).unwrap();
+                assert_eq!((frame.width(), frame.height()), (layer.width, layer.height));
+                let (y, _, _) = frame.planes();
+                let (w, h) = (layer.width, layer.height);
+                assert_eq!(read_marks(y, w as usize, 0, 0, w, h), Some((7, i as u32)));
+            }
+        }
+        // A smaller picture costs fewer bytes.
+        let bytes = |l: &Layer| l.frames.iter().map(|f| f.0.len()).sum::<usize>();
+        assert!(bytes(&cam.layers[1]) * 2 < bytes(&cam.layers[0]));
+        let limit = |w, h| SendLimit {
+            active: true,
+            max_width: w,
+            max_height: h,
+        };
+        assert_eq!(cam.layer_for(None), Some(0), "nothing asked yet: full size");
+        assert_eq!(cam.layer_for(Some(&limit(640, 360))), Some(0));
+        // Two in a grid: a 320x360 cell shows a 320x180 picture.
+        assert_eq!(cam.layer_for(Some(&limit(320, 360))), Some(1));
+        assert_eq!(cam.layer_for(Some(&limit(400, 240))), Some(0));
+        assert_eq!(cam.layer_for(Some(&limit(212, 120))), Some(1));
+        assert_eq!(cam.layer_for(Some(&limit(128, 72))), Some(2));
+        let off = SendLimit {
+            active: false,
+            ..limit(0, 0)
+        };
+        assert_eq!(cam.layer_for(Some(&off)), None);
+        let msg = serde_json::json!({"type": "video_constraints", "active": true,
+            "max_width": 320, "max_height": 360, "max_kbps": 800});
+        assert_eq!(SendLimit::from_message(&msg), Some(limit(320, 360)));
+        assert_eq!(
+            SendLimit::from_message(&serde_json::json!({"type": "chat"})),
+            None
         );
     }
 

@@ -6,7 +6,7 @@
 //! shared with the Janus AudioBridge participant in [`crate::janus`], so both sides of the
 //! comparison send and measure exactly the same way.
 
-use crate::media::{Camera, FPS, Schedule, VIDEO_LOOP, Voice, read_marks};
+use crate::media::{Camera, FPS, Schedule, SendLimit, VIDEO_LOOP, Voice, read_marks};
 use crate::shaper::{LinkShape, ShapedLink};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
@@ -81,6 +81,8 @@ pub struct Shared {
     pub in_room: AtomicUsize,
     /// Tiles the server's grid shows at most (`MCU_MAX_TILES`).
     pub max_tiles: usize,
+    /// Video senders follow the server's `video_constraints`.
+    pub honour_limits: bool,
 }
 
 impl Shared {
@@ -92,6 +94,7 @@ impl Shared {
             bursts: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             in_room: AtomicUsize::new(0),
             max_tiles: mixer::MAX_GRID_TILES,
+            honour_limits: true,
         })
     }
 
@@ -103,6 +106,17 @@ impl Shared {
                 Arc::new(s)
             }
             Err(shared) => shared, // already shared: keep as is
+        }
+    }
+
+    /// The same, with video senders that follow the server's `video_constraints` or not.
+    pub fn honouring_limits(self: Arc<Self>, honour: bool) -> Arc<Shared> {
+        match Arc::try_unwrap(self) {
+            Ok(mut s) => {
+                s.honour_limits = honour;
+                Arc::new(s)
+            }
+            Err(shared) => shared,
         }
     }
 }
@@ -494,6 +508,8 @@ async fn session(
     pc.set_local_description(offer).await?;
 
     let mut senders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    // The server's latest `video_constraints` (the video sender follows it).
+    let (limit_tx, limit_rx) = tokio::sync::watch::channel(None::<SendLimit>);
     shared.in_room.fetch_add(1, Ordering::Relaxed);
     let result: anyhow::Result<()> = async {
         loop {
@@ -511,7 +527,7 @@ async fn session(
                             senders.push(tokio::spawn(send_audio(audio.clone(), apt, voice.clone(), *spec, shared.clone())));
                             if let (Some((vt, vs)), Some(cam)) = (&video, &camera) {
                                 let vpt = payload_type(vs).await?;
-                                senders.push(tokio::spawn(send_video(vt.clone(), vpt, cam.clone(), spec.id, shared.clone())));
+                                senders.push(tokio::spawn(send_video(vt.clone(), vpt, cam.clone(), spec.id, shared.clone(), limit_rx.clone())));
                             }
                         }
                         Some("candidate") => {
@@ -524,6 +540,9 @@ async fn session(
                                 };
                                 pc.add_ice_candidate(init).await?;
                             }
+                        }
+                        Some("video_constraints") if shared.honour_limits => {
+                            let _ = limit_tx.send(SendLimit::from_message(&v));
                         }
                         Some("error") => anyhow::bail!("server error: {v}"),
                         Some("closed") => anyhow::bail!("closed by the server: {v}"),
@@ -591,12 +610,15 @@ pub(crate) async fn send_audio(
     }
 }
 
+/// Sends the camera loop at 15 fps, at the size the server's `video_constraints` ask (switching
+/// at the next keyframe, as a browser's encoder restarts on one), or nothing while not shown.
 async fn send_video(
     track: Arc<TrackLocalStaticSample>,
     pt: u8,
     cam: Arc<Camera>,
     id: u32,
     shared: Arc<Shared>,
+    limit: tokio::sync::watch::Receiver<Option<SendLimit>>,
 ) {
     let Some(&ssrc) = track.ssrcs().await.first() else {
         return;
@@ -604,12 +626,20 @@ async fn send_video(
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / FPS as u64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut i = 0usize;
+    let mut layer = Some(0);
     loop {
         tick.tick().await;
         let now = Instant::now();
-        let (data, _) = &cam.frames[i % VIDEO_LOOP];
+        let frame_no = i % VIDEO_LOOP;
+        i += 1;
+        let want = cam.layer_for(limit.borrow().as_ref());
+        if want != layer && (want.is_none() || cam.layers[0].frames[frame_no].1) {
+            layer = want;
+        }
+        let Some(l) = layer else { continue };
+        let (data, _) = &cam.layers[l].frames[frame_no];
         if let Some(v) = shared.video_sent.get(id as usize) {
-            v.lock()[i % VIDEO_LOOP] = Some(now);
+            v.lock()[frame_no] = Some(now);
         }
         let s = rtc::media::Sample {
             data: bytes::Bytes::copy_from_slice(data),
@@ -617,7 +647,6 @@ async fn send_video(
             ..rtc::media::Sample::new(now)
         };
         let _ = track.write_sample(ssrc, pt, &s, &[]).await;
-        i += 1;
     }
 }
 

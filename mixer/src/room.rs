@@ -31,11 +31,12 @@ use crate::compositor::{Compositor, Tile, TileContent};
 use crate::image::I420Frame;
 use crate::image::I420View;
 use crate::jitter::{JitterStats, PushOutcome};
-use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, layout};
+use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, Rect, layout};
 use crate::mix::AudioMixer;
 use crate::opus_codec::OpusEncoder;
 use crate::playout::{AudioInput, Tick};
 use crate::scale::Scaler;
+use crate::send_limit::{LimitState, SendLimit};
 use crate::tier::{ProbeState, TierShape, next_tier, tier_shape};
 use crate::vp8_decoder::{Vp8Decoder, input_size_ok, is_vp8_keyframe, vp8_keyframe_size};
 use crate::vpx::{EncodedFrame, Vp8Encoder, Vp8EncoderConfig};
@@ -102,6 +103,9 @@ pub struct TickOutput {
     /// Receivers whose video paused (`true`: the estimate cannot carry the lowest tier next to
     /// audio) or resumed (`false`) since the last tick.
     pub video_paused_changed: Vec<(ParticipantKey, bool)>,
+    /// Publishers told how much video to send ([`crate::send_limit`]): on video ticks, when the
+    /// limit changes (at once when it grows, after it held a while when it shrinks).
+    pub send_limits: Vec<(ParticipantKey, SendLimit)>,
 }
 
 /// Counters and gauges of a room.
@@ -196,6 +200,8 @@ struct Participant {
     wants_keyframe: bool,
     /// Video waiting in this receiver's send queue, ms at its pacing rate.
     video_backlog_ms: u64,
+    /// What it was told to send (publishers).
+    send_limit: LimitState,
 }
 
 /// A receive-only output, e.g. a recording: it gets the full mix (everyone)
@@ -483,6 +489,7 @@ impl MediaRoom {
             reported_loss: 0,
             video_backlog_ms: 0,
             wants_keyframe: true,
+            send_limit: LimitState::default(),
         });
         self.update_visibility();
     }
@@ -1002,6 +1009,34 @@ impl MediaRoom {
         self.speaker_tile = speaker_tile;
     }
 
+    /// What each publisher should send: its tile in the widest picture encoded (a tier or a
+    /// recording), or nothing when it has no tile. Runs on video ticks, after the tiers in use
+    /// are known.
+    fn update_send_limits(&mut self, rects: &[Rect], now: u64, out: &mut TickOutput) {
+        let canvas = (self.cfg.canvas_width, self.cfg.canvas_height);
+        let out_width = self
+            .tier_encoders
+            .iter()
+            .flatten()
+            .map(|e| e.shape.width)
+            .max()
+            .unwrap_or(canvas.0);
+        let top_kbps = self.tier_kbps.iter().copied().max().unwrap_or(0);
+        let visible = &self.visible;
+        for p in self.participants.iter_mut().filter(|p| p.publishes) {
+            let want = visible
+                .iter()
+                .position(|k| *k == p.key)
+                .and_then(|i| rects.get(i))
+                .map_or(SendLimit::OFF, |r| {
+                    SendLimit::for_tile(*r, canvas, out_width, top_kbps)
+                });
+            if let Some(l) = p.send_limit.update(want, now) {
+                out.send_limits.push((p.key, l));
+            }
+        }
+    }
+
     fn video_tick(&mut self, now: u64, out: &mut TickOutput) {
         let n_tiers = self.tier_encoders.len();
         let mut receivers = vec![0usize; n_tiers];
@@ -1041,6 +1076,7 @@ impl MediaRoom {
             self.cfg.canvas_height,
             self.speaker_tile,
         );
+        self.update_send_limits(&rects, now, out);
         let tiles: Vec<Tile<'_>> = self
             .visible
             .iter()
@@ -1728,6 +1764,56 @@ mod tests {
         video_tick(&mut room);
         assert_eq!(room.stats().video_encoders, 2);
         assert_eq!(room.tier_of(3), Some(0));
+    }
+
+    #[test]
+    fn publishers_are_told_the_size_they_are_shown_at_or_to_send_nothing() {
+        let cfg = MediaConfig {
+            max_tiles: 2,
+            video_tiers_kbps: vec![800],
+            ..MediaConfig::default()
+        };
+        let mut room = MediaRoom::new(cfg).expect("room");
+        for k in 0..3 {
+            room.add_participant(k, true);
+        }
+        let limits = |room: &mut MediaRoom, ticks: usize| {
+            let mut got: HashMap<u64, SendLimit> = HashMap::new();
+            for _ in 0..ticks {
+                got.extend(room.tick().send_limits);
+            }
+            got
+        };
+        // Two tiles of a 640x360 grid (cells of 320x360), encoded at full size: the two shown
+        // are told their cell and 2 × 800 kbit/s × half the canvas; the third is not shown.
+        let got = limits(&mut room, 4);
+        let shown = SendLimit {
+            active: true,
+            max_width: 320,
+            max_height: 360,
+            max_kbps: 800,
+        };
+        assert_eq!(got.get(&0), Some(&shown));
+        assert_eq!(got.get(&1), Some(&shown));
+        assert_eq!(got.get(&2), Some(&SendLimit::OFF));
+        assert!(limits(&mut room, 50).is_empty(), "said once");
+        // 2 presents: it takes the last tile at once; 1 is told to stop only once that held.
+        room.set_presenter(Some(2));
+        let got = limits(&mut room, 4);
+        assert_eq!(got.get(&2), Some(&shown));
+        assert!(!got.contains_key(&1));
+        let ticks = (crate::send_limit::LOWER_AFTER_MS / TICK_MS) as usize;
+        let got = limits(&mut room, ticks + 4);
+        assert_eq!(got.get(&1), Some(&SendLimit::OFF));
+        assert!(!got.contains_key(&0) && !got.contains_key(&2));
+        // Alone: the whole canvas.
+        room.remove_participant(1);
+        room.remove_participant(2);
+        let got = limits(&mut room, 4);
+        assert_eq!(
+            got.get(&0).map(|l| (l.max_width, l.max_height, l.max_kbps)),
+            Some((640, 360, 1600))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `unsafe` block of the crate is here.
 //!
 //! Settings (see docs/mixer.md and NOTES.md for the measurements behind
-//! them): realtime deadline, `cpu-used` -8, one thread, CBR, error resilient,
+//! them): realtime deadline, `cpu-used` -12, one thread, CBR, error resilient,
 //! no lag. The budget holds on costly content: frames may be dropped when the
 //! rate-control buffer runs low, the whole quantizer range is used, and a
 //! keyframe is capped at 3x an average frame. Keyframes come on demand
@@ -40,7 +40,9 @@ pub struct Vp8EncoderConfig {
     pub fps: u32,
     /// Target bitrate in kbit/s.
     pub bitrate_kbps: u32,
-    /// libvpx speed (negative = fixed speed; -8 measured ~3.5 ms for 640x360).
+    /// libvpx speed (negative = fixed speed). On a camera-like 640x360 composite at 800 kbit/s
+    /// (`cargo run --release -p mixer --example encoder_speed`): -8 3.5 ms a frame, -12 2.7 ms
+    /// for 0.3 dB less PSNR, -16 3.0 ms for 3.8 dB less.
     pub cpu_used: i32,
     /// Longest keyframe interval, in frames.
     pub kf_max_dist: u32,
@@ -55,7 +57,7 @@ impl Vp8EncoderConfig {
             height,
             fps,
             bitrate_kbps,
-            cpu_used: -8,
+            cpu_used: -12,
             kf_max_dist: fps.max(1) * KEYFRAME_SAFETY_INTERVAL_S,
         }
     }

@@ -10,6 +10,8 @@
 //   `ws_url` it names (the node hosting the room, same token); a rejoin after a lost session
 //   starts again from this page's server, which places the room anew if its node died; a node
 //   shutting down names the node its room moved to in `closed` (`ws_url`): rejoined at once.
+// It sends no more video than the server shows (`video_constraints`: scaled to the tile, or
+// paused while on no tile).
 // What happens is reported as `status` events; the page decides what to show.
 //
 // Events (CustomEvent, `detail`):
@@ -68,6 +70,8 @@ export class Connection extends EventTarget {
     this.pendingCandidates = [];
     this.redirectUrl = null; // the hosting node's ws_url, for the next connect only
     this.redirects = 0;
+    this.videoLimit = null; // the server's last `video_constraints` for this session
+    this.limitChain = Promise.resolve(); // setParameters calls, one at a time
     this.onOnline = () => {
       if (this.retryTimer && !this.stopped) {
         clearTimeout(this.retryTimer);
@@ -97,6 +101,35 @@ export class Connection extends EventTarget {
     this.tracks[kind] = track;
     const s = this.senders[kind];
     if (s && this.pc && this.pc.signalingState !== 'closed') await s.replaceTrack(track);
+    // The limit is a box: another track (a screen) needs another scale to fit it.
+    if (kind === 'video') await this.applyVideoLimit();
+  }
+
+  /**
+   * Sends no more video than the server shows (`video_constraints`): the camera scaled down to
+   * fit the tile it is shown in, capped at the bitrate useful there, or nothing while it is on no
+   * tile. Pixels beyond that would cost both ends for nothing (the server decodes them and
+   * scales them away), and a weak uplink carries the rest better.
+   */
+  applyVideoLimit() {
+    this.limitChain = this.limitChain.then(async () => {
+      const s = this.senders.video;
+      const lim = this.videoLimit;
+      if (!s || !lim || !this.pc || this.pc.signalingState === 'closed') return;
+      const params = s.getParameters();
+      const enc = params.encodings?.[0];
+      if (!enc) return;
+      const { width, height } = s.track?.getSettings?.() || {};
+      enc.active = lim.active !== false;
+      enc.scaleResolutionDownBy = enc.active && width && height && lim.max_width > 0 && lim.max_height > 0
+        ? Math.max(1, width / lim.max_width, height / lim.max_height)
+        : 1;
+      if (lim.max_kbps > 0) enc.maxBitrate = lim.max_kbps * 1000;
+      else delete enc.maxBitrate;
+      await s.setParameters(params);
+      this.log({ type: 'video-limit-applied', active: enc.active, scale: enc.scaleResolutionDownBy, maxBitrate: enc.maxBitrate ?? null });
+    }).catch((e) => this.log({ type: 'client-error', message: `video limit: ${e?.message || e}` }));
+    return this.limitChain;
   }
 
   send(msg) {
@@ -167,6 +200,10 @@ export class Connection extends EventTarget {
         if (!this.pc || this.pc.signalingState !== 'have-local-offer') break;
         await this.pc.setRemoteDescription({ type: 'answer', sdp: msg.sdp });
         for (const c of this.pendingCandidates.splice(0)) await this.pc.addIceCandidate(c).catch(() => {});
+        break;
+      case 'video_constraints':
+        this.videoLimit = msg;
+        await this.applyVideoLimit();
         break;
       case 'candidate':
         if (!msg.candidate || !this.pc) break;
@@ -301,6 +338,7 @@ export class Connection extends EventTarget {
 
   async newPeer(iceServers) {
     this.closePeer();
+    this.videoLimit = null; // a new session: the server says it again
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
     this.mcu.pc = pc;

@@ -307,16 +307,36 @@ impl RoomManager {
                 } else {
                     serde_json::json!({"type": "video_resumed"})
                 };
-                let inner = self.inner.lock();
-                if let Some(e) = inner
-                    .rooms
-                    .get(room)
-                    .and_then(|live| live.participants.iter().find(|e| e.key == key))
-                {
-                    tracing::info!(room, participant = %e.info.id, paused, "video for bandwidth");
-                    deliver(&e.events, SessionEvent::Send(msg));
-                }
+                self.send_to_key(room, key, msg, |id| {
+                    tracing::info!(room, participant = id, paused, "video for bandwidth");
+                });
             }
+            media::Event::SendLimit(key, l) => {
+                let msg = serde_json::json!({
+                    "type": "video_constraints",
+                    "active": l.active,
+                    "max_width": l.max_width,
+                    "max_height": l.max_height,
+                    "max_kbps": l.max_kbps,
+                });
+                self.send_to_key(room, key, msg, |id| {
+                    tracing::debug!(room, participant = id, limit = ?l, "video constraints");
+                });
+            }
+        }
+    }
+
+    /// Sends `msg` to the session of the participant with media key `key`, if it is still here
+    /// (`log` runs first, with its id).
+    fn send_to_key(&self, room: &str, key: u64, msg: serde_json::Value, log: impl FnOnce(&str)) {
+        let inner = self.inner.lock();
+        if let Some(e) = inner
+            .rooms
+            .get(room)
+            .and_then(|live| live.participants.iter().find(|e| e.key == key))
+        {
+            log(&e.info.id);
+            deliver(&e.events, SessionEvent::Send(msg));
         }
     }
 

@@ -193,6 +193,8 @@ pub enum Event {
     Speaking(ParticipantKey, bool),
     /// A receiver's video paused for bandwidth (`true`) or resumed (`false`).
     VideoPaused(ParticipantKey, bool),
+    /// How much video a publisher should send (its tile's size, or nothing).
+    SendLimit(ParticipantKey, mixer::SendLimit),
 }
 
 /// Per-room timing figures, readable without locking the thread.
@@ -797,6 +799,9 @@ fn deliver(
     }
     for &(key, paused) in &out.video_paused_changed {
         let _ = events.try_send(Event::VideoPaused(key, paused));
+    }
+    for &(key, limit) in &out.send_limits {
+        let _ = events.try_send(Event::SendLimit(key, limit));
     }
     for key in dead_sinks {
         // The writer is gone (it failed or finished): stop producing for it.
