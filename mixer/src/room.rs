@@ -178,6 +178,9 @@ struct Participant {
     activity: VoiceActivity,
     own_encoder: Option<OpusEncoder>,
     own_idle_ticks: u32,
+    /// Its last frame was the room's silence, not its own encoder's: that encoder (if kept)
+    /// starts again from a clean state.
+    own_idle: bool,
     /// Only while on screen and video unmuted.
     video_decoder: Option<Vp8Decoder>,
     /// Frames received since the last tick, with whether they arrived whole; decoded at the
@@ -211,6 +214,18 @@ struct Sink {
     key: ParticipantKey,
     tier: usize,
     wants_keyframe: bool,
+}
+
+/// One 20 ms Opus frame of digital silence from an encoder set as the room's are, once it has
+/// settled (its first frames carry start-up state).
+fn silent_frame(cfg: &MediaConfig) -> Result<Arc<[u8]>, MixerError> {
+    let mut enc = OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity)?;
+    let zeros = [0i16; FRAME_SAMPLES];
+    let mut frame = enc.encode(&zeros)?;
+    for _ in 0..9 {
+        frame = enc.encode(&zeros)?;
+    }
+    Ok(frame)
 }
 
 /// One tier's encoder, at the tier's own size and frame rate.
@@ -375,6 +390,12 @@ pub struct MediaRoom {
     last_composite_ms: Option<u64>,
     /// Pause/resume changes not yet reported by a tick.
     paused_changed: Vec<(ParticipantKey, bool)>,
+    /// One Opus frame of digital silence, sent to every receiver whose mix is empty (nobody
+    /// else is heard) instead of encoding silence ([`MediaRoom::mix_audio`]).
+    silence: Arc<[u8]>,
+    /// The shared encoder's last frame was not encoded (silence went out instead): it starts
+    /// again from a clean state.
+    shared_idle: bool,
     stats: MediaStats,
 }
 
@@ -410,6 +431,8 @@ impl MediaRoom {
             sinks: Vec::new(),
             last_composite_ms: None,
             paused_changed: Vec::new(),
+            silence: silent_frame(&cfg)?,
+            shared_idle: false,
             tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
             cfg,
@@ -477,6 +500,7 @@ impl MediaRoom {
             activity: VoiceActivity::new(),
             own_encoder: None,
             own_idle_ticks: 0,
+            own_idle: false,
             video_decoder: None,
             pending_video: Vec::new(),
             need_keyframe: true,
@@ -877,11 +901,15 @@ impl MediaRoom {
             shared_encoder,
             cfg,
             stats,
+            silence,
+            shared_idle,
             ..
         } = self;
         mixer.clear();
+        let mut contributors = 0;
         for p in participants.iter().filter(|p| p.contributes) {
             mixer.add(&p.pcm[..]);
+            contributors += 1;
         }
         // Reports come every 500 ms per receiver: once a second is enough, and keeps a pass over
         // every participant off the other 49 ticks.
@@ -893,7 +921,20 @@ impl MediaRoom {
         }
         let mut shared: Option<Arc<[u8]>> = None;
         let mut encodes = 0;
+        // Nobody heard (a silent room), or only the receiver itself (a lone talker): its mix is
+        // digital silence, and the room's silent frame says so without an encode.
+        let hears_nobody =
+            |p: &Participant| contributors == 0 || (contributors == 1 && p.contributes);
         for p in participants.iter_mut() {
+            if hears_nobody(p) {
+                p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
+                if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
+                    p.own_encoder = None;
+                }
+                p.own_idle = true;
+                out.audio.push((p.key, silence.clone()));
+                continue;
+            }
             let own = if p.contributes {
                 p.own_idle_ticks = 0;
                 if p.own_encoder.is_none() {
@@ -917,6 +958,11 @@ impl MediaRoom {
             };
             let packet = match own {
                 Some(enc) => {
+                    if std::mem::take(&mut p.own_idle)
+                        && let Err(e) = enc.reset()
+                    {
+                        tracing::warn!(error = %e, "opus reset");
+                    }
                     mixer.render(Some(&p.pcm[..]), &mut mix_buf[..]);
                     encodes += 1;
                     enc.encode(&mix_buf[..])
@@ -924,6 +970,11 @@ impl MediaRoom {
                 None => match &shared {
                     Some(s) => Ok(s.clone()),
                     None => {
+                        if std::mem::take(shared_idle)
+                            && let Err(e) = shared_encoder.reset()
+                        {
+                            tracing::warn!(error = %e, "opus reset");
+                        }
                         mixer.render(None, &mut mix_buf[..]);
                         encodes += 1;
                         let r = shared_encoder.encode(&mix_buf[..]);
@@ -939,7 +990,14 @@ impl MediaRoom {
                 Err(e) => tracing::error!(key = p.key, error = %e, "opus encode"),
             }
         }
-        if !sinks.is_empty() && shared.is_none() {
+        if !sinks.is_empty() && shared.is_none() && contributors == 0 {
+            shared = Some(silence.clone());
+        } else if !sinks.is_empty() && shared.is_none() {
+            if std::mem::take(shared_idle)
+                && let Err(e) = shared_encoder.reset()
+            {
+                tracing::warn!(error = %e, "opus reset");
+            }
             mixer.render(None, &mut mix_buf[..]);
             encodes += 1;
             match shared_encoder.encode(&mix_buf[..]) {
@@ -949,6 +1007,10 @@ impl MediaRoom {
         }
         if let Some(s) = &shared {
             out.audio.extend(sinks.iter().map(|k| (k.key, s.clone())));
+        }
+        if contributors == 0 || (shared.is_none() && sinks.is_empty()) {
+            // The shared encoder made nothing this tick.
+            *shared_idle = true;
         }
         stats.audio_encodes_last_tick = encodes;
     }
@@ -1538,6 +1600,47 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_talker_hears_the_rooms_silent_frame_and_costs_one_encode() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        for k in 0..3 {
+            room.add_participant(k, true);
+        }
+        let quiet = tone_packets(0.0, 0.0, 1)[0].clone();
+        let voice = tone_packets(500.0, 6000.0, 100);
+        let mut decoders: Vec<OpusDecoder> = (0..3).map(|_| OpusDecoder::new().unwrap()).collect();
+        let mut energy = [0f64; 3];
+        for t in 0..100u16 {
+            room.push_audio(0, t, u32::from(t) * 960, &voice[usize::from(t)]);
+            room.push_audio(1, t, u32::from(t) * 960, &quiet);
+            room.push_audio(2, t, u32::from(t) * 960, &quiet);
+            let out = room.tick();
+            if t < 30 {
+                continue; // the jitter buffer and the speaking gate settle
+            }
+            assert_eq!(room.stats().audio_encodes_last_tick, 1, "tick {t}");
+            let (_, talker) = &out.audio[0];
+            assert!(
+                Arc::ptr_eq(talker, &room.silence),
+                "the talker gets the silent frame"
+            );
+            assert!(Arc::ptr_eq(&out.audio[1].1, &out.audio[2].1));
+            for (k, pkt) in &out.audio {
+                let mut pcm = [0i16; FRAME_SAMPLES];
+                decoders[*k as usize].decode(pkt, &mut pcm).unwrap();
+                energy[*k as usize] += pcm.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+            }
+        }
+        assert!(
+            energy[0] < energy[1] * 1e-6,
+            "the talker hears silence: {energy:?}"
+        );
+        assert!(
+            energy[1] > 1e6 && energy[2] > 1e6,
+            "the others hear it: {energy:?}"
+        );
+    }
+
+    #[test]
     fn silent_receivers_share_one_audio_encode_speakers_get_their_own() {
         let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
         for k in 0..10 {
@@ -1589,7 +1692,8 @@ mod tests {
                 "encoder_counts agrees with stats"
             );
             if t < 50 {
-                assert_eq!(s.audio_encodes_last_tick, 1, "tick {t}");
+                // Nobody speaks: everyone gets the room's silent frame, nothing is encoded.
+                assert_eq!(s.audio_encodes_last_tick, 0, "tick {t}");
                 let first = &out.audio[0].1;
                 assert!(out.audio.iter().all(|(_, p)| Arc::ptr_eq(p, first)));
             } else if t >= 56 {
