@@ -35,8 +35,10 @@
 //! Time is an input (the instants the interceptor chain hands in).
 
 use rtc::interceptor::{BandwidthEstimator, EstimatorStats, PacketReport};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -379,6 +381,71 @@ impl QueueEstimate {
 
 /// [`QueueEstimate`] on a participant's feedback, published to its [`LinkState`] (the pacer's
 /// rate, the probe it pads, and the room's tier choice).
+/// Which transport-wide sequence numbers the feedback that reached us described (as arrived or
+/// as lost). The congestion controller's send history reports every packet older than the newest
+/// acknowledged one that no feedback mentioned as lost: a feedback packet the receiver's *uplink*
+/// dropped (a weak participant's own video fills it) would then read as a burst of loss on the
+/// downlink, and cut an estimate the downlink never earned losing. A tap nearer the wire than the
+/// controller marks what each feedback covers ([`FeedbackCoverage::mark`]); the estimator counts
+/// as lost only what a feedback said was lost ([`described`]).
+pub struct FeedbackCoverage {
+    words: Box<[AtomicU64]>,
+}
+
+impl std::fmt::Debug for FeedbackCoverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedbackCoverage").finish_non_exhaustive()
+    }
+}
+
+impl Default for FeedbackCoverage {
+    fn default() -> Self {
+        Self {
+            words: (0..(1 << 16) / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl FeedbackCoverage {
+    /// A feedback described `count` packets from `base`.
+    pub fn mark(&self, base: u16, count: u16) {
+        for i in 0..count {
+            let seq = base.wrapping_add(i);
+            self.words[usize::from(seq >> 6)].fetch_or(1 << (seq & 63), Relaxed);
+        }
+    }
+
+    /// Whether a feedback described `seq`; forgets it (sequence numbers come round again).
+    pub fn take(&self, seq: u16) -> bool {
+        let bit = 1u64 << (seq & 63);
+        self.words[usize::from(seq >> 6)].fetch_and(!bit, Relaxed) & bit != 0
+    }
+}
+
+/// The reports a feedback described: those of packets no feedback mentioned (its feedback was
+/// lost on the way back) are left out, neither arrived nor lost.
+pub fn described<'a>(
+    reports: &'a [PacketReport],
+    coverage: &FeedbackCoverage,
+) -> Cow<'a, [PacketReport]> {
+    let mut keep = Vec::new();
+    let mut dropped = false;
+    for (i, r) in reports.iter().enumerate() {
+        let seen = !r.is_twcc || coverage.take(r.twcc_sequence_number) || r.arrived;
+        if seen && dropped {
+            keep.push(r.clone());
+        } else if !seen && !dropped {
+            dropped = true;
+            keep.extend_from_slice(&reports[..i]);
+        }
+    }
+    if dropped {
+        Cow::Owned(keep)
+    } else {
+        Cow::Borrowed(reports)
+    }
+}
+
 pub struct PublishedEstimate {
     queue: QueueEstimate,
     link: Arc<LinkState>,
@@ -416,7 +483,8 @@ impl BandwidthEstimator for PublishedEstimate {
             && self.link.tier_kbps.load(Relaxed) > 0;
         self.queue
             .set_probe_floor(self.link.probe_bps.load(Relaxed) as f64, can_pad);
-        self.queue.on_reports(now, reports);
+        let reports = described(reports, &self.link.feedback);
+        self.queue.on_reports(now, &reports);
         self.publish();
         if self
             .last_log
@@ -512,6 +580,98 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A clean 2 Mbit/s link whose receiver loses every tenth feedback packet on its own uplink:
+    /// the send history reports that feedback's packets as lost along with the next one's.
+    fn with_lost_feedback(filter: bool) -> f64 {
+        let t0 = Instant::now();
+        let coverage = FeedbackCoverage::default();
+        let mut est = QueueEstimate::new(300_000.0, 50_000.0, 4_000_000.0);
+        let (size, rate) = (1000usize, 2_000_000.0);
+        let (mut id, mut now_s, mut held) = (0u64, 0.0f64, Vec::new());
+        for feedback in 0..800u32 {
+            let until = f64::from(feedback + 1) * 0.05;
+            let mut batch = Vec::new();
+            while now_s < until {
+                batch.push(PacketReport {
+                    ssrc: 1,
+                    id,
+                    rtp_sequence_number: id as u16,
+                    is_twcc: true,
+                    twcc_sequence_number: id as u16,
+                    size,
+                    arrived: true,
+                    departure: t0 + Duration::from_secs_f64(now_s),
+                    arrival: Some(Duration::from_secs_f64(now_s + 0.02)),
+                    ecn: Ecn::default(),
+                });
+                id += 1;
+                now_s += size as f64 * 8.0 / est.target().min(rate);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            if feedback % 10 == 9 {
+                // Lost on the way back: nothing marked; the history calls them lost later.
+                held.extend(batch.into_iter().map(|mut r| {
+                    r.arrived = false;
+                    r.arrival = None;
+                    r
+                }));
+                continue;
+            }
+            let first = batch[0].twcc_sequence_number;
+            coverage.mark(first, batch.len() as u16);
+            let mut reports = std::mem::take(&mut held);
+            reports.extend(batch);
+            let now = t0 + Duration::from_secs_f64(until + 0.03);
+            if filter {
+                est.on_reports(now, &described(&reports, &coverage));
+            } else {
+                est.on_reports(now, &reports);
+            }
+        }
+        est.target()
+    }
+
+    #[test]
+    fn feedback_lost_on_the_way_back_is_not_loss() {
+        let unfiltered = with_lost_feedback(false);
+        let filtered = with_lost_feedback(true);
+        eprintln!(
+            "lost feedback: estimate {unfiltered:.0} counted as loss, {filtered:.0} left out"
+        );
+        assert!(
+            unfiltered < 400_000.0,
+            "lost feedback reads as loss: {unfiltered:.0}"
+        );
+        assert!(filtered > 900_000.0, "the link is clean: {filtered:.0}");
+        // And a loss a feedback does describe still counts.
+        let coverage = FeedbackCoverage::default();
+        coverage.mark(65_530, 10); // wraps
+        let report = |seq: u16, arrived: bool| PacketReport {
+            ssrc: 1,
+            id: u64::from(seq),
+            rtp_sequence_number: seq,
+            is_twcc: true,
+            twcc_sequence_number: seq,
+            size: 100,
+            arrived,
+            departure: Instant::now(),
+            arrival: arrived.then(|| Duration::from_millis(1)),
+            ecn: Ecn::default(),
+        };
+        let reports = [
+            report(65_520, false),
+            report(65_535, false),
+            report(2, true),
+            report(9, false),
+        ];
+        let kept = described(&reports, &coverage);
+        let seqs: Vec<u16> = kept.iter().map(|r| r.twcc_sequence_number).collect();
+        assert_eq!(seqs, vec![65_535, 2], "only what a feedback described");
+        assert!(!coverage.take(2), "taken once");
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! responder, RTCP reports) and above the TWCC numbering and the send history, which therefore see
 //! release times, not enqueue times.
 
+use crate::room::estimate::FeedbackCoverage;
 use rtc::interceptor::{
     Attribute, AttributedPacket, Interceptor, Packet as IPacket, StreamInfo, TaggedPacket,
 };
@@ -108,6 +109,8 @@ pub struct LinkState {
     pub padding_bytes: AtomicU64,
     /// The receiver negotiated RTX for our video: probes can be padded.
     pub rtx: AtomicBool,
+    /// What the transport-wide feedback that reached us described ([`FeedbackCoverage`]).
+    pub feedback: FeedbackCoverage,
 }
 
 impl LinkState {
@@ -133,6 +136,7 @@ impl LinkState {
             probe_rate_bps: AtomicU64::new(0),
             padding_bytes: AtomicU64::new(0),
             rtx: AtomicBool::new(false),
+            feedback: FeedbackCoverage::default(),
         })
     }
 

@@ -29,6 +29,7 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -209,6 +210,53 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
 }
 
 impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Marks what each transport-wide feedback from the receiver describes, before the congestion
+/// controller reads it (nearer the wire): see `estimate::FeedbackCoverage`.
+struct FeedbackTap {
+    link: Arc<LinkState>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let IPacket::Rtcp(pkts) = &msg.message.packet {
+            for p in pkts {
+                if let Some(cc) = p.as_any().downcast_ref::<TransportLayerCc>() {
+                    self.link
+                        .feedback
+                        .mark(cc.base_sequence_number, cc.packet_status_count);
+                }
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for FeedbackTap {
     fn bind_local_stream(&mut self, _: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}
@@ -493,6 +541,14 @@ fn media_setup(
     .map_err(rtc_err)?;
     let estimator = PublishedEstimate::new(BWE_START, BWE_MIN, BWE_MAX, link.clone());
     let registry = registry
+        .with(
+            Slot::from(500),
+            FeedbackTap {
+                link: link.clone(),
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        )
         .with(
             Slot::CongestionControl,
             WithRtx(CongestionControlBuilder::new(estimator).build()),
