@@ -171,14 +171,24 @@ fn find_pt(sdp: &str, codec: &str) -> Option<u8> {
 
 // ── Keyframe requests from receivers reach the application ─────────────────────────────────
 
-/// Marks inbound PLI/FIR for delivery to the application (by default inbound RTCP stops in the
-/// interceptor chain), so that a receiver's keyframe request reaches the room.
-struct KeyframeRequestTap {
+/// An interceptor that looks at each packet read from the wire (`see`) and passes everything on.
+struct ReadTap<F> {
+    see: F,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+impl<F: FnMut(&mut TaggedPacket)> ReadTap<F> {
+    fn new(see: F) -> Self {
+        Self {
+            see,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+        }
+    }
+}
+
+impl<F: FnMut(&mut TaggedPacket)> Protocol<TaggedPacket, TaggedPacket, ()> for ReadTap<F> {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -186,14 +196,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let IPacket::Rtcp(pkts) = &msg.message.packet
-            && pkts.iter().any(|p| {
-                let a = p.as_any();
-                a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
-            })
-        {
-            msg.message.add(Attribute::DeliverToApplication);
-        }
+        (self.see)(&mut msg);
         self.read.push_back(msg);
         Ok(())
     }
@@ -209,58 +212,39 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
     }
 }
 
-impl Interceptor for KeyframeRequestTap {
+impl<F: FnMut(&mut TaggedPacket) + Send + Sync> Interceptor for ReadTap<F> {
     fn bind_local_stream(&mut self, _: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
+}
+
+/// Marks inbound PLI/FIR for delivery to the application (by default inbound RTCP stops in the
+/// interceptor chain), so that a receiver's keyframe request reaches the room.
+fn keyframe_request_tap(msg: &mut TaggedPacket) {
+    if let IPacket::Rtcp(pkts) = &msg.message.packet
+        && pkts.iter().any(|p| {
+            let a = p.as_any();
+            a.is::<PictureLossIndication>() || a.is::<FullIntraRequest>()
+        })
+    {
+        msg.message.add(Attribute::DeliverToApplication);
+    }
 }
 
 /// Marks what each transport-wide feedback from the receiver describes, before the congestion
 /// controller reads it (nearer the wire): see `estimate::FeedbackCoverage`.
-struct FeedbackTap {
-    link: Arc<LinkState>,
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackTap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+fn feedback_tap(link: Arc<LinkState>) -> impl FnMut(&mut TaggedPacket) + Send + Sync + 'static {
+    move |msg| {
         if let IPacket::Rtcp(pkts) = &msg.message.packet {
             for p in pkts {
                 if let Some(cc) = p.as_any().downcast_ref::<TransportLayerCc>() {
-                    self.link
-                        .feedback
+                    link.feedback
                         .mark(cc.base_sequence_number, cc.packet_status_count);
                 }
             }
         }
-        self.read.push_back(msg);
-        Ok(())
     }
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
-}
-
-impl Interceptor for FeedbackTap {
-    fn bind_local_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
 // ── Bandwidth estimate ──────────────────────────────────────────────────────────────────────
@@ -541,14 +525,7 @@ fn media_setup(
     .map_err(rtc_err)?;
     let estimator = PublishedEstimate::new(BWE_START, BWE_MIN, BWE_MAX, link.clone());
     let registry = registry
-        .with(
-            Slot::from(500),
-            FeedbackTap {
-                link: link.clone(),
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-            },
-        )
+        .with(Slot::from(500), ReadTap::new(feedback_tap(link.clone())))
         .with(
             Slot::CongestionControl,
             WithRtx(CongestionControlBuilder::new(estimator).build()),
@@ -559,13 +536,7 @@ fn media_setup(
         )
         .with(Slot::TwccSender, WithRtx(TwccSenderBuilder::new().build()))
         .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
-        .with(
-            Slot::from(14_000),
-            KeyframeRequestTap {
-                read: VecDeque::new(),
-                write: VecDeque::new(),
-            },
-        );
+        .with(Slot::from(14_000), ReadTap::new(keyframe_request_tap));
     Ok((me, registry))
 }
 
