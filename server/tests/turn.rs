@@ -107,6 +107,17 @@ async fn welcome_without_turn_has_only_the_configured_servers() {
 }
 
 /// coturn on loopback: killed and reaped when dropped.
+/// A loopback port that is free for both UDP and TCP right now.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 struct Coturn {
     child: Child,
     port: u16,
@@ -121,12 +132,21 @@ impl Drop for Coturn {
 }
 
 impl Coturn {
+    /// Starts coturn on a port free for UDP and TCP (it listens on both); when another process
+    /// takes the port first (coturn then never answers), again on another one.
     fn start(secret: &str, dir: &Path) -> Coturn {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let mut c = Self::spawn(secret, dir, free_udp_and_tcp_port());
+            if c.wait_ready() {
+                return c;
+            }
+            last_log = c.log();
+        }
+        panic!("turnserver did not answer STUN on three ports:\n{last_log}");
+    }
+
+    fn spawn(secret: &str, dir: &Path, port: u16) -> Coturn {
         // A relay range of its own per process, away from the ephemeral range's busy start.
         let relay_min = 20_000 + (std::process::id() % 100) as u16 * 100;
         let log = dir.join("turnserver.log");
@@ -157,13 +177,12 @@ impl Coturn {
             .stderr(Stdio::null())
             .spawn()
             .expect("turnserver starts");
-        let mut c = Coturn { child, port, log };
-        c.wait_ready();
-        c
+        Coturn { child, port, log }
     }
 
-    /// Polls with STUN Binding requests (answered without authentication) until coturn answers.
-    fn wait_ready(&mut self) {
+    /// Polls with STUN Binding requests (answered without authentication) until coturn answers
+    /// (true) or 15 s pass (false).
+    fn wait_ready(&mut self) -> bool {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
@@ -180,10 +199,10 @@ impl Coturn {
                 && n >= 20
                 && buf[0..2] == [0x01, 0x01]
             {
-                return; // Binding success response
+                return true; // Binding success response
             }
         }
-        panic!("turnserver did not answer STUN:\n{}", self.log());
+        false
     }
 
     fn log(&self) -> String {

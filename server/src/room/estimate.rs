@@ -379,8 +379,6 @@ impl QueueEstimate {
     }
 }
 
-/// [`QueueEstimate`] on a participant's feedback, published to its [`LinkState`] (the pacer's
-/// rate, the probe it pads, and the room's tier choice).
 /// Which transport-wide sequence numbers the feedback that reached us described (as arrived or
 /// as lost). The congestion controller's send history reports every packet older than the newest
 /// acknowledged one that no feedback mentioned as lost: a feedback packet the receiver's *uplink*
@@ -446,6 +444,8 @@ pub fn described<'a>(
     }
 }
 
+/// [`QueueEstimate`] on a participant's feedback, published to its [`LinkState`] (the pacer's
+/// rate, the probe it pads, and the room's tier choice).
 pub struct PublishedEstimate {
     queue: QueueEstimate,
     link: Arc<LinkState>,
