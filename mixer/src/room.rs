@@ -919,80 +919,13 @@ impl MediaRoom {
                 tracing::warn!(error = %e, "opus loss setting");
             }
         }
-        let mut shared: Option<Arc<[u8]>> = None;
         let mut encodes = 0;
-        // Nobody heard (a silent room), or only the receiver itself (a lone talker): its mix is
-        // digital silence, and the room's silent frame says so without an encode.
-        let hears_nobody =
-            |p: &Participant| contributors == 0 || (contributors == 1 && p.contributes);
-        for p in participants.iter_mut() {
-            if hears_nobody(p) {
-                p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
-                if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
-                    p.own_encoder = None;
-                }
-                p.own_idle = true;
-                out.audio.push((p.key, silence.clone()));
-                continue;
-            }
-            let own = if p.contributes {
-                p.own_idle_ticks = 0;
-                if p.own_encoder.is_none() {
-                    match OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity) {
-                        Ok(e) => p.own_encoder = Some(e),
-                        Err(e) => tracing::error!(error = %e, "opus encoder"),
-                    }
-                }
-                if let Some(enc) = p.own_encoder.as_mut()
-                    && let Err(e) = enc.set_expected_loss(p.reported_loss)
-                {
-                    tracing::warn!(error = %e, "opus loss setting");
-                }
-                p.own_encoder.as_mut()
-            } else {
-                p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
-                if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
-                    p.own_encoder = None;
-                }
-                None
-            };
-            let packet = match own {
-                Some(enc) => {
-                    if std::mem::take(&mut p.own_idle)
-                        && let Err(e) = enc.reset()
-                    {
-                        tracing::warn!(error = %e, "opus reset");
-                    }
-                    mixer.render(Some(&p.pcm[..]), &mut mix_buf[..]);
-                    encodes += 1;
-                    enc.encode(&mix_buf[..])
-                }
-                None => match &shared {
-                    Some(s) => Ok(s.clone()),
-                    None => {
-                        if std::mem::take(shared_idle)
-                            && let Err(e) = shared_encoder.reset()
-                        {
-                            tracing::warn!(error = %e, "opus reset");
-                        }
-                        mixer.render(None, &mut mix_buf[..]);
-                        encodes += 1;
-                        let r = shared_encoder.encode(&mix_buf[..]);
-                        if let Ok(s) = &r {
-                            shared = Some(s.clone());
-                        }
-                        r
-                    }
-                },
-            };
-            match packet {
-                Ok(pkt) => out.audio.push((p.key, pkt)),
-                Err(e) => tracing::error!(key = p.key, error = %e, "opus encode"),
-            }
-        }
-        if !sinks.is_empty() && shared.is_none() && contributors == 0 {
-            shared = Some(silence.clone());
-        } else if !sinks.is_empty() && shared.is_none() {
+        // What everyone who does not speak hears: the full mix, encoded once, when someone speaks
+        // and someone (or a sink) listens; the room's silent frame when nobody speaks.
+        let listeners = participants.len() - contributors + sinks.len();
+        let shared: Option<Arc<[u8]>> = if contributors == 0 {
+            Some(silence.clone())
+        } else if listeners > 0 {
             if std::mem::take(shared_idle)
                 && let Err(e) = shared_encoder.reset()
             {
@@ -1000,17 +933,68 @@ impl MediaRoom {
             }
             mixer.render(None, &mut mix_buf[..]);
             encodes += 1;
-            match shared_encoder.encode(&mix_buf[..]) {
-                Ok(s) => shared = Some(s),
-                Err(e) => tracing::error!(error = %e, "opus encode"),
+            shared_encoder
+                .encode(&mix_buf[..])
+                .inspect_err(|e| tracing::error!(error = %e, "opus encode"))
+                .ok()
+        } else {
+            None
+        };
+        // An encoder that sat out a tick (silence went out instead) restarts from a clean state
+        // rather than from the end of the last sentence.
+        if contributors == 0 || listeners == 0 {
+            *shared_idle = true;
+        }
+        for p in participants.iter_mut() {
+            // A speaker hears everyone but itself from its own encoder; a lone speaker hears
+            // nobody: the room's silent frame.
+            let own = p.contributes && contributors > 1;
+            if own {
+                p.own_idle_ticks = 0;
+            } else {
+                p.own_idle = true;
+                p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
+                if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
+                    p.own_encoder = None;
+                }
             }
+            let packet = if own {
+                if p.own_encoder.is_none() {
+                    match OpusEncoder::new(cfg.opus_bitrate, cfg.opus_complexity) {
+                        Ok(e) => p.own_encoder = Some(e),
+                        Err(e) => tracing::error!(error = %e, "opus encoder"),
+                    }
+                }
+                let Some(enc) = p.own_encoder.as_mut() else {
+                    continue;
+                };
+                if let Err(e) = enc.set_expected_loss(p.reported_loss) {
+                    tracing::warn!(error = %e, "opus loss setting");
+                }
+                if std::mem::take(&mut p.own_idle)
+                    && let Err(e) = enc.reset()
+                {
+                    tracing::warn!(error = %e, "opus reset");
+                }
+                mixer.render(Some(&p.pcm[..]), &mut mix_buf[..]);
+                encodes += 1;
+                match enc.encode(&mix_buf[..]) {
+                    Ok(pkt) => pkt,
+                    Err(e) => {
+                        tracing::error!(key = p.key, error = %e, "opus encode");
+                        continue;
+                    }
+                }
+            } else if p.contributes {
+                silence.clone()
+            } else {
+                let Some(s) = &shared else { continue };
+                s.clone()
+            };
+            out.audio.push((p.key, packet));
         }
         if let Some(s) = &shared {
             out.audio.extend(sinks.iter().map(|k| (k.key, s.clone())));
-        }
-        if contributors == 0 || (shared.is_none() && sinks.is_empty()) {
-            // The shared encoder made nothing this tick.
-            *shared_idle = true;
         }
         stats.audio_encodes_last_tick = encodes;
     }
@@ -1086,13 +1070,16 @@ impl MediaRoom {
         let top_kbps = self.tier_kbps.iter().copied().max().unwrap_or(0);
         let visible = &self.visible;
         for p in self.participants.iter_mut().filter(|p| p.publishes) {
-            let want = visible
-                .iter()
-                .position(|k| *k == p.key)
-                .and_then(|i| rects.get(i))
-                .map_or(SendLimit::OFF, |r| {
-                    SendLimit::for_tile(*r, canvas, out_width, top_kbps)
-                });
+            // Only those on screen are looked up among the tiles (a large room has many more
+            // publishers than tiles, and this runs on every video tick).
+            let tile = if p.on_screen {
+                visible.iter().position(|k| *k == p.key)
+            } else {
+                None
+            };
+            let want = tile.and_then(|i| rects.get(i)).map_or(SendLimit::OFF, |r| {
+                SendLimit::for_tile(*r, canvas, out_width, top_kbps)
+            });
             if let Some(l) = p.send_limit.update(want, now) {
                 out.send_limits.push((p.key, l));
             }
