@@ -518,6 +518,22 @@ mod tests {
     use super::*;
     use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
 
+    /// What the send history reports of packet `id` (transport-wide number `id` too).
+    fn report(id: u64, size: usize, departure: Instant, arrival: Option<Duration>) -> PacketReport {
+        PacketReport {
+            ssrc: 1,
+            id,
+            rtp_sequence_number: id as u16,
+            is_twcc: true,
+            twcc_sequence_number: id as u16,
+            size,
+            arrived: arrival.is_some(),
+            departure,
+            arrival,
+            ecn: Ecn::default(),
+        }
+    }
+
     /// A simulated bottleneck: `rate` bit/s, a FIFO of at most `queue_ms`, then drops; packets
     /// of 1000 bytes sent at `send_bps`, reported every 50 ms. Returns the estimate over time.
     fn simulate(
@@ -558,18 +574,12 @@ mod tests {
             } else {
                 None
             };
-            batch.push(PacketReport {
-                ssrc: 1,
+            batch.push(report(
                 id,
-                rtp_sequence_number: id as u16,
-                is_twcc: true,
-                twcc_sequence_number: id as u16,
                 size,
-                arrived,
-                departure: t0 + Duration::from_secs_f64(now_s),
+                t0 + Duration::from_secs_f64(now_s),
                 arrival,
-                ecn: Ecn::default(),
-            });
+            ));
             id += 1;
             next_send += size as f64 * 8.0 / send_bps(est);
             if next_send >= next_report {
@@ -594,18 +604,12 @@ mod tests {
             let until = f64::from(feedback + 1) * 0.05;
             let mut batch = Vec::new();
             while now_s < until {
-                batch.push(PacketReport {
-                    ssrc: 1,
+                batch.push(report(
                     id,
-                    rtp_sequence_number: id as u16,
-                    is_twcc: true,
-                    twcc_sequence_number: id as u16,
                     size,
-                    arrived: true,
-                    departure: t0 + Duration::from_secs_f64(now_s),
-                    arrival: Some(Duration::from_secs_f64(now_s + 0.02)),
-                    ecn: Ecn::default(),
-                });
+                    t0 + Duration::from_secs_f64(now_s),
+                    Some(Duration::from_secs_f64(now_s + 0.02)),
+                ));
                 id += 1;
                 now_s += size as f64 * 8.0 / est.target().min(rate);
             }
@@ -650,23 +654,19 @@ mod tests {
         // And a loss a feedback does describe still counts.
         let coverage = FeedbackCoverage::default();
         coverage.mark(65_530, 10); // wraps
-        let report = |seq: u16, arrived: bool| PacketReport {
-            ssrc: 1,
-            id: u64::from(seq),
-            rtp_sequence_number: seq,
-            is_twcc: true,
-            twcc_sequence_number: seq,
-            size: 100,
-            arrived,
-            departure: Instant::now(),
-            arrival: arrived.then(|| Duration::from_millis(1)),
-            ecn: Ecn::default(),
+        let packet = |seq: u16, arrived: bool| {
+            report(
+                u64::from(seq),
+                100,
+                Instant::now(),
+                arrived.then(|| Duration::from_millis(1)),
+            )
         };
         let reports = [
-            report(65_520, false),
-            report(65_535, false),
-            report(2, true),
-            report(9, false),
+            packet(65_520, false),
+            packet(65_535, false),
+            packet(2, true),
+            packet(9, false),
         ];
         let kept = described(&reports, &coverage);
         let seqs: Vec<u16> = kept.iter().map(|r| r.twcc_sequence_number).collect();
