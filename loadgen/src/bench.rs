@@ -124,6 +124,11 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(f64::NAN, |s| stat_cpu_seconds(&s))
 }
 
+/// CPU-seconds this process (the load generator) has used.
+fn own_cpu_seconds() -> f64 {
+    process_cpu_seconds(std::process::id())
+}
+
 /// utime + stime of a `/proc/<pid>/stat` line, in seconds (USER_HZ = 100 on Linux).
 fn stat_cpu_seconds(stat: &str) -> f64 {
     // The command name (field 2) may contain spaces: count fields after its closing ") ".
@@ -203,6 +208,9 @@ pub struct Row {
     pub cpu_s_per_participant_min: f64,
     /// Server CPU as a share of one core.
     pub cpu_cores: f64,
+    /// The load generator's own CPU (all its participants) as a share of one core: with the
+    /// server's, how busy the two cores were.
+    pub client_cores: f64,
     /// Media tick p50 / p99, ms.
     pub tick_p50_ms: f64,
     /// Media tick p99, ms.
@@ -368,10 +376,11 @@ pub async fn run_scenario(server: &Server, name: &str, sc: Scenario) -> anyhow::
     // Settle, then measure over the hold.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let m0 = server.metrics().await?;
-    let (c0, t0) = (server.cpu_seconds(), Instant::now());
+    let (c0, l0, t0) = (server.cpu_seconds(), own_cpu_seconds(), Instant::now());
     tokio::time::sleep(Duration::from_secs(sc.hold_s)).await;
     let m1 = server.metrics().await?;
     let (cpu, wall) = (server.cpu_seconds() - c0, t0.elapsed().as_secs_f64());
+    let client = own_cpu_seconds() - l0;
     let reports = finish(stop_tx, tasks).await;
     let (p50, p99, misses, ticks) = tick_quantiles(&m0, &m1);
     let g = |k: &str| m1.get(k).copied().unwrap_or(f64::NAN);
@@ -380,6 +389,7 @@ pub async fn run_scenario(server: &Server, name: &str, sc: Scenario) -> anyhow::
         participants: total,
         cpu_s_per_participant_min: cpu / (total.max(1) as f64 * wall / 60.0),
         cpu_cores: cpu / wall,
+        client_cores: client / wall,
         tick_p50_ms: p50,
         tick_p99_ms: p99,
         miss_pct: if ticks > 0.0 {
@@ -463,15 +473,17 @@ pub async fn run_janus_scenario(janus: &Janus, name: &str, sc: Scenario) -> anyh
         tokio::time::sleep(Duration::from_millis(sc.ramp_ms)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (c0, t0) = (janus.cpu_seconds(), Instant::now());
+    let (c0, l0, t0) = (janus.cpu_seconds(), own_cpu_seconds(), Instant::now());
     tokio::time::sleep(Duration::from_secs(sc.hold_s)).await;
     let (cpu, wall) = (janus.cpu_seconds() - c0, t0.elapsed().as_secs_f64());
+    let client = own_cpu_seconds() - l0;
     let reports = finish(stop_tx, tasks).await;
     Ok(Row {
         scenario: name.into(),
         participants: sc.per_room,
         cpu_s_per_participant_min: cpu / (sc.per_room.max(1) as f64 * wall / 60.0),
         cpu_cores: cpu / wall,
+        client_cores: client / wall,
         tick_p50_ms: f64::NAN,
         tick_p99_ms: f64::NAN,
         miss_pct: f64::NAN,

@@ -31,8 +31,8 @@
 
 use crate::media::Voice;
 use crate::participant::{
-    Handler, Report, Rx, Shared, Spec, audio_track, collect, payload_type, peer_connection,
-    send_audio,
+    Handler, Report, Rx, Shared, Spec, audio_track, collect, dtx_asked, payload_type,
+    peer_connection, send_audio,
 };
 use parking_lot::Mutex;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -877,9 +877,10 @@ async fn joined(
                             anyhow::bail!("Janus answered with candidate {ip}, not its veth address {pinned}: refusing to send there");
                         }
                         report.welcome_ms = Some(opened.elapsed().as_secs_f64() * 1000.0);
-                        pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                        pc.set_remote_description(RTCSessionDescription::answer(sdp.clone())?).await?;
                         let pt = payload_type(&audio_sender).await?;
-                        sender = Some(tokio::spawn(send_audio(audio.clone(), pt, voice.clone(), *spec, shared.clone())));
+                        let dtx = dtx_asked(&sdp, pt);
+                        sender = Some(tokio::spawn(send_audio(audio.clone(), pt, voice.clone(), *spec, shared.clone(), dtx)));
                     }
                     Event::Error(e) => anyhow::bail!("{e}"),
                     Event::Hangup(reason) => anyhow::bail!("Janus hung up: {reason}"),

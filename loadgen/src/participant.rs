@@ -140,7 +140,8 @@ pub struct Report {
     pub video_frames: u64,
     /// Media payload bytes received.
     pub bytes: u64,
-    /// Gaps of more than 100 ms between mixed audio packets.
+    /// Gaps of more than 100 ms between mixed audio packets (not counting the silence after a
+    /// DTX frame).
     pub audio_gaps: u64,
     /// Seconds between the first and last packet received.
     pub receive_s: f64,
@@ -158,6 +159,9 @@ pub(crate) struct Rx {
     first_audio: Option<Instant>,
     first_video: Option<Instant>,
     last_audio: Option<Instant>,
+    /// The last audio packet was a DTX frame (RFC 7587: a TOC byte or two): silence follows
+    /// until the next, and the time to it is not a gap.
+    last_audio_dtx: bool,
     last_any: Option<Instant>,
     audio_packets: u64,
     video_frames: u64,
@@ -522,9 +526,10 @@ async fn session(
                     match v["type"].as_str() {
                         Some("answer") => {
                             let sdp = v["sdp"].as_str().unwrap_or_default().to_string();
-                            pc.set_remote_description(RTCSessionDescription::answer(sdp)?).await?;
+                            pc.set_remote_description(RTCSessionDescription::answer(sdp.clone())?).await?;
                             let apt = payload_type(&audio_sender).await?;
-                            senders.push(tokio::spawn(send_audio(audio.clone(), apt, voice.clone(), *spec, shared.clone())));
+                            let dtx = dtx_asked(&sdp, apt);
+                            senders.push(tokio::spawn(send_audio(audio.clone(), apt, voice.clone(), *spec, shared.clone(), dtx)));
                             if let (Some((vt, vs)), Some(cam)) = (&video, &camera) {
                                 let vpt = payload_type(vs).await?;
                                 senders.push(tokio::spawn(send_video(vt.clone(), vpt, cam.clone(), spec.id, shared.clone(), limit_rx.clone())));
@@ -565,27 +570,58 @@ async fn session(
     result
 }
 
+/// One audio frame.
+const FRAME: Duration = Duration::from_millis(20);
+/// Frames of silence one DTX packet stands for (400 ms, what libwebrtc's Opus sends).
+const DTX_FRAMES: u64 = 20;
+
+/// Whether an answer asks for Opus DTX (`usedtx=1` on the fmtp of payload type `pt`): a browser
+/// then sends a packet every 400 ms in silence instead of 50 a second.
+pub(crate) fn dtx_asked(sdp: &str, pt: u8) -> bool {
+    let prefix = format!("a=fmtp:{pt} ");
+    sdp.lines().any(|l| {
+        l.strip_prefix(&prefix).is_some_and(|params| {
+            params
+                .split(';')
+                .any(|p| p.trim().eq_ignore_ascii_case("usedtx=1"))
+        })
+    })
+}
+
 /// Sends the participant's voice on a 20 ms clock, per its talk schedule (recording the start
-/// of each burst in `shared` for the listeners' mouth-to-ear measurement).
+/// of each burst in `shared` for the listeners' mouth-to-ear measurement). With `dtx`, silence
+/// is one packet every 400 ms whose RTP duration spans the gap up to the next packet (sequence
+/// numbers stay contiguous, as RFC 7587 DTX has them), cut short where a burst starts.
 pub(crate) async fn send_audio(
     track: Arc<TrackLocalStaticSample>,
     pt: u8,
     voice: Arc<Voice>,
     spec: Spec,
     shared: Arc<Shared>,
+    dtx: bool,
 ) {
     let Some(&ssrc) = track.ssrcs().await.first() else {
         return;
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Frame `n` is due at `clock + n × 20 ms`; a task that wakes late skips the frames it
+    // missed (as a browser's capture would drop them), and in DTX it sleeps until the next
+    // packet rather than waking every 20 ms.
+    let clock = tokio::time::Instant::now();
     let (mut n, mut was) = (0u64, false);
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(clock + FRAME * n as u32).await;
+        let late = (clock.elapsed().as_millis() / FRAME.as_millis()) as u64;
+        n = n.max(late);
         let now = Instant::now();
-        let talking = spec
-            .schedule
-            .talking((now - shared.start).as_millis() as u64);
+        let t_ms = (now - shared.start).as_millis() as u64;
+        let talking = spec.schedule.talking(t_ms);
+        let frames = if dtx && !talking {
+            (1..DTX_FRAMES)
+                .find(|j| spec.schedule.talking(t_ms + 20 * j))
+                .unwrap_or(DTX_FRAMES)
+        } else {
+            1
+        };
         if talking
             && !was
             && let Some(b) = shared.bursts.get(spec.id as usize)
@@ -595,7 +631,7 @@ pub(crate) async fn send_audio(
         was = talking;
         let s = rtc::media::Sample {
             data: bytes::Bytes::copy_from_slice(&voice.packet(n, talking)),
-            duration: Duration::from_millis(20),
+            duration: FRAME * frames as u32,
             ..rtc::media::Sample::new(now)
         };
         // The tone is at about -9 dBov; the silence is digital silence.
@@ -606,7 +642,7 @@ pub(crate) async fn send_audio(
             },
         );
         let _ = track.write_sample(ssrc, pt, &s, &[level]).await;
-        n += 1;
+        n += frames;
     }
 }
 
@@ -703,9 +739,11 @@ async fn receive(
                     r.first_audio.get_or_insert(now);
                     if let Some(last) = r.last_audio
                         && now - last > Duration::from_millis(100)
+                        && !r.last_audio_dtx
                     {
                         r.audio_gaps += 1;
                     }
+                    r.last_audio_dtx = p.payload.len() <= 2;
                     r.last_audio = Some(now);
                     r.audio_packets += 1;
                 }
@@ -827,4 +865,21 @@ fn vp8_descriptor_len(p: &[u8]) -> Option<usize> {
         }
     }
     (n < p.len()).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtx_is_sent_only_when_the_answer_asks_for_it_on_the_opus_payload_type() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=rtpmap:111 opus/48000/2\r\n\
+                      a=fmtp:111 minptime=10;useinbandfec=1; usedtx=1\r\na=fmtp:63 111/111\r\n";
+        assert!(dtx_asked(answer, 111));
+        assert!(!dtx_asked(answer, 63));
+        assert!(!dtx_asked(&answer.replace("usedtx=1", "usedtx=0"), 111));
+        assert!(!dtx_asked("a=fmtp:111 minptime=10;useinbandfec=1\r\n", 111));
+        // Another payload type's parameters do not count.
+        assert!(!dtx_asked("a=fmtp:1111 usedtx=1\r\n", 111));
+    }
 }

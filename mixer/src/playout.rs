@@ -50,6 +50,12 @@ pub struct AudioInput {
     refused: u64,
     /// Quiet packets played as silence without decoding.
     quiet_skipped: u64,
+    /// The last packet played was quiet and skipped: a sender in DTX (RFC 7587: a packet every
+    /// 400 ms or so in silence, sequence numbers contiguous) leaves gaps after such packets, and
+    /// concealing silence gives silence, so the gap plays as silence without the decoder.
+    after_quiet: bool,
+    /// Missing frames played as silence after a quiet packet instead of being concealed.
+    dtx_silent: u64,
 }
 
 impl std::fmt::Debug for AudioInput {
@@ -83,6 +89,8 @@ impl AudioInput {
             past: JitterStats::default(),
             refused: 0,
             quiet_skipped: 0,
+            after_quiet: false,
+            dtx_silent: 0,
         })
     }
 
@@ -112,6 +120,11 @@ impl AudioInput {
     /// Quiet packets played as silence without being decoded, since the start.
     pub fn quiet_skipped(&self) -> u64 {
         self.quiet_skipped
+    }
+
+    /// Missing frames after a quiet packet (a DTX gap) played as silence without concealment.
+    pub fn dtx_silent(&self) -> u64 {
+        self.dtx_silent
     }
 
     /// A new buffer holding the same time for packets of `samples` (the sender changed its
@@ -181,7 +194,8 @@ impl AudioInput {
                 Playout::Packet(pkt) => {
                     let n = duration(pkt).unwrap_or(lost);
                     self.packet_samples = n;
-                    if decode && skip_quiet && tag != NO_TAG && tag >= QUIET_LEVEL {
+                    self.after_quiet = decode && skip_quiet && tag != NO_TAG && tag >= QUIET_LEVEL;
+                    if self.after_quiet {
                         self.quiet_skipped += 1;
                         self.carry[..n].fill(0);
                         Ok(n)
@@ -190,6 +204,11 @@ impl AudioInput {
                     } else {
                         Ok(n)
                     }
+                }
+                Playout::Fec(_) | Playout::Plc if decode && skip_quiet && self.after_quiet => {
+                    self.dtx_silent += 1;
+                    self.carry[..lost].fill(0);
+                    Ok(lost)
                 }
                 Playout::Fec(next) if decode => self
                     .decoder
@@ -337,6 +356,52 @@ mod tests {
             plain.play(&mut out, &mut errors, true);
         }
         assert_eq!(plain.quiet_skipped(), 0);
+    }
+
+    #[test]
+    fn a_dtx_gap_after_a_quiet_packet_plays_silence_without_concealing_and_speech_resumes() {
+        // DTX as a browser sends it: in silence one quiet packet (level 127) every 400 ms,
+        // sequence numbers contiguous; then a talk spurt at 50 packets a second.
+        let tone = packets(20, 1000);
+        let mut input = AudioInput::new(2).unwrap();
+        let mut out = [0i16; FRAME_SAMPLES];
+        let mut errors = 0;
+        let mut seq = 0u16;
+        for tick in 0..100 {
+            if tick % 20 == 0 {
+                input.push_with_level(seq, &tone[0], Some(127));
+                seq += 1;
+            }
+            input.play(&mut out, &mut errors, true);
+            assert!(out.iter().all(|&x| x == 0), "silence plays as silence");
+        }
+        assert!(input.quiet_skipped() >= 2, "{}", input.quiet_skipped());
+        assert!(
+            input.dtx_silent() >= 5,
+            "gaps after quiet packets are silence"
+        );
+        assert_eq!(
+            input.stats().plc,
+            input.dtx_silent(),
+            "no other concealment"
+        );
+        let before = input.dtx_silent();
+        // The spurt: loud within the buffer's target plus a tick, and nothing concealed as silence.
+        let mut loud_from = None;
+        for (t, pkt) in tone.iter().enumerate().skip(1).take(20) {
+            input.push_with_level(seq, pkt, Some(10));
+            seq += 1;
+            input.play(&mut out, &mut errors, true);
+            if loud_from.is_none() && rms(&out) > 1000.0 {
+                loud_from = Some(t);
+            }
+        }
+        assert!(
+            loud_from.is_some_and(|t| t <= 4),
+            "speech resumes: {loud_from:?}"
+        );
+        assert_eq!(input.dtx_silent(), before);
+        assert_eq!(errors, 0);
     }
 
     #[test]

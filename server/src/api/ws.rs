@@ -584,7 +584,7 @@ impl Core {
                     None => break,
                 },
                 ev = room.recv() => match ev {
-                    Some(SessionEvent::Send(v)) => self.send(v),
+                    Some(SessionEvent::Send(t)) => { let _ = self.out.try_send(Out::Text(t.to_string())); }
                     Some(SessionEvent::Close(reason, to)) => { self.close(reason, to.as_deref()); break; }
                     None => break,
                 },

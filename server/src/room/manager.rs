@@ -19,8 +19,8 @@ pub const SESSION_QUEUE: usize = 256;
 /// What a signaling session is told by the room.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// A JSON message to send to the client as is.
-    Send(serde_json::Value),
+    /// A JSON message to send to the client as is, serialized once for everyone it goes to.
+    Send(Arc<str>),
     /// Send `closed` with this reason and close the socket; with the signaling URL of the node
     /// the room moved to, if any (shutdown of one node of several).
     Close(CloseReason, Option<Arc<str>>),
@@ -240,6 +240,11 @@ impl Drop for ParticipantHandle {
     }
 }
 
+/// A message serialized once, shared by every session it is delivered to.
+fn text(msg: &serde_json::Value) -> Arc<str> {
+    msg.to_string().into()
+}
+
 fn deliver(events: &mpsc::Sender<SessionEvent>, ev: SessionEvent) {
     if let Err(e) = events.try_send(ev) {
         tracing::warn!(error = %e, "session queue full or closed; event dropped");
@@ -336,7 +341,7 @@ impl RoomManager {
             .and_then(|live| live.participants.iter().find(|e| e.key == key))
         {
             log(&e.info.id);
-            deliver(&e.events, SessionEvent::Send(msg));
+            deliver(&e.events, SessionEvent::Send(text(&msg)));
         }
     }
 
@@ -472,7 +477,7 @@ impl RoomManager {
             video_locked,
         };
         let others: Vec<Participant> = live.participants.iter().map(|e| e.info.clone()).collect();
-        let joined = serde_json::json!({"type": "participant_joined", "participant": info});
+        let joined = text(&serde_json::json!({"type": "participant_joined", "participant": info}));
         for e in &live.participants {
             deliver(&e.events, SessionEvent::Send(joined.clone()));
         }
@@ -513,7 +518,7 @@ impl RoomManager {
             let rest = live.sharers.iter().copied().filter(|k| *k != gone.key);
             live.set_sharers(rest.collect());
         }
-        let left = serde_json::json!({"type": "participant_left", "participant_id": id});
+        let left = text(&serde_json::json!({"type": "participant_left", "participant_id": id}));
         for e in &live.participants {
             deliver(&e.events, SessionEvent::Send(left.clone()));
         }
@@ -734,7 +739,8 @@ impl RoomManager {
                 sharers.push(key);
             }
             live.set_sharers(sharers);
-            let msg = serde_json::json!({"type": "participant_updated", "participant": after});
+            let msg =
+                text(&serde_json::json!({"type": "participant_updated", "participant": after}));
             for e in &live.participants {
                 deliver(&e.events, SessionEvent::Send(msg.clone()));
             }
@@ -765,7 +771,8 @@ impl RoomManager {
             });
         }
         if after != before {
-            let msg = serde_json::json!({"type": "participant_updated", "participant": after});
+            let msg =
+                text(&serde_json::json!({"type": "participant_updated", "participant": after}));
             for e in &live.participants {
                 deliver(&e.events, SessionEvent::Send(msg.clone()));
             }
@@ -775,6 +782,7 @@ impl RoomManager {
 
     /// Sends a message to everyone in the room (`except` one participant id).
     pub fn broadcast(&self, room: &str, msg: &serde_json::Value, except: Option<&str>) {
+        let msg = text(msg);
         let inner = self.inner.lock();
         if let Some(live) = inner.rooms.get(room) {
             for e in live

@@ -145,7 +145,6 @@ fn negotiated_pt(sdp: &str, codec: &str, fallback: u8) -> u8 {
     find_pt(sdp, codec).unwrap_or(fallback)
 }
 
-/// The payload type `codec` (e.g. `red/48000`) has in `sdp`, if it is there.
 /// The id `sdp` gives the header extension `uri` (`a=extmap:<id>[/<direction>] <uri>`).
 fn find_extmap(sdp: &str, uri: &str) -> Option<u8> {
     sdp.lines()
@@ -157,6 +156,7 @@ fn find_extmap(sdp: &str, uri: &str) -> Option<u8> {
         })
 }
 
+/// The payload type `codec` (e.g. `red/48000`) has in `sdp`, if it is there.
 fn find_pt(sdp: &str, codec: &str) -> Option<u8> {
     let codec = codec.to_ascii_lowercase();
     sdp.lines()
@@ -167,6 +167,37 @@ fn find_pt(sdp: &str, codec: &str) -> Option<u8> {
                 .starts_with(&codec)
                 .then(|| pt.parse().ok())?
         })
+}
+
+/// The answer with `usedtx=1` on the Opus payload type's parameters (RFC 7587: the receiver
+/// prefers DTX), unless it says otherwise already. The answer `rtc` writes carries the offer's
+/// parameters, not ours, so the line is amended here; a browser then sends a packet every
+/// 400 ms or so while its microphone is silent, not 50 a second (`playout` plays the gaps as
+/// silence without concealing).
+fn ask_for_dtx(sdp: &str) -> String {
+    let Some(pt) = find_pt(sdp, "opus/48000") else {
+        return sdp.to_owned();
+    };
+    let (fmtp, rtpmap) = (format!("a=fmtp:{pt} "), format!("a=rtpmap:{pt} "));
+    let has_fmtp = sdp.lines().any(|l| l.starts_with(&fmtp));
+    let mut out = String::with_capacity(sdp.len() + 24);
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let end = &line[body.len()..];
+        match body.strip_prefix(&fmtp) {
+            Some(params) if !params.to_ascii_lowercase().contains("usedtx=") => {
+                out.push_str(&format!("{body};usedtx=1{end}"));
+            }
+            _ => out.push_str(line),
+        }
+        if !has_fmtp && body.starts_with(&rtpmap) {
+            out.push_str(&format!(
+                "{fmtp}usedtx=1{}",
+                if end.is_empty() { "\r\n" } else { end }
+            ));
+        }
+    }
+    out
 }
 
 // ── Keyframe requests from receivers reach the application ─────────────────────────────────
@@ -670,7 +701,7 @@ impl Peer {
             }
         }
         let answer = self.pc.create_answer(None).await.map_err(rtc_err)?;
-        let mut sdp = answer.sdp.clone();
+        let mut sdp = ask_for_dtx(&answer.sdp);
         self.pc
             .set_local_description(answer)
             .await
@@ -701,7 +732,7 @@ impl Peer {
                 .map_err(rtc_err)?,
                 audio_ssrc: self.audio_ssrc,
                 opus_pt: negotiated_pt(&sdp, "opus/48000", OPUS_PT),
-                red_pt: find_pt(&sdp, "red/48000").filter(|_| std::env::var("NORED").is_err()),
+                red_pt: find_pt(&sdp, "red/48000"),
             };
             self.tasks.push(tokio::spawn(send_output(
                 rx,
@@ -1117,6 +1148,33 @@ m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264
         assert_eq!(g.admit(false, false, true, ms(1400)), (false, true));
         assert_eq!(g.admit(true, false, false, ms(1466)), (true, false));
         assert_eq!(g.skipped, 6);
+    }
+
+    #[test]
+    fn the_answer_asks_for_opus_dtx() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=rtpmap:111 opus/48000/2\r\n\
+                      a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\n\
+                      a=fmtp:63 111/111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+        let asked = ask_for_dtx(answer);
+        assert!(
+            asked.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=1\r\n"),
+            "{asked}"
+        );
+        assert!(asked.contains("a=fmtp:63 111/111\r\n"), "{asked}");
+        assert_eq!(asked.len(), answer.len() + ";usedtx=1".len());
+        // Said already (either way): unchanged. No fmtp line: one is added after the rtpmap.
+        let said = answer.replace("useinbandfec=1", "useinbandfec=1;usedtx=0");
+        assert_eq!(ask_for_dtx(&said), said);
+        let bare = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=mid:0\r\n";
+        assert_eq!(
+            ask_for_dtx(bare),
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 usedtx=1\r\na=mid:0\r\n"
+        );
+        // No Opus: unchanged.
+        assert_eq!(
+            ask_for_dtx("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"),
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+        );
     }
 
     #[test]
