@@ -140,7 +140,8 @@ pub struct Report {
     pub video_frames: u64,
     /// Media payload bytes received.
     pub bytes: u64,
-    /// Gaps of more than 100 ms between mixed audio packets.
+    /// Gaps of more than 100 ms between mixed audio packets, but for the silence after a DTX
+    /// frame (the server's stream goes quiet while the mix is silent).
     pub audio_gaps: u64,
     /// Seconds between the first and last packet received.
     pub receive_s: f64,
@@ -158,6 +159,9 @@ pub(crate) struct Rx {
     first_audio: Option<Instant>,
     first_video: Option<Instant>,
     last_audio: Option<Instant>,
+    /// The last audio packet was a DTX frame (RFC 7587: a TOC byte or two): silence follows
+    /// until the next, and the time to it is not a gap.
+    last_audio_dtx: bool,
     last_any: Option<Instant>,
     audio_packets: u64,
     video_frames: u64,
@@ -735,9 +739,11 @@ async fn receive(
                     r.first_audio.get_or_insert(now);
                     if let Some(last) = r.last_audio
                         && now - last > Duration::from_millis(100)
+                        && !r.last_audio_dtx
                     {
                         r.audio_gaps += 1;
                     }
+                    r.last_audio_dtx = p.payload.len() <= 2;
                     r.last_audio = Some(now);
                     r.audio_packets += 1;
                 }

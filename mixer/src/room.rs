@@ -69,6 +69,25 @@ pub const PUSHBACK_HARD_MS: u64 = 400;
 pub const MAX_HELD_FRAMES: u32 = 7;
 /// A receiver's own Opus encoder is dropped after this many ticks unused (5 s).
 pub const OWN_ENCODER_IDLE_TICKS: u32 = 250;
+
+/// Ticks of the room's silent frame a receiver gets before its stream goes quiet (DTX): about
+/// the hangover libopus keeps before its own DTX.
+pub const DTX_HANGOVER_TICKS: u32 = 10;
+/// In DTX, one frame every this many ticks (400 ms, as libopus and libwebrtc send), so the
+/// receiver's stream stays alive.
+pub const DTX_INTERVAL_TICKS: u32 = 20;
+
+/// What a receiver whose mix has been silent for `ticks` ticks (1 = the first) gets this tick:
+/// the silent frame through the hangover, then the DTX frame once every interval, else nothing.
+fn dtx_step(ticks: u32) -> Option<bool> {
+    if ticks <= DTX_HANGOVER_TICKS {
+        Some(false)
+    } else if (ticks - DTX_HANGOVER_TICKS - 1).is_multiple_of(DTX_INTERVAL_TICKS) {
+        Some(true)
+    } else {
+        None
+    }
+}
 /// Frames one input may have waiting for the tick (two a tick at 60 fps, and a burst after a
 /// short stall); past it they are dropped and a keyframe is asked for.
 pub const MAX_PENDING_FRAMES: usize = 8;
@@ -178,6 +197,8 @@ struct Participant {
     activity: VoiceActivity,
     own_encoder: Option<OpusEncoder>,
     own_idle_ticks: u32,
+    /// Consecutive ticks its mix was silence (0: it hears someone): see [`dtx_step`].
+    silent_ticks: u32,
     /// Its last frame was the room's silence, not its own encoder's: that encoder (if kept)
     /// starts again from a clean state.
     own_idle: bool,
@@ -214,6 +235,13 @@ struct Sink {
     key: ParticipantKey,
     tier: usize,
     wants_keyframe: bool,
+}
+
+/// An Opus DTX frame (RFC 6716 3.2.1, RFC 7587): the TOC byte alone, code 0, so one frame of
+/// length 0 in the configuration of `frame`. Decoders conceal it as comfort noise, and
+/// libwebrtc's receiver takes a packet of 1 or 2 bytes as the start of DTX, not as speech.
+fn dtx_frame(frame: &[u8]) -> Arc<[u8]> {
+    Arc::from([frame.first().copied().unwrap_or(0) & !0x03])
 }
 
 /// One 20 ms Opus frame of digital silence from an encoder set as the room's are, once it has
@@ -393,6 +421,8 @@ pub struct MediaRoom {
     /// One Opus frame of digital silence, sent to every receiver whose mix is empty (nobody
     /// else is heard) instead of encoding silence ([`MediaRoom::mix_audio`]).
     silence: Arc<[u8]>,
+    /// The DTX frame that follows the silent frame once a receiver's mix stayed silent.
+    dtx: Arc<[u8]>,
     /// The shared encoder's last frame was not encoded (silence went out instead): it starts
     /// again from a clean state.
     shared_idle: bool,
@@ -413,6 +443,8 @@ impl MediaRoom {
     /// Validates `cfg` and creates an empty room at time 0.
     pub fn new(cfg: MediaConfig) -> Result<Self, MixerError> {
         cfg.validate()?;
+        let silence = silent_frame(&cfg)?;
+        let dtx = dtx_frame(&silence);
         Ok(Self {
             layout: cfg.layout,
             participants: Vec::new(),
@@ -431,7 +463,8 @@ impl MediaRoom {
             sinks: Vec::new(),
             last_composite_ms: None,
             paused_changed: Vec::new(),
-            silence: silent_frame(&cfg)?,
+            silence,
+            dtx,
             shared_idle: false,
             tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
@@ -500,6 +533,7 @@ impl MediaRoom {
             activity: VoiceActivity::new(),
             own_encoder: None,
             own_idle_ticks: 0,
+            silent_ticks: 0,
             own_idle: false,
             video_decoder: None,
             pending_video: Vec::new(),
@@ -902,6 +936,7 @@ impl MediaRoom {
             cfg,
             stats,
             silence,
+            dtx,
             shared_idle,
             ..
         } = self;
@@ -990,6 +1025,19 @@ impl MediaRoom {
             } else {
                 let Some(s) = &shared else { continue };
                 s.clone()
+            };
+            // Silence on the way out is DTX: after a hangover, one DTX frame every 400 ms
+            // instead of 50 packets a second (the receiver plays comfort noise meanwhile).
+            let packet = if Arc::ptr_eq(&packet, silence) {
+                p.silent_ticks = p.silent_ticks.saturating_add(1);
+                match dtx_step(p.silent_ticks) {
+                    Some(false) => packet,
+                    Some(true) => dtx.clone(),
+                    None => continue,
+                }
+            } else {
+                p.silent_ticks = 0;
+                packet
             };
             out.audio.push((p.key, packet));
         }
@@ -1587,6 +1635,75 @@ mod tests {
     }
 
     #[test]
+    fn dtx_after_the_hangover_one_frame_every_interval() {
+        let steps: Vec<Option<bool>> = (1..=52).map(dtx_step).collect();
+        assert!(steps[..10].iter().all(|s| *s == Some(false)), "hangover");
+        assert_eq!(steps[10], Some(true), "then the DTX frame");
+        assert!(steps[11..30].iter().all(|s| s.is_none()), "then nothing");
+        assert_eq!(
+            (steps[30], steps[50]),
+            (Some(true), Some(true)),
+            "every 400 ms"
+        );
+        // The DTX frame is the silent frame's TOC alone, which a decoder takes (as concealment).
+        let room = MediaRoom::new(MediaConfig::default()).expect("room");
+        assert_eq!(*room.dtx, [room.silence[0] & !0x03]);
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        OpusDecoder::new()
+            .unwrap()
+            .decode(&room.dtx, &mut pcm)
+            .unwrap();
+        assert!(pcm.iter().all(|&x| x.abs() < 100));
+    }
+
+    #[test]
+    fn a_silent_room_goes_to_dtx_and_the_first_word_goes_out_at_once() {
+        let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
+        for k in 0..3 {
+            room.add_participant(k, true);
+        }
+        let quiet = tone_packets(0.0, 0.0, 1)[0].clone();
+        let voice = tone_packets(500.0, 6000.0, 200);
+        let mut sent = [[0usize; 3]; 2]; // [silent frames, DTX frames] per receiver
+        for t in 0..200u16 {
+            let talking = t >= 100;
+            room.push_audio(
+                0,
+                t,
+                u32::from(t) * 960,
+                if talking { &voice[t as usize] } else { &quiet },
+            );
+            room.push_audio(1, t, u32::from(t) * 960, &quiet);
+            room.push_audio(2, t, u32::from(t) * 960, &quiet);
+            let out = room.tick();
+            if t < 100 {
+                for (k, p) in &out.audio {
+                    let i = usize::from(p.len() == 1);
+                    assert!(Arc::ptr_eq(
+                        p,
+                        if i == 1 { &room.dtx } else { &room.silence }
+                    ));
+                    sent[i][*k as usize] += 1;
+                }
+                continue;
+            }
+            // Once the talker is heard, the two others get every tick again; the talker itself
+            // hears nobody and stays in DTX.
+            let keys: Vec<u64> = out.audio.iter().map(|(k, _)| *k).collect();
+            if out.audio.iter().any(|(k, p)| *k == 1 && p.len() > 10) {
+                assert!(keys.contains(&1) && keys.contains(&2), "tick {t}: {keys:?}");
+                assert!(
+                    out.audio
+                        .iter()
+                        .all(|(k, p)| *k == 0 || !Arc::ptr_eq(p, &room.silence))
+                );
+            }
+        }
+        // 100 silent ticks: 10 silent frames, then DTX at ticks 10, 30, 50, 70, 90.
+        assert_eq!(sent, [[10; 3], [5; 3]], "{sent:?}");
+    }
+
+    #[test]
     fn a_lone_talker_hears_the_rooms_silent_frame_and_costs_one_encode() {
         let mut room = MediaRoom::new(MediaConfig::default()).expect("room");
         for k in 0..3 {
@@ -1605,12 +1722,21 @@ mod tests {
                 continue; // the jitter buffer and the speaking gate settle
             }
             assert_eq!(room.stats().audio_encodes_last_tick, 1, "tick {t}");
-            let (_, talker) = &out.audio[0];
-            assert!(
-                Arc::ptr_eq(talker, &room.silence),
-                "the talker gets the silent frame"
-            );
-            assert!(Arc::ptr_eq(&out.audio[1].1, &out.audio[2].1));
+            // The talker hears nobody: the silent frame, then DTX (a frame every 400 ms).
+            let others: Vec<&Arc<[u8]>> = out
+                .audio
+                .iter()
+                .filter(|(k, _)| *k != 0)
+                .map(|(_, p)| p)
+                .collect();
+            assert_eq!(others.len(), 2, "tick {t}");
+            assert!(Arc::ptr_eq(others[0], others[1]));
+            if let Some((_, talker)) = out.audio.iter().find(|(k, _)| *k == 0) {
+                assert!(
+                    Arc::ptr_eq(talker, &room.silence) || Arc::ptr_eq(talker, &room.dtx),
+                    "the talker gets the silent frame or DTX"
+                );
+            }
             for (k, pkt) in &out.audio {
                 let mut pcm = [0i16; FRAME_SAMPLES];
                 decoders[*k as usize].decode(pkt, &mut pcm).unwrap();
@@ -1660,9 +1786,11 @@ mod tests {
                 },
             );
             let out = room.tick();
-            assert_eq!(out.audio.len(), 10, "every participant gets audio");
+            // Everyone gets audio, except in the DTX gaps of a silent room (then nobody).
             let keys: Vec<u64> = out.audio.iter().map(|(k, _)| *k).collect();
-            assert_eq!(keys, (0..10).collect::<Vec<u64>>());
+            if !(t < 50 && keys.is_empty()) {
+                assert_eq!(keys, (0..10).collect::<Vec<u64>>(), "tick {t}");
+            }
             let s = room.stats();
             let c = room.encoder_counts();
             assert_eq!(
@@ -1679,10 +1807,11 @@ mod tests {
                 "encoder_counts agrees with stats"
             );
             if t < 50 {
-                // Nobody speaks: everyone gets the room's silent frame, nothing is encoded.
+                // Nobody speaks: everyone gets the room's silent frame (or DTX), nothing is encoded.
                 assert_eq!(s.audio_encodes_last_tick, 0, "tick {t}");
-                let first = &out.audio[0].1;
-                assert!(out.audio.iter().all(|(_, p)| Arc::ptr_eq(p, first)));
+                if let Some((_, first)) = out.audio.first() {
+                    assert!(out.audio.iter().all(|(_, p)| Arc::ptr_eq(p, first)));
+                }
             } else if t >= 56 {
                 // Two speakers: their own mixes plus one shared full mix.
                 assert_eq!(s.audio_encodes_last_tick, 3, "tick {t}");

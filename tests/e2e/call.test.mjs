@@ -166,6 +166,57 @@ test('an admin mute through REST takes the tone out of the mix within a second, 
   assert.ok(redLevel > -70, `red is heard again: ${redLevel.toFixed(1)} dB`);
 });
 
+/** The page's received audio so far: packets, samples played out, of which concealed. */
+async function audioReceived(page) {
+  return page.evaluate(async () => {
+    const r = { packets: 0, samples: 0, concealed: 0 };
+    (await window.mcu.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        r.packets += s.packetsReceived || 0;
+        r.samples += s.totalSamplesReceived || 0;
+        r.concealed += s.concealedSamples || 0;
+      }
+    });
+    return r;
+  });
+}
+
+test('a room where nobody is heard is DTX on the wire, not concealment, and the first word plays at once', async () => {
+  const list = (await server.api('GET', '/rooms/e2e/participants')).body.participants;
+  const ids = joined.map((p) => list.find((q) => q.identity === p.name).id);
+  for (const id of ids) assert.equal((await server.api('POST', `/rooms/e2e/participants/${id}/mute`, { audio: true })).status, 200);
+  try {
+    await new Promise((r) => setTimeout(r, 1500));
+    const before = await Promise.all(joined.map((p) => audioReceived(p.page)));
+    const t0 = Date.now();
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = await Promise.all(joined.map((p) => audioReceived(p.page)));
+    const s = (Date.now() - t0) / 1000;
+    joined.forEach((p, i) => {
+      const rate = (after[i].packets - before[i].packets) / s;
+      const played = after[i].samples - before[i].samples;
+      const concealed = (100 * (after[i].concealed - before[i].concealed)) / Math.max(1, played);
+      console.log(`${p.name} in a silent room: ${rate.toFixed(1)} audio packets/s, ${played} samples played, ${concealed.toFixed(1)} % concealed`);
+      // One DTX frame every 400 ms instead of 50 packets a second; the browser keeps playing
+      // (comfort noise), and does not count the quiet as lost audio.
+      assert.ok(rate < 5, `${p.name} gets DTX: ${rate.toFixed(1)} packets/s`);
+      assert.ok(played > 48000 * s * 0.8, `${p.name} keeps playing out: ${played} samples in ${s} s`);
+      assert.ok(concealed < 10, `${p.name}: ${concealed.toFixed(1)} % of the quiet concealed`);
+    });
+  } finally {
+    // The first word after the quiet: red's tone is in green's mix within a second.
+    assert.equal((await server.api('POST', `/rooms/e2e/participants/${ids[0]}/mute`, { audio: false })).status, 200);
+    const t1 = Date.now();
+    let level = -Infinity;
+    while (Date.now() - t1 < 3000 && level <= -70) [level] = await toneLevels(joined[1].page, [joined[0].freq]);
+    const ms = Date.now() - t1;
+    console.log(`red heard again after ${ms} ms at ${level.toFixed(1)} dB`);
+    for (const id of ids.slice(1)) await server.api('POST', `/rooms/e2e/participants/${id}/mute`, { audio: false });
+    assert.ok(level > -70, `red is heard again after the quiet: ${level.toFixed(1)} dB`);
+    assert.ok(ms < 2000, `the first word after DTX took ${ms} ms`);
+  }
+});
+
 test('a kick through REST ends that call with closed: kicked, the others see them leave', async () => {
   const blue = joined[2];
   const list = (await server.api('GET', '/rooms/e2e/participants')).body.participants;

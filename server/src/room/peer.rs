@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -437,7 +436,7 @@ async fn receive(track: Arc<dyn TrackRemote>, ctx: Arc<PeerContextShared>) {
 pub struct Peer {
     pc: Arc<dyn PeerConnection>,
     ctx: Arc<PeerContextShared>,
-    audio_out: Arc<TrackLocalStaticSample>,
+    audio_out: Arc<TrackLocalStaticRTP>,
     video_out: Arc<TrackLocalStaticRTP>,
     audio_ssrc: u32,
     video_ssrc: u32,
@@ -645,12 +644,12 @@ impl Peer {
                     return Ok(Peer {
                         pc,
                         ctx: shared,
-                        audio_out: TrackLocalStaticSample::new(
-                            Instant::now(),
-                            track(RtpCodecKind::Audio, "mix-audio", audio_ssrc, opus_codec()),
-                        )
-                        .map(Arc::new)
-                        .map_err(rtc_err)?,
+                        audio_out: Arc::new(TrackLocalStaticRTP::new(track(
+                            RtpCodecKind::Audio,
+                            "mix-audio",
+                            audio_ssrc,
+                            opus_codec(),
+                        ))),
                         video_out: Arc::new(TrackLocalStaticRTP::new(track(
                             RtpCodecKind::Video,
                             "mix-video",
@@ -722,16 +721,25 @@ impl Peer {
             Relaxed,
         );
         if let Some(rx) = output {
+            let opus_pt = negotiated_pt(&sdp, "opus/48000", OPUS_PT);
+            let vp8_pt = negotiated_pt(&sdp, "vp8/90000", VP8_PT);
             let out = OutputTracks {
-                audio: self.audio_out.clone(),
-                video: VideoWriter::new(
-                    self.video_out.clone(),
-                    self.video_ssrc,
-                    negotiated_pt(&sdp, "vp8/90000", VP8_PT),
+                audio: ClockedWriter::new(
+                    self.audio_out.clone(),
+                    self.audio_ssrc,
+                    &opus_codec(),
+                    opus_pt,
                 )
                 .map_err(rtc_err)?,
-                audio_ssrc: self.audio_ssrc,
-                opus_pt: negotiated_pt(&sdp, "opus/48000", OPUS_PT),
+                video: ClockedWriter::new(
+                    self.video_out.clone(),
+                    self.video_ssrc,
+                    &vp8_codec(),
+                    vp8_pt,
+                )
+                .map_err(rtc_err)?,
+                opus_pt,
+                vp8_pt,
                 red_pt: find_pt(&sdp, "red/48000"),
             };
             self.tasks.push(tokio::spawn(send_output(
@@ -778,38 +786,39 @@ impl Peer {
 
 /// A participant's two output tracks and how to write to them.
 struct OutputTracks {
-    audio: Arc<TrackLocalStaticSample>,
-    video: VideoWriter,
-    audio_ssrc: u32,
+    audio: ClockedWriter,
+    video: ClockedWriter,
     opus_pt: u8,
+    vp8_pt: u8,
     /// `audio/red` when the receiver negotiated it: redundancy while it reports loss.
     red_pt: Option<u8>,
 }
 
 /// RTP packets payload bytes at most (webrtc-rs's own sample tracks use the same).
 const VIDEO_MTU: usize = 1200;
-/// VP8's RTP clock, ticks per millisecond.
-const VIDEO_CLOCK_PER_MS: u64 = 90;
 
-/// The composite's RTP: VP8 packetized here (webrtc-rs `rtc`'s payloader and packetizer), each
+/// One output track's RTP, packetized here (webrtc-rs `rtc`'s payloaders and packetizer), each
 /// frame stamped with the room clock. A sample track advances the timestamp by a fixed frame
 /// duration per frame written, so a frame the room did not make (an unchanged composite, a lower
-/// tier rate, a frame the gate held back) would pull every later timestamp earlier than its
-/// time; here the gap stays a gap in time, and only packets we dropped leave a gap in sequence.
-struct VideoWriter {
+/// tier rate, a frame the gate held back, audio in DTX) would pull every later timestamp earlier
+/// than its time; here the gap stays a gap in time, and only packets we dropped leave a gap in
+/// sequence.
+struct ClockedWriter {
     track: Arc<TrackLocalStaticRTP>,
     packetizer: Box<dyn rtc::rtp::packetizer::Packetizer>,
     /// Shared with the packetizer: skipping numbers here shows a drop to the receiver.
     sequencer: Box<dyn rtc::rtp::sequence::Sequencer>,
-    payload_type: u8,
+    /// RTP clock ticks per millisecond (90 for video, 48 for Opus).
+    clock_per_ms: u64,
     /// Random start of the RTP timestamps (RFC 3550).
     ts_base: u32,
 }
 
-impl VideoWriter {
+impl ClockedWriter {
     fn new(
         track: Arc<TrackLocalStaticRTP>,
         ssrc: u32,
+        codec: &RTCRtpCodec,
         payload_type: u8,
     ) -> Result<Self, rtc::shared::error::Error> {
         let sequencer: Box<dyn rtc::rtp::sequence::Sequencer> =
@@ -819,23 +828,25 @@ impl VideoWriter {
             VIDEO_MTU,
             payload_type,
             ssrc,
-            vp8_codec().payloader()?,
+            codec.payloader()?,
             sequencer.clone(),
-            90_000,
+            codec.clock_rate,
         );
         Ok(Self {
             track,
             packetizer: Box::new(packetizer),
             sequencer,
-            payload_type,
+            clock_per_ms: u64::from(codec.clock_rate / 1000),
             ts_base: rand::random(),
         })
     }
 
-    /// Writes one frame of room clock `pts_ms`, after `dropped_before` packets lost in our queues.
+    /// Writes one frame of room clock `pts_ms` with `payload_type`, after `dropped_before`
+    /// packets lost in our queues.
     async fn write(
         &mut self,
         data: Arc<[u8]>,
+        payload_type: u8,
         pts_ms: u64,
         dropped_before: u16,
     ) -> Result<(), webrtc::error::Error> {
@@ -844,23 +855,23 @@ impl VideoWriter {
         }
         let ts = self
             .ts_base
-            .wrapping_add((pts_ms.wrapping_mul(VIDEO_CLOCK_PER_MS)) as u32);
+            .wrapping_add((pts_ms.wrapping_mul(self.clock_per_ms)) as u32);
         let packets = self
             .packetizer
             .packetize(Instant::now(), &bytes::Bytes::from_owner(data), 0)
             .map_err(|e| webrtc::error::Error::Other(e.to_string()))?;
         for mut p in packets {
             p.header.timestamp = ts;
-            p.header.payload_type = self.payload_type;
+            p.header.payload_type = payload_type;
             self.track.write_rtp_with_extensions(p, &[]).await?;
         }
         Ok(())
     }
 }
 
-/// Duration of one audio frame of the mix, and in RTP units (48 kHz).
+/// Duration of one audio frame of the mix, and RTP units (48 kHz) per millisecond.
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
-const AUDIO_FRAME_SAMPLES: u32 = 960;
+const AUDIO_SAMPLES_PER_MS: u64 = 48;
 
 /// Shortest interval between two keyframe requests a sender makes for itself after skipping.
 const SKIP_KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -929,6 +940,8 @@ async fn send_output(
     let mut redundancy = Redundancy::default();
     // What the copies add, bit/s, smoothed over about a second of frames.
     let mut redundancy_bps = 0.0;
+    // Room clock of the last audio frame written: the copy a RED packet carries lies this far back.
+    let mut last_audio_pts = None;
     while let Some(o) = rx.recv().await {
         if !ctx.connected.load(Relaxed) {
             continue; // not yet (or no longer) connected: drop rather than queue stale media
@@ -936,18 +949,17 @@ async fn send_output(
         let r = match o {
             Output::Audio {
                 data,
+                pts_ms,
                 dropped_before,
             } => {
                 let now = Instant::now();
                 redundancy.observe_loss(link.fraction_lost.load(Relaxed), now);
+                // After a DTX gap the previous frame is too far back for a RED header to say.
+                let back = pts_ms.saturating_sub(last_audio_pts.replace(pts_ms).unwrap_or(pts_ms));
+                let offset = u32::try_from(back * AUDIO_SAMPLES_PER_MS).unwrap_or(u32::MAX);
                 let red = out.red_pt.and_then(|pt| {
-                    let red = redundancy.payload(
-                        out.opus_pt,
-                        &data,
-                        dropped_before,
-                        AUDIO_FRAME_SAMPLES,
-                        now,
-                    )?;
+                    let red =
+                        redundancy.payload(out.opus_pt, &data, dropped_before, offset, now)?;
                     Some((pt, Arc::<[u8]>::from(red)))
                 });
                 let extra = red.as_ref().map_or(0, |(_, r)| r.len() - data.len()) as f64;
@@ -956,8 +968,7 @@ async fn send_output(
                 link.audio_redundancy_bps
                     .store(redundancy_bps as u64, Relaxed);
                 let (pt, data) = red.unwrap_or((out.opus_pt, data));
-                let s = sample(data, AUDIO_FRAME, dropped_before);
-                out.audio.write_sample(out.audio_ssrc, pt, &s, &[]).await
+                out.audio.write(data, pt, pts_ms, dropped_before).await
             }
             Output::Video {
                 data,
@@ -986,7 +997,9 @@ async fn send_output(
                 if !write {
                     continue;
                 }
-                out.video.write(data, pts_ms, dropped_before).await
+                out.video
+                    .write(data, out.vp8_pt, pts_ms, dropped_before)
+                    .await
             }
             Output::Pli => {
                 let target = ctx.video_in.lock().clone();
@@ -1008,20 +1021,6 @@ async fn send_output(
         }
     }
     tracing::debug!(key = ctx.key, skipped = gate.skipped, "output ended");
-}
-
-/// Wraps the room's shared packet without copying it (receivers of one tier or mix share it).
-/// `dropped_before`: packets of this track lost in our own queues just before it, so that the
-/// sequence numbers show the gap to the receiver.
-fn sample(data: Arc<[u8]>, duration: Duration, dropped_before: u16) -> rtc::media::Sample {
-    rtc::media::Sample {
-        data: bytes::Bytes::from_owner(data),
-        timestamp: Instant::now(),
-        duration,
-        packet_timestamp: 0,
-        prev_dropped_packets: dropped_before,
-        prev_padding_packets: 0,
-    }
 }
 
 /// Forwards a receiver's PLI/FIR on the composite to the room (keyframe from its tier only, which
