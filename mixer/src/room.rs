@@ -113,6 +113,9 @@ pub struct TickOutput {
     /// On video ticks: the VP8 frame for each receiver (shared per tier) and
     /// whether it is a keyframe.
     pub video: Vec<(ParticipantKey, Arc<[u8]>, bool)>,
+    /// On video ticks: the frame each tier made, by tier index (the same `Arc`s `video` hands
+    /// out), so that the server packetizes each once for all of its receivers.
+    pub video_tiers: Vec<(usize, Arc<[u8]>)>,
     /// Inputs the server should send a PLI for (upstream, to the publisher).
     pub pli: Vec<ParticipantKey>,
     /// `Some(new)` when the active speaker changed (`Some(None)` = nobody).
@@ -1248,6 +1251,7 @@ impl MediaRoom {
                     if f.keyframe {
                         self.stats.keyframes_sent += 1;
                     }
+                    out.video_tiers.push((t, f.data.clone()));
                     encoded[t] = Some(f);
                 }
                 Ok(Encoded::Held) => {

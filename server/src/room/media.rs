@@ -16,6 +16,7 @@
 
 use crate::metrics::METRICS;
 use crate::room::pacer::LinkState;
+use crate::room::peer::{Payloads, TierPayloads};
 use bytes::Bytes;
 use mixer::{MediaConfig, MediaRoom, ParticipantKey, TickOutput};
 use std::collections::HashMap;
@@ -64,8 +65,8 @@ pub enum Output {
     },
     /// One composite frame, VP8.
     Video {
-        /// The frame.
-        data: Arc<[u8]>,
+        /// The frame's RTP payloads, made once for its tier ([`TierPayloads`]).
+        payloads: Payloads,
         /// Whether it is a keyframe.
         keyframe: bool,
         /// Room clock of the frame, ms: its RTP timestamp (frames the room did not make, an
@@ -303,6 +304,7 @@ impl MediaHandle {
             sinks: HashMap::new(),
             next: Instant::now() + TICK,
             last_counts: (0, 0),
+            payloads: TierPayloads::default(),
         };
         workers().assign(task).map_err(|e| {
             mixer::MixerError::InvalidConfig(format!("cannot start a media worker: {e}"))
@@ -418,9 +420,9 @@ impl Receiver {
     }
 
     /// Returns false when the frame was dropped (the receiver then needs a keyframe).
-    fn send_video(&mut self, data: Arc<[u8]>, keyframe: bool, pts_ms: u64) -> bool {
+    fn send_video(&mut self, payloads: Payloads, keyframe: bool, pts_ms: u64) -> bool {
         let o = Output::Video {
-            data,
+            payloads,
             keyframe,
             pts_ms,
             dropped_before: self.dropped_video,
@@ -454,6 +456,8 @@ struct RoomTask {
     next: Instant,
     /// Encoders counted into the process gauges (audio, video).
     last_counts: (u64, u64),
+    /// Each tier's frame is packetized once for all its receivers.
+    payloads: TierPayloads,
 }
 
 impl RoomTask {
@@ -490,6 +494,7 @@ impl RoomTask {
             sinks,
             events,
             timing,
+            payloads,
             ..
         } = self;
 
@@ -526,7 +531,7 @@ impl RoomTask {
 
         for _ in 0..catch_up {
             let out = media.tick_audio_only();
-            deliver(out, media, receivers, sinks, events);
+            deliver(out, payloads, media, receivers, sinks, events);
         }
         // Encoder pushback: a tier does not make frames for a receiver's full send queue
         // (read on the ticks that make a frame only).
@@ -537,7 +542,7 @@ impl RoomTask {
         }
         let out = media.tick();
         let video_tick = out.video_tick;
-        deliver(out, media, receivers, sinks, events);
+        deliver(out, payloads, media, receivers, sinks, events);
 
         let stats = media.encoder_counts();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
@@ -755,6 +760,7 @@ impl Workers {
 /// Hands one tick's output to its receivers, sinks and the session events.
 fn deliver(
     out: TickOutput,
+    payloads: &mut TierPayloads,
     media: &mut MediaRoom,
     receivers: &mut HashMap<ParticipantKey, Receiver>,
     sinks: &mut HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>>,
@@ -777,6 +783,11 @@ fn deliver(
             r.send_audio(pkt, now_ms);
         }
     }
+    let split: Vec<(Arc<[u8]>, Payloads)> = out
+        .video_tiers
+        .iter()
+        .map(|(tier, frame)| (frame.clone(), payloads.split(*tier, frame)))
+        .collect();
     for (key, data, keyframe) in out.video {
         if let Some(s) = sinks.get(&key) {
             let p = SinkPacket::Video {
@@ -786,8 +797,11 @@ fn deliver(
             };
             feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
         } else if let Some(r) = receivers.get_mut(&key) {
+            let Some((_, p)) = split.iter().find(|(f, _)| Arc::ptr_eq(f, &data)) else {
+                continue;
+            };
             bytes_out += data.len() as u64;
-            if !r.send_video(data, keyframe, now_ms) {
+            if !r.send_video(p.clone(), keyframe, now_ms) {
                 // What follows cannot be decoded without a keyframe: the stream recovers.
                 lagging_receivers.push(key);
             }
@@ -998,6 +1012,38 @@ mod tests {
         }
         // Ours left the workers (what remains is other tests' rooms).
         assert!(workers().rooms() < 3 * n, "{}", workers().rooms());
+    }
+
+    #[tokio::test]
+    async fn receivers_of_one_tier_share_the_frames_rtp_payloads() {
+        let (events, _ev) = mpsc::channel(EVENT_QUEUE);
+        let h = MediaHandle::start("shared-payloads", MediaConfig::default(), events).unwrap();
+        let mut rxs = Vec::new();
+        for key in 1..=2 {
+            let (out, rx) = mpsc::channel(OUTPUT_QUEUE);
+            h.command(Command::Add {
+                key,
+                publishes: false,
+                out,
+                link: LinkState::new(),
+            });
+            rxs.push(rx);
+        }
+        // The room's first composite (placeholders) goes to both, on the default tier.
+        let mut got = Vec::new();
+        for rx in &mut rxs {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let payloads = loop {
+                match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                    Ok(Some(Output::Video { payloads, .. })) => break payloads,
+                    Ok(Some(_)) => continue,
+                    other => panic!("no video: {other:?}"),
+                }
+            };
+            got.push(payloads);
+        }
+        assert!(!got[0].is_empty());
+        assert!(Arc::ptr_eq(&got[0], &got[1]), "one packetization for the tier");
     }
 
     #[tokio::test]

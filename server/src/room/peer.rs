@@ -30,6 +30,8 @@ use rtc::peer_connection::transport::{RTCIceCandidateInit, RTCIceCandidateType};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+use rtc::rtp::codec::vp8::Vp8Payloader;
+use rtc::rtp::packetizer::Payloader;
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpHeaderExtensionCapability};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
@@ -724,20 +726,8 @@ impl Peer {
             let opus_pt = negotiated_pt(&sdp, "opus/48000", OPUS_PT);
             let vp8_pt = negotiated_pt(&sdp, "vp8/90000", VP8_PT);
             let out = OutputTracks {
-                audio: ClockedWriter::new(
-                    self.audio_out.clone(),
-                    self.audio_ssrc,
-                    &opus_codec(),
-                    opus_pt,
-                )
-                .map_err(rtc_err)?,
-                video: ClockedWriter::new(
-                    self.video_out.clone(),
-                    self.video_ssrc,
-                    &vp8_codec(),
-                    vp8_pt,
-                )
-                .map_err(rtc_err)?,
+                audio: ClockedWriter::new(self.audio_out.clone(), self.audio_ssrc, 48_000),
+                video: ClockedWriter::new(self.video_out.clone(), self.video_ssrc, 90_000),
                 opus_pt,
                 vp8_pt,
                 red_pt: find_pt(&sdp, "red/48000"),
@@ -794,20 +784,52 @@ struct OutputTracks {
     red_pt: Option<u8>,
 }
 
-/// RTP packets payload bytes at most (webrtc-rs's own sample tracks use the same).
-const VIDEO_MTU: usize = 1200;
+/// RTP packets payload bytes at most (webrtc-rs's own sample tracks use the same), and the
+/// fixed RTP header within it.
+const RTP_MTU: usize = 1200;
+const RTP_HEADER: usize = 12;
 
-/// One output track's RTP, packetized here (webrtc-rs `rtc`'s payloaders and packetizer), each
-/// frame stamped with the room clock. A sample track advances the timestamp by a fixed frame
-/// duration per frame written, so a frame the room did not make (an unchanged composite, a lower
-/// tier rate, a frame the gate held back, audio in DTX) would pull every later timestamp earlier
-/// than its time; here the gap stays a gap in time, and only packets we dropped leave a gap in
-/// sequence.
+/// One frame's RTP payloads, shared by the receivers it goes to.
+pub type Payloads = Arc<[bytes::Bytes]>;
+
+/// The composite's RTP payloads, made once per tier frame and shared by every receiver of the
+/// tier (only the RTP header and SRTP stay per receiver). One VP8 payloader per tier, so the
+/// picture id of its descriptors runs on frame by frame for the tier's receivers.
+#[derive(Default)]
+pub struct TierPayloads {
+    per_tier: Vec<Vp8Payloader>,
+}
+
+impl TierPayloads {
+    /// The RTP payloads of `frame`, tier `tier`'s frame of this tick.
+    pub fn split(&mut self, tier: usize, frame: &Arc<[u8]>) -> Payloads {
+        if self.per_tier.len() <= tier {
+            self.per_tier.resize_with(tier + 1, || {
+                let mut p = Vp8Payloader::default();
+                p.enable_picture_id = true;
+                p
+            });
+        }
+        let frame = bytes::Bytes::from_owner(frame.clone());
+        match self.per_tier[tier].payload(RTP_MTU - RTP_HEADER, &frame) {
+            Ok(payloads) => payloads.into(),
+            Err(e) => {
+                tracing::error!(tier, error = %e, "vp8 payloads");
+                Arc::from([])
+            }
+        }
+    }
+}
+
+/// One output track's RTP, each frame stamped with the room clock. A sample track advances the
+/// timestamp by a fixed frame duration per frame written, so a frame the room did not make (an
+/// unchanged composite, a lower tier rate, a frame the gate held back, audio in DTX) would pull
+/// every later timestamp earlier than its time; here the gap stays a gap in time, and only
+/// packets we dropped leave a gap in sequence.
 struct ClockedWriter {
     track: Arc<TrackLocalStaticRTP>,
-    packetizer: Box<dyn rtc::rtp::packetizer::Packetizer>,
-    /// Shared with the packetizer: skipping numbers here shows a drop to the receiver.
     sequencer: Box<dyn rtc::rtp::sequence::Sequencer>,
+    ssrc: u32,
     /// RTP clock ticks per millisecond (90 for video, 48 for Opus).
     clock_per_ms: u64,
     /// Random start of the RTP timestamps (RFC 3550).
@@ -815,37 +837,21 @@ struct ClockedWriter {
 }
 
 impl ClockedWriter {
-    fn new(
-        track: Arc<TrackLocalStaticRTP>,
-        ssrc: u32,
-        codec: &RTCRtpCodec,
-        payload_type: u8,
-    ) -> Result<Self, rtc::shared::error::Error> {
-        let sequencer: Box<dyn rtc::rtp::sequence::Sequencer> =
-            Box::new(rtc::rtp::sequence::new_random_sequencer());
-        let packetizer = rtc::rtp::packetizer::new_packetizer(
-            Instant::now(),
-            VIDEO_MTU,
-            payload_type,
-            ssrc,
-            codec.payloader()?,
-            sequencer.clone(),
-            codec.clock_rate,
-        );
-        Ok(Self {
+    fn new(track: Arc<TrackLocalStaticRTP>, ssrc: u32, clock_rate: u32) -> Self {
+        Self {
             track,
-            packetizer: Box::new(packetizer),
-            sequencer,
-            clock_per_ms: u64::from(codec.clock_rate / 1000),
+            sequencer: Box::new(rtc::rtp::sequence::new_random_sequencer()),
+            ssrc,
+            clock_per_ms: u64::from(clock_rate / 1000),
             ts_base: rand::random(),
-        })
+        }
     }
 
-    /// Writes one frame of room clock `pts_ms` with `payload_type`, after `dropped_before`
-    /// packets lost in our queues.
+    /// Writes one frame (its RTP payloads, shared with other receivers) of room clock `pts_ms`
+    /// with `payload_type`, after `dropped_before` packets lost in our queues.
     async fn write(
         &mut self,
-        data: Arc<[u8]>,
+        payloads: &[bytes::Bytes],
         payload_type: u8,
         pts_ms: u64,
         dropped_before: u16,
@@ -853,16 +859,22 @@ impl ClockedWriter {
         for _ in 0..dropped_before {
             self.sequencer.next_sequence_number();
         }
-        let ts = self
+        let timestamp = self
             .ts_base
             .wrapping_add((pts_ms.wrapping_mul(self.clock_per_ms)) as u32);
-        let packets = self
-            .packetizer
-            .packetize(Instant::now(), &bytes::Bytes::from_owner(data), 0)
-            .map_err(|e| webrtc::error::Error::Other(e.to_string()))?;
-        for mut p in packets {
-            p.header.timestamp = ts;
-            p.header.payload_type = payload_type;
+        for (i, payload) in payloads.iter().enumerate() {
+            let p = rtc::rtp::Packet {
+                header: rtc::rtp::Header {
+                    version: 2,
+                    marker: i + 1 == payloads.len(),
+                    payload_type,
+                    sequence_number: self.sequencer.next_sequence_number(),
+                    timestamp,
+                    ssrc: self.ssrc,
+                    ..Default::default()
+                },
+                payload: payload.clone(),
+            };
             self.track.write_rtp_with_extensions(p, &[]).await?;
         }
         Ok(())
@@ -968,10 +980,11 @@ async fn send_output(
                 link.audio_redundancy_bps
                     .store(redundancy_bps as u64, Relaxed);
                 let (pt, data) = red.unwrap_or((out.opus_pt, data));
-                out.audio.write(data, pt, pts_ms, dropped_before).await
+                let payload = [bytes::Bytes::from_owner(data)];
+                out.audio.write(&payload, pt, pts_ms, dropped_before).await
             }
             Output::Video {
-                data,
+                payloads,
                 keyframe,
                 pts_ms,
                 dropped_before,
@@ -998,7 +1011,7 @@ async fn send_output(
                     continue;
                 }
                 out.video
-                    .write(data, out.vp8_pt, pts_ms, dropped_before)
+                    .write(&payloads, out.vp8_pt, pts_ms, dropped_before)
                     .await
             }
             Output::Pli => {
@@ -1147,6 +1160,34 @@ m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264
         assert_eq!(g.admit(false, false, true, ms(1400)), (false, true));
         assert_eq!(g.admit(true, false, false, ms(1466)), (true, false));
         assert_eq!(g.skipped, 6);
+    }
+
+    #[test]
+    fn a_tier_frame_is_split_once_into_payloads_its_receivers_share() {
+        use rtc::rtp::packetizer::Depacketizer;
+        let mut tiers = TierPayloads::default();
+        let frame: Arc<[u8]> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let payloads = tiers.split(0, &frame);
+            assert_eq!(payloads.len(), 5, "5000 bytes in payloads of at most 1188");
+            assert!(payloads.iter().all(|p| p.len() <= RTP_MTU - RTP_HEADER));
+            // The payloads carry the frame whole, behind VP8 descriptors with a picture id.
+            let mut whole = Vec::new();
+            let mut d = rtc::rtp::codec::vp8::Vp8Packet::default();
+            for (i, p) in payloads.iter().enumerate() {
+                whole.extend_from_slice(&d.depacketize(p).unwrap());
+                assert_eq!(d.s == 1, i == 0, "start of partition on the first only");
+            }
+            assert_eq!(&whole[..], &frame[..]);
+            ids.push(d.picture_id);
+        }
+        // The picture id runs on per tier, frame by frame; another tier has its own.
+        assert_eq!(ids, [ids[0], ids[0] + 1, ids[0] + 2]);
+        let other = tiers.split(1, &frame);
+        let mut d = rtc::rtp::codec::vp8::Vp8Packet::default();
+        d.depacketize(&other[0]).unwrap();
+        assert_eq!(d.picture_id, ids[0]);
     }
 
     #[test]
