@@ -77,17 +77,6 @@ pub const DTX_HANGOVER_TICKS: u32 = 10;
 /// receiver's stream stays alive.
 pub const DTX_INTERVAL_TICKS: u32 = 20;
 
-/// What a receiver whose mix has been silent for `ticks` ticks (1 = the first) gets this tick:
-/// the silent frame through the hangover, then the DTX frame once every interval, else nothing.
-fn dtx_step(ticks: u32) -> Option<bool> {
-    if ticks <= DTX_HANGOVER_TICKS {
-        Some(false)
-    } else if (ticks - DTX_HANGOVER_TICKS - 1).is_multiple_of(DTX_INTERVAL_TICKS) {
-        Some(true)
-    } else {
-        None
-    }
-}
 /// Frames one input may have waiting for the tick (two a tick at 60 fps, and a burst after a
 /// short stall); past it they are dropped and a keyframe is asked for.
 pub const MAX_PENDING_FRAMES: usize = 8;
@@ -113,9 +102,9 @@ pub struct TickOutput {
     /// On video ticks: the VP8 frame for each receiver (shared per tier) and
     /// whether it is a keyframe.
     pub video: Vec<(ParticipantKey, Arc<[u8]>, bool)>,
-    /// On video ticks: the frame each tier made, by tier index (the same `Arc`s `video` hands
-    /// out), so that the server packetizes each once for all of its receivers.
-    pub video_tiers: Vec<(usize, Arc<[u8]>)>,
+    /// On video ticks: the frame each tier made (the same `Arc`s `video` hands out), so that
+    /// the server packetizes each once for all of its receivers.
+    pub video_tiers: Vec<Arc<[u8]>>,
     /// Inputs the server should send a PLI for (upstream, to the publisher).
     pub pli: Vec<ParticipantKey>,
     /// `Some(new)` when the active speaker changed (`Some(None)` = nobody).
@@ -200,7 +189,7 @@ struct Participant {
     activity: VoiceActivity,
     own_encoder: Option<OpusEncoder>,
     own_idle_ticks: u32,
-    /// Consecutive ticks its mix was silence (0: it hears someone): see [`dtx_step`].
+    /// Consecutive ticks its mix was silence (0: it hears someone): see [`quiet_step`].
     silent_ticks: u32,
     /// Its last frame was the room's silence, not its own encoder's: that encoder (if kept)
     /// starts again from a clean state.
@@ -238,6 +227,29 @@ struct Sink {
     key: ParticipantKey,
     tier: usize,
     wants_keyframe: bool,
+}
+
+/// What a receiver whose mix is silence gets this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// The room's silent frame (the hangover).
+    Silence,
+    /// The DTX frame.
+    Dtx,
+    /// Nothing: a gap between DTX frames.
+    Gap,
+}
+
+/// What a receiver whose mix has been silent for `ticks` ticks (1 = the first) gets: the silent
+/// frame through the hangover, then the DTX frame once every interval, gaps in between.
+fn quiet_step(ticks: u32) -> Quiet {
+    if ticks <= DTX_HANGOVER_TICKS {
+        Quiet::Silence
+    } else if (ticks - DTX_HANGOVER_TICKS - 1).is_multiple_of(DTX_INTERVAL_TICKS) {
+        Quiet::Dtx
+    } else {
+        Quiet::Gap
+    }
 }
 
 /// An Opus DTX frame (RFC 6716 3.2.1, RFC 7587): the TOC byte alone, code 0, so one frame of
@@ -1033,10 +1045,10 @@ impl MediaRoom {
             // instead of 50 packets a second (the receiver plays comfort noise meanwhile).
             let packet = if Arc::ptr_eq(&packet, silence) {
                 p.silent_ticks = p.silent_ticks.saturating_add(1);
-                match dtx_step(p.silent_ticks) {
-                    Some(false) => packet,
-                    Some(true) => dtx.clone(),
-                    None => continue,
+                match quiet_step(p.silent_ticks) {
+                    Quiet::Silence => packet,
+                    Quiet::Dtx => dtx.clone(),
+                    Quiet::Gap => continue,
                 }
             } else {
                 p.silent_ticks = 0;
@@ -1251,7 +1263,7 @@ impl MediaRoom {
                     if f.keyframe {
                         self.stats.keyframes_sent += 1;
                     }
-                    out.video_tiers.push((t, f.data.clone()));
+                    out.video_tiers.push(f.data.clone());
                     encoded[t] = Some(f);
                 }
                 Ok(Encoded::Held) => {
@@ -1640,13 +1652,16 @@ mod tests {
 
     #[test]
     fn dtx_after_the_hangover_one_frame_every_interval() {
-        let steps: Vec<Option<bool>> = (1..=52).map(dtx_step).collect();
-        assert!(steps[..10].iter().all(|s| *s == Some(false)), "hangover");
-        assert_eq!(steps[10], Some(true), "then the DTX frame");
-        assert!(steps[11..30].iter().all(|s| s.is_none()), "then nothing");
+        let steps: Vec<Quiet> = (1..=52).map(quiet_step).collect();
+        assert!(steps[..10].iter().all(|s| *s == Quiet::Silence), "hangover");
+        assert_eq!(steps[10], Quiet::Dtx, "then the DTX frame");
+        assert!(
+            steps[11..30].iter().all(|s| *s == Quiet::Gap),
+            "then nothing"
+        );
         assert_eq!(
             (steps[30], steps[50]),
-            (Some(true), Some(true)),
+            (Quiet::Dtx, Quiet::Dtx),
             "every 400 ms"
         );
         // The DTX frame is the silent frame's TOC alone, which a decoder takes (as concealment).

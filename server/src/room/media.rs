@@ -16,7 +16,7 @@
 
 use crate::metrics::METRICS;
 use crate::room::pacer::LinkState;
-use crate::room::peer::{Payloads, TierPayloads};
+use crate::room::peer::{Payloads, vp8_payloads};
 use bytes::Bytes;
 use mixer::{MediaConfig, MediaRoom, ParticipantKey, TickOutput};
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ pub enum Output {
     },
     /// One composite frame, VP8.
     Video {
-        /// The frame's RTP payloads, made once for its tier ([`TierPayloads`]).
+        /// The frame's RTP payloads, made once for its tier ([`vp8_payloads`]).
         payloads: Payloads,
         /// Whether it is a keyframe.
         keyframe: bool,
@@ -304,7 +304,6 @@ impl MediaHandle {
             sinks: HashMap::new(),
             next: Instant::now() + TICK,
             last_counts: (0, 0),
-            payloads: TierPayloads::default(),
         };
         workers().assign(task).map_err(|e| {
             mixer::MixerError::InvalidConfig(format!("cannot start a media worker: {e}"))
@@ -456,8 +455,6 @@ struct RoomTask {
     next: Instant,
     /// Encoders counted into the process gauges (audio, video).
     last_counts: (u64, u64),
-    /// Each tier's frame is packetized once for all its receivers.
-    payloads: TierPayloads,
 }
 
 impl RoomTask {
@@ -494,7 +491,6 @@ impl RoomTask {
             sinks,
             events,
             timing,
-            payloads,
             ..
         } = self;
 
@@ -531,7 +527,7 @@ impl RoomTask {
 
         for _ in 0..catch_up {
             let out = media.tick_audio_only();
-            deliver(out, payloads, media, receivers, sinks, events);
+            deliver(out, media, receivers, sinks, events);
         }
         // Encoder pushback: a tier does not make frames for a receiver's full send queue
         // (read on the ticks that make a frame only).
@@ -542,7 +538,7 @@ impl RoomTask {
         }
         let out = media.tick();
         let video_tick = out.video_tick;
-        deliver(out, payloads, media, receivers, sinks, events);
+        deliver(out, media, receivers, sinks, events);
 
         let stats = media.encoder_counts();
         let counts = (stats.audio_encoders as u64, stats.video_encoders as u64);
@@ -760,7 +756,6 @@ impl Workers {
 /// Hands one tick's output to its receivers, sinks and the session events.
 fn deliver(
     out: TickOutput,
-    payloads: &mut TierPayloads,
     media: &mut MediaRoom,
     receivers: &mut HashMap<ParticipantKey, Receiver>,
     sinks: &mut HashMap<ParticipantKey, stdmpsc::SyncSender<SinkPacket>>,
@@ -783,10 +778,11 @@ fn deliver(
             r.send_audio(pkt, now_ms);
         }
     }
+    // Each tier's frame is packetized once for all its receivers.
     let split: Vec<(Arc<[u8]>, Payloads)> = out
         .video_tiers
         .iter()
-        .map(|(tier, frame)| (frame.clone(), payloads.split(*tier, frame)))
+        .map(|frame| (frame.clone(), vp8_payloads(frame)))
         .collect();
     for (key, data, keyframe) in out.video {
         if let Some(s) = sinks.get(&key) {
@@ -1043,7 +1039,10 @@ mod tests {
             got.push(payloads);
         }
         assert!(!got[0].is_empty());
-        assert!(Arc::ptr_eq(&got[0], &got[1]), "one packetization for the tier");
+        assert!(
+            Arc::ptr_eq(&got[0], &got[1]),
+            "one packetization for the tier"
+        );
     }
 
     #[tokio::test]

@@ -792,31 +792,19 @@ const RTP_HEADER: usize = 12;
 /// One frame's RTP payloads, shared by the receivers it goes to.
 pub type Payloads = Arc<[bytes::Bytes]>;
 
-/// The composite's RTP payloads, made once per tier frame and shared by every receiver of the
-/// tier (only the RTP header and SRTP stay per receiver). One VP8 payloader per tier, so the
-/// picture id of its descriptors runs on frame by frame for the tier's receivers.
-#[derive(Default)]
-pub struct TierPayloads {
-    per_tier: Vec<Vp8Payloader>,
-}
-
-impl TierPayloads {
-    /// The RTP payloads of `frame`, tier `tier`'s frame of this tick.
-    pub fn split(&mut self, tier: usize, frame: &Arc<[u8]>) -> Payloads {
-        if self.per_tier.len() <= tier {
-            self.per_tier.resize_with(tier + 1, || {
-                let mut p = Vp8Payloader::default();
-                p.enable_picture_id = true;
-                p
-            });
-        }
-        let frame = bytes::Bytes::from_owner(frame.clone());
-        match self.per_tier[tier].payload(RTP_MTU - RTP_HEADER, &frame) {
-            Ok(payloads) => payloads.into(),
-            Err(e) => {
-                tracing::error!(tier, error = %e, "vp8 payloads");
-                Arc::from([])
-            }
+/// A composite frame's RTP payloads, made once per tier frame and shared by every receiver of
+/// the tier (only the RTP header and SRTP stay per receiver). The VP8 descriptors carry no
+/// picture id: one running per tier would jump (even backwards) when a receiver moves to
+/// another tier, and Chromium drops a keyframe whose id is older than the last it decoded (an
+/// ICE restart that changed the tier froze the picture); without one it orders frames by
+/// sequence number, which is per receiver.
+pub fn vp8_payloads(frame: &Arc<[u8]>) -> Payloads {
+    let frame = bytes::Bytes::from_owner(frame.clone());
+    match Vp8Payloader::default().payload(RTP_MTU - RTP_HEADER, &frame) {
+        Ok(payloads) => payloads.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "vp8 payloads");
+            Arc::from([])
         }
     }
 }
@@ -1165,29 +1153,20 @@ m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:102 H264
     #[test]
     fn a_tier_frame_is_split_once_into_payloads_its_receivers_share() {
         use rtc::rtp::packetizer::Depacketizer;
-        let mut tiers = TierPayloads::default();
         let frame: Arc<[u8]> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let mut ids = Vec::new();
-        for _ in 0..3 {
-            let payloads = tiers.split(0, &frame);
-            assert_eq!(payloads.len(), 5, "5000 bytes in payloads of at most 1188");
-            assert!(payloads.iter().all(|p| p.len() <= RTP_MTU - RTP_HEADER));
-            // The payloads carry the frame whole, behind VP8 descriptors with a picture id.
-            let mut whole = Vec::new();
-            let mut d = rtc::rtp::codec::vp8::Vp8Packet::default();
-            for (i, p) in payloads.iter().enumerate() {
-                whole.extend_from_slice(&d.depacketize(p).unwrap());
-                assert_eq!(d.s == 1, i == 0, "start of partition on the first only");
-            }
-            assert_eq!(&whole[..], &frame[..]);
-            ids.push(d.picture_id);
-        }
-        // The picture id runs on per tier, frame by frame; another tier has its own.
-        assert_eq!(ids, [ids[0], ids[0] + 1, ids[0] + 2]);
-        let other = tiers.split(1, &frame);
+        let payloads = vp8_payloads(&frame);
+        assert_eq!(payloads.len(), 5, "5000 bytes in payloads of at most 1188");
+        assert!(payloads.iter().all(|p| p.len() <= RTP_MTU - RTP_HEADER));
+        // The payloads carry the frame whole, behind one-byte VP8 descriptors (no picture id:
+        // the same payloads whatever tier a receiver was on before).
+        let mut whole = Vec::new();
         let mut d = rtc::rtp::codec::vp8::Vp8Packet::default();
-        d.depacketize(&other[0]).unwrap();
-        assert_eq!(d.picture_id, ids[0]);
+        for (i, p) in payloads.iter().enumerate() {
+            whole.extend_from_slice(&d.depacketize(p).unwrap());
+            assert_eq!(d.s == 1, i == 0, "start of partition on the first only");
+            assert_eq!(p[0] & 0x80, 0, "no extension, so no picture id");
+        }
+        assert_eq!(&whole[..], &frame[..]);
     }
 
     #[test]
