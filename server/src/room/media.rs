@@ -1068,8 +1068,9 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
-        // A second of ticks after the panics: about 50 ticks, and the lone listener (who hears
-        // nobody: DTX, a frame every 400 ms) still gets its frames.
+        // A second of ticks after the panics: about 50 ticks (at least half of them on a busy
+        // machine; a room that stopped makes none), and the lone listener (who hears nobody:
+        // DTX, a frame every 400 ms) still gets its frames.
         let ticks = h.timing.ticks.load(Relaxed);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ticks = h.timing.ticks.load(Relaxed) - ticks;
@@ -1078,7 +1079,7 @@ mod tests {
             mixes += usize::from(matches!(o, Output::Audio { .. }));
         }
         assert!(
-            ticks >= 40 && mixes >= 2,
+            ticks >= 25 && mixes >= 2,
             "{ticks} ticks and {mixes} mixes in a second after {} rooms panicked",
             n + 1
         );
