@@ -227,12 +227,20 @@ export async function runScenario({ mode, kbit, loss, seconds = 40, warmup = 8, 
       result[`${g.name}_frames`] = s.frames;
       result[`${g.name}_rtx`] = s.rtx;
     }
-    const stats = await server.api('GET', `/rooms/${room}/stats`);
-    result.server = stats.body;
-    // Events read after the server's state, with time for one in flight to arrive.
-    await new Promise((res) => setTimeout(res, 500));
-    result.video_events = weak.events.map((e) => e.type);
-    result.paused_notice_shown = await weak.page.evaluate(() => !document.getElementById('video-paused').hidden);
+    // The server's state and the page's events, read as one snapshot: the events are read
+    // between two reads of the server's state that agree on every receiver's pause (a pause or a
+    // resume in between would make them disagree: then read again), with time for a message in
+    // flight to arrive.
+    const pausedOf = (body) => JSON.stringify(body.receivers.map((x) => [x.participant_id, x.video_paused]));
+    for (let attempt = 0; ; attempt++) {
+      const first = (await server.api('GET', `/rooms/${room}/stats`)).body;
+      await new Promise((res) => setTimeout(res, 500));
+      result.video_events = weak.events.map((e) => e.type);
+      result.paused_notice_shown = await weak.page.evaluate(() => !document.getElementById('video-paused').hidden);
+      const second = (await server.api('GET', `/rooms/${room}/stats`)).body;
+      result.server = second;
+      if (pausedOf(first) === pausedOf(second) || attempt === 9) break;
+    }
     return result;
   } finally {
     for (const b of opened) await b.close().catch(() => {});
