@@ -718,7 +718,8 @@ async fn receive(
         None
     };
     let mut frame_buf: Vec<u8> = Vec::new();
-    let mut pcm = [0i16; 960];
+    // A packet may carry several 20 ms frames (a large room pairs them): room for the longest.
+    let mut pcm = vec![0i16; mixer::opus_codec::MAX_PACKET_SAMPLES];
     // Per talker: currently hearing its tone.
     let mut hearing: Vec<bool> = vec![false; talkers.len()];
     let mut last_counter: Vec<Option<u32>> = vec![None; shared.video_sent.len()];
@@ -756,27 +757,31 @@ async fn receive(
             }
         }
         if let Some(dec) = opus.as_mut()
-            && dec.decode(&p.payload, &mut pcm).is_ok()
+            && let Ok(n) = dec.decode(&p.payload, &mut pcm)
         {
-            for (i, (id, freq)) in talkers.iter().enumerate() {
-                if *id == spec.id {
-                    continue;
-                }
-                let a = tone_amplitude(&pcm, *freq as f64);
-                if !hearing[i] && a > 2000.0 {
-                    hearing[i] = true;
-                    let start = shared
-                        .bursts
-                        .get(*id as usize)
-                        .and_then(|b| b.lock().iter().rev().find(|s| **s <= now).copied());
-                    if let Some(s) = start {
-                        let ms = (now - s).as_secs_f64() * 1000.0;
-                        if ms < 1000.0 {
-                            rx.lock().m2e.push(ms);
-                        }
+            // Each 20 ms frame on its own, so that a tone starting in the second frame of a
+            // packet is seen there.
+            for frame in pcm[..n.min(pcm.len())].chunks(960) {
+                for (i, (id, freq)) in talkers.iter().enumerate() {
+                    if *id == spec.id {
+                        continue;
                     }
-                } else if hearing[i] && a < 800.0 {
-                    hearing[i] = false;
+                    let a = tone_amplitude(frame, *freq as f64);
+                    if !hearing[i] && a > 2000.0 {
+                        hearing[i] = true;
+                        let start = shared
+                            .bursts
+                            .get(*id as usize)
+                            .and_then(|b| b.lock().iter().rev().find(|s| **s <= now).copied());
+                        if let Some(s) = start {
+                            let ms = (now - s).as_secs_f64() * 1000.0;
+                            if ms < 1000.0 {
+                                rx.lock().m2e.push(ms);
+                            }
+                        }
+                    } else if hearing[i] && a < 800.0 {
+                        hearing[i] = false;
+                    }
                 }
             }
         }

@@ -45,6 +45,11 @@ pub struct MediaConfig {
     /// Most tiles the grid shows (1..=[`crate::MAX_GRID_TILES`]); only those inputs are
     /// decoded. When the active speaker is not among them it takes the last tile.
     pub max_tiles: usize,
+    /// From this many listeners up (participants not heard this tick), the mix they share goes
+    /// out two 20 ms frames to a packet ([`crate::opus_codec::pair_frames`]): half the packets,
+    /// which are most of what a large room costs, for 20 ms more latency. Speakers' own mixes
+    /// stay at 20 ms. 0: never.
+    pub pair_audio_from: usize,
 }
 
 impl Default for MediaConfig {
@@ -60,6 +65,7 @@ impl Default for MediaConfig {
             opus_complexity: 5,
             jitter_target_frames: 2,
             max_tiles: crate::MAX_GRID_TILES,
+            pair_audio_from: 100,
         }
     }
 }

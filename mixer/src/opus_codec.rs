@@ -132,6 +132,39 @@ impl OpusDecoder {
     }
 }
 
+/// Two consecutive 20 ms Opus packets as one 40 ms packet (RFC 6716 3.2.2 and 3.2.3: code 1 for
+/// two frames of one size, code 2 for two sizes), as libopus's repacketizer would make it: half the
+/// packets for the same audio. `None` when they cannot share a packet: either is not a single
+/// frame (code 0) with data, or their TOC bytes differ (another mode, bandwidth or frame size).
+pub fn pair_frames(first: &[u8], second: &[u8]) -> Option<Arc<[u8]>> {
+    let (&toc, a) = first.split_first()?;
+    let (&toc2, b) = second.split_first()?;
+    if toc & 0x03 != 0 || toc != toc2 || a.is_empty() || b.is_empty() {
+        return None;
+    }
+    // A frame is at most 1275 bytes (RFC 6716 3.2.1); a packet of ours never comes near.
+    if a.len() > 1275 || b.len() > 1275 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(3 + a.len() + b.len());
+    if a.len() == b.len() {
+        out.push(toc | 0x01);
+    } else {
+        out.push(toc | 0x02);
+        // The first frame's length: one byte below 252, else two (252 + len % 4, len / 4 - 63).
+        if a.len() < 252 {
+            out.push(a.len() as u8);
+        } else {
+            let low = 252 + (a.len() & 0x03);
+            out.push(low as u8);
+            out.push(((a.len() - low) >> 2) as u8);
+        }
+    }
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    Some(out.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +233,62 @@ mod tests {
             let _ = dec.decode(&bytes, &mut out);
             let _ = dec.decode_fec(&bytes, &mut out);
         }
+    }
+
+    #[test]
+    fn two_frames_paired_decode_as_the_two_did_one_after_the_other() {
+        let mut enc = OpusEncoder::new(32_000, 5).expect("encoder");
+        let packets: Vec<Arc<[u8]>> = (0..40)
+            .map(|f| enc.encode(&tone(440.0, 8000.0, f)).expect("encode"))
+            .collect();
+        let mut apart = OpusDecoder::new().expect("decoder");
+        let mut paired = OpusDecoder::new().expect("decoder");
+        let mut a = vec![0i16; FRAME_SAMPLES];
+        let mut p = vec![0i16; MAX_PACKET_SAMPLES];
+        let (mut one_size, mut two_sizes) = (0, 0);
+        for two in packets.chunks(2) {
+            let pair = pair_frames(&two[0], &two[1]).expect("same encoder, same TOC");
+            if two[0].len() == two[1].len() {
+                one_size += 1;
+            } else {
+                two_sizes += 1;
+            }
+            assert_eq!(
+                pair.len(),
+                two[0].len() + two[1].len() - usize::from(two[0].len() == two[1].len())
+            );
+            assert_eq!(
+                paired.decode(&pair, &mut p).expect("decode"),
+                2 * FRAME_SAMPLES
+            );
+            for (i, frame) in two.iter().enumerate() {
+                assert_eq!(apart.decode(frame, &mut a).expect("decode"), FRAME_SAMPLES);
+                let half = &p[i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES];
+                assert_eq!(
+                    half,
+                    &a[..],
+                    "frame {i} of a pair decodes to the same samples"
+                );
+            }
+        }
+        assert!(
+            two_sizes > 0,
+            "VBR frames of two sizes were paired ({one_size} of one size)"
+        );
+        // A long first frame takes a two-byte length.
+        let long: Vec<u8> = std::iter::once(packets[0][0])
+            .chain((0..300).map(|i| i as u8))
+            .collect();
+        let pair = pair_frames(&long, &packets[1]).expect("pair");
+        assert_eq!(pair[0] & 0x03, 2);
+        assert_eq!(usize::from(pair[1]) + 4 * usize::from(pair[2]), 300);
+        assert_eq!(&pair[3..303], &long[1..]);
+        // What cannot share a packet: a DTX frame (TOC alone), another TOC, a packet of two frames.
+        assert!(pair_frames(&packets[0][..1], &packets[1]).is_none());
+        let mut other = packets[1].to_vec();
+        other[0] ^= 0x80;
+        assert!(pair_frames(&packets[0], &other).is_none());
+        assert!(pair_frames(&pair, &packets[1]).is_none());
+        assert!(pair_frames(&[], &packets[1]).is_none());
     }
 }

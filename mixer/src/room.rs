@@ -33,7 +33,7 @@ use crate::image::I420View;
 use crate::jitter::{JitterStats, PushOutcome};
 use crate::layout::{MAX_GRID_TILES, MAX_STRIP_TILES, Rect, layout};
 use crate::mix::AudioMixer;
-use crate::opus_codec::OpusEncoder;
+use crate::opus_codec::{OpusEncoder, pair_frames};
 use crate::playout::{AudioInput, Tick};
 use crate::scale::Scaler;
 use crate::send_limit::{LimitState, SendLimit};
@@ -99,6 +99,11 @@ pub struct TickOutput {
     /// participant, in join order. Receivers that contributed nothing share
     /// one `Arc` of the full mix.
     pub audio: Vec<(ParticipantKey, Arc<[u8]>)>,
+    /// Packets of the previous tick's time, to be sent before `audio`: in a large room
+    /// ([`MediaConfig::pair_audio_from`]) the shared mix's frame held back one tick, paired with
+    /// this tick's (one packet of 40 ms), or alone when it cannot be paired (the receiver now
+    /// speaks, the room went quiet, the encoder changed mode).
+    pub audio_late: Vec<(ParticipantKey, Arc<[u8]>)>,
     /// On video ticks: the VP8 frame for each receiver (shared per tier) and
     /// whether it is a keyframe.
     pub video: Vec<(ParticipantKey, Arc<[u8]>, bool)>,
@@ -151,6 +156,9 @@ pub struct MediaStats {
     /// Quiet audio packets (RFC 6464 level) of inputs not speaking, played as silence without
     /// decoding, summed over present inputs.
     pub audio_quiet_skipped: u64,
+    /// Packets of two shared-mix frames made ([`MediaConfig::pair_audio_from`]), each counted
+    /// once however many receivers it went to.
+    pub audio_frames_paired: u64,
     /// Video frames decoded.
     pub video_frames_decoded: u64,
     /// Video frames dropped (loss, waiting for a keyframe, decode error).
@@ -191,6 +199,8 @@ struct Participant {
     own_idle_ticks: u32,
     /// Consecutive ticks its mix was silence (0: it hears someone): see [`quiet_step`].
     silent_ticks: u32,
+    /// The shared mix's held frame ([`MediaRoom::mix_audio`]) is this receiver's next audio.
+    holds: bool,
     /// Its last frame was the room's silence, not its own encoder's: that encoder (if kept)
     /// starts again from a clean state.
     own_idle: bool,
@@ -441,6 +451,8 @@ pub struct MediaRoom {
     /// The shared encoder's last frame was not encoded (silence went out instead): it starts
     /// again from a clean state.
     shared_idle: bool,
+    /// The shared mix's frame of the last tick, held to go out paired with this tick's.
+    held: Option<Arc<[u8]>>,
     stats: MediaStats,
 }
 
@@ -481,6 +493,7 @@ impl MediaRoom {
             silence,
             dtx,
             shared_idle: false,
+            held: None,
             tier_kbps: cfg.video_tiers_kbps.clone(),
             stats: MediaStats::default(),
             cfg,
@@ -549,6 +562,7 @@ impl MediaRoom {
             own_encoder: None,
             own_idle_ticks: 0,
             silent_ticks: 0,
+            holds: false,
             own_idle: false,
             video_decoder: None,
             pending_video: Vec::new(),
@@ -953,6 +967,7 @@ impl MediaRoom {
             silence,
             dtx,
             shared_idle,
+            held,
             ..
         } = self;
         mixer.clear();
@@ -995,10 +1010,28 @@ impl MediaRoom {
         if contributors == 0 || listeners == 0 {
             *shared_idle = true;
         }
+        // A large room's shared mix goes out two frames to a packet: a fresh frame is held one
+        // tick, then goes out paired with the next to whoever had it ("late": stamped at its
+        // own tick), or alone when the two cannot share a packet or the receiver no longer
+        // gets the shared mix. A receiver who comes to the shared mix between the two gets the
+        // second frame alone.
+        let last_held = held.take();
+        let fresh = shared.as_ref().filter(|s| !Arc::ptr_eq(s, silence));
+        let paired = last_held
+            .as_ref()
+            .zip(fresh)
+            .and_then(|(h, f)| pair_frames(h, f));
+        let pairing =
+            cfg.pair_audio_from > 0 && participants.len() - contributors >= cfg.pair_audio_from;
+        let hold_now = pairing && paired.is_none() && fresh.is_some();
+        if paired.is_some() {
+            stats.audio_frames_paired += 1;
+        }
         for p in participants.iter_mut() {
             // A speaker hears everyone but itself from its own encoder; a lone speaker hears
             // nobody: the room's silent frame.
             let own = p.contributes && contributors > 1;
+            let on_shared = !p.contributes;
             if own {
                 p.own_idle_ticks = 0;
             } else {
@@ -1006,6 +1039,18 @@ impl MediaRoom {
                 p.own_idle_ticks = p.own_idle_ticks.saturating_add(1);
                 if p.own_idle_ticks > OWN_ENCODER_IDLE_TICKS {
                     p.own_encoder = None;
+                }
+            }
+            if std::mem::take(&mut p.holds)
+                && let Some(h) = &last_held
+            {
+                match &paired {
+                    Some(pair) if on_shared => {
+                        out.audio_late.push((p.key, pair.clone()));
+                        p.silent_ticks = 0;
+                        continue;
+                    }
+                    _ => out.audio_late.push((p.key, h.clone())),
                 }
             }
             let packet = if own {
@@ -1037,6 +1082,10 @@ impl MediaRoom {
                 }
             } else if p.contributes {
                 silence.clone()
+            } else if hold_now {
+                p.holds = true;
+                p.silent_ticks = 0;
+                continue;
             } else {
                 let Some(s) = &shared else { continue };
                 s.clone()
@@ -1060,6 +1109,9 @@ impl MediaRoom {
             out.audio.extend(sinks.iter().map(|k| (k.key, s.clone())));
         }
         stats.audio_encodes_last_tick = encodes;
+        if hold_now {
+            *held = fresh.cloned();
+        }
     }
 
     /// Recomputes which inputs are on screen; inputs that just came on
@@ -1848,6 +1900,121 @@ mod tests {
         let s = room.stats();
         assert_eq!(s.audio_encoders, 3);
         assert_eq!(s.audio_decoders, 3);
+    }
+
+    #[test]
+    fn a_large_rooms_listeners_get_two_frames_a_packet_and_every_frame_once() {
+        // Pairing from 3 listeners: keys 0 and 1 talk (1 only for a while), 2..=5 listen.
+        let mut room = MediaRoom::new(MediaConfig {
+            pair_audio_from: 3,
+            ..MediaConfig::default()
+        })
+        .expect("room");
+        for k in 0..6 {
+            room.add_participant(k, k < 2);
+        }
+        let silence = tone_packets(0.0, 0.0, 1)[0].clone();
+        let low = tone_packets(400.0, 6000.0, 160);
+        let high = tone_packets(900.0, 6000.0, 160);
+        // Per receiver: (room time ms, samples, decoded audio) of each packet, in sending order.
+        let mut got: Vec<Vec<(u64, usize, Vec<i16>)>> = vec![Vec::new(); 6];
+        let mut decoders: Vec<OpusDecoder> =
+            (0..6).map(|_| OpusDecoder::new().expect("dec")).collect();
+        for t in 0..160u16 {
+            let ts = u32::from(t) * 960;
+            let first = (10..150).contains(&t);
+            let second = (60..100).contains(&t);
+            room.push_audio(0, t, ts, if first { &low[t as usize] } else { &silence });
+            room.push_audio(1, t, ts, if second { &high[t as usize] } else { &silence });
+            let out = room.tick();
+            let late = out
+                .audio_late
+                .iter()
+                .map(|(k, p)| (k, p, out.time_ms - TICK_MS));
+            let now = out.audio.iter().map(|(k, p)| (k, p, out.time_ms));
+            for (k, p, at) in late.chain(now) {
+                let mut pcm = vec![0i16; crate::opus_codec::MAX_PACKET_SAMPLES];
+                let n = decoders[*k as usize].decode(p, &mut pcm).expect("decode");
+                pcm.truncate(n);
+                got[*k as usize].push((at, n, pcm));
+            }
+        }
+        for (k, packets) in got.iter().enumerate() {
+            // Never a frame twice or out of order: each packet starts where the last one ended,
+            // or later (a DTX gap).
+            for w in packets.windows(2) {
+                let end = w[0].0 + (w[0].1 / 48) as u64;
+                assert!(
+                    w[1].0 >= end,
+                    "key {k}: {} ms after one ending at {end} ms",
+                    w[1].0
+                );
+            }
+        }
+        for k in 1..6 {
+            // Key 1 and the listeners hear key 0 all along: no frame missing while it talks
+            // (played from the jitter buffer two ticks later), whether key 1 talks too or not.
+            let span: Vec<_> = got[k]
+                .iter()
+                .filter(|p| (300..2900).contains(&p.0))
+                .collect();
+            for w in span.windows(2) {
+                assert_eq!(
+                    w[1].0,
+                    w[0].0 + (w[0].1 / 48) as u64,
+                    "key {k}: a hole at {} ms",
+                    w[0].0
+                );
+            }
+            let heard = |from: u64, to: u64, freq: f64| {
+                let pcm: Vec<i16> = got[k]
+                    .iter()
+                    .filter(|p| (from..to).contains(&p.0))
+                    .flat_map(|p| p.2.iter().copied())
+                    .collect();
+                goertzel(&pcm, freq)
+            };
+            assert!(heard(600, 1100, 400.0) > 2000.0, "key {k} hears key 0");
+            if k > 1 {
+                assert!(
+                    heard(600, 1100, 900.0) < 500.0,
+                    "key {k}: key 1 is not talking yet"
+                );
+                assert!(heard(1400, 1900, 900.0) > 2000.0, "key {k} hears key 1 too");
+            } else {
+                assert!(
+                    heard(1400, 1900, 900.0) < 500.0,
+                    "key 1 does not hear itself"
+                );
+            }
+        }
+        // The listeners' audio went out two frames a packet (a packet alone where the encoder
+        // changed mode between two frames).
+        for k in 2..6 {
+            let span: Vec<_> = got[k]
+                .iter()
+                .filter(|p| (300..2900).contains(&p.0))
+                .collect();
+            let paired = span.iter().filter(|p| p.1 == 2 * FRAME_SAMPLES).count();
+            assert!(
+                paired * 10 >= span.len() * 8,
+                "key {k}: {paired} pairs of {} packets",
+                span.len()
+            );
+        }
+        let pairs = room.stats().audio_frames_paired;
+        assert!((50..=80).contains(&pairs), "{pairs} pairs made");
+    }
+
+    fn goertzel(pcm: &[i16], freq: f64) -> f64 {
+        let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 48_000.0).cos();
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for &x in pcm {
+            let s0 = f64::from(x) + k * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        2.0 * (s1 * s1 + s2 * s2 - k * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
     }
 
     #[test]

@@ -276,6 +276,10 @@ pub struct MediaSettings {
     /// Most tiles the `grid` layout shows (`MCU_MAX_TILES`, 1..=25); only shown inputs are
     /// decoded, so fewer tiles cost less in large rooms. The active speaker always gets one.
     pub max_tiles: usize,
+    /// From this many listeners up in a room (`MCU_AUDIO_PAIR_FROM`; 0: never), the mix they
+    /// share goes out in 40 ms packets (two 20 ms Opus frames each) instead of 20 ms ones: half
+    /// the packets, which are most of what a large room costs, for 20 ms more latency.
+    pub audio_pair_from: usize,
 }
 
 impl Default for MediaSettings {
@@ -291,6 +295,7 @@ impl Default for MediaSettings {
             recording_kbps: 400,
             jitter_frames: 2,
             max_tiles: 25,
+            audio_pair_from: 100,
         }
     }
 }
@@ -581,6 +586,9 @@ impl Config {
         }
         if let Some(v) = get("MCU_MAX_TILES") {
             self.media.max_tiles = parse("MCU_MAX_TILES", &v)?;
+        }
+        if let Some(v) = get("MCU_AUDIO_PAIR_FROM") {
+            self.media.audio_pair_from = parse("MCU_AUDIO_PAIR_FROM", &v)?;
         }
         if let Some(v) = get("MCU_JITTER_FRAMES") {
             self.media.jitter_frames = parse("MCU_JITTER_FRAMES", &v)?;

@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, makeMedia, launchParticipant, waitForMedia, receiveStats, toneLevels, samplePixels, watchFrames,
+  audioReceived,
 } from './harness.mjs';
 import { gridCentres } from './layout.mjs';
 
@@ -165,21 +166,6 @@ test('an admin mute through REST takes the tone out of the mix within a second, 
   [redLevel] = await toneLevels(green.page, [red.freq]);
   assert.ok(redLevel > -70, `red is heard again: ${redLevel.toFixed(1)} dB`);
 });
-
-/** The page's received audio so far: packets, samples played out, of which concealed. */
-async function audioReceived(page) {
-  return page.evaluate(async () => {
-    const r = { packets: 0, samples: 0, concealed: 0 };
-    (await window.mcu.pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
-        r.packets += s.packetsReceived || 0;
-        r.samples += s.totalSamplesReceived || 0;
-        r.concealed += s.concealedSamples || 0;
-      }
-    });
-    return r;
-  });
-}
 
 test('a room where nobody is heard is DTX on the wire, not concealment, and the first word plays at once', async () => {
   const list = (await server.api('GET', '/rooms/e2e/participants')).body.participants;

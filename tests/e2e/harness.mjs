@@ -190,6 +190,21 @@ export async function receiveStats(page) {
   });
 }
 
+/** Audio packets, samples played and samples concealed so far, from the page's getStats. */
+export async function audioReceived(page) {
+  return page.evaluate(async () => {
+    const r = { packets: 0, samples: 0, concealed: 0 };
+    (await window.mcu.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+        r.packets += s.packetsReceived || 0;
+        r.samples += s.totalSamplesReceived || 0;
+        r.concealed += s.concealedSamples || 0;
+      }
+    });
+    return r;
+  });
+}
+
 /** Level (dB) at each frequency of the remote mixed audio, averaged over ~1 s by an AnalyserNode. */
 export async function toneLevels(page, freqs) {
   return page.evaluate(async (freqs) => {

@@ -110,6 +110,9 @@ pub struct MediaStats {
     /// Tier frames held back because a receiver's send queue was full (encoder pushback);
     /// updated each second.
     pub video_frames_held: u64,
+    /// Packets that carried two frames of the mix listeners share (a room of at least
+    /// `MCU_AUDIO_PAIR_FROM` listeners), each counted once; updated each second.
+    pub audio_frames_paired: u64,
 }
 
 /// Why a join is refused.
@@ -264,6 +267,7 @@ pub fn media_config(s: &MediaSettings, layout: Layout) -> mixer::MediaConfig {
         opus_complexity: s.opus_complexity,
         jitter_target_frames: s.jitter_frames,
         max_tiles: s.max_tiles,
+        pair_audio_from: s.audio_pair_from,
     }
 }
 
@@ -407,6 +411,7 @@ impl RoomManager {
                 video_encoders: t.video_encoders.load(Relaxed),
                 audio_quiet_skipped: t.audio_quiet_skipped.load(Relaxed),
                 video_frames_held: t.video_frames_held.load(Relaxed),
+                audio_frames_paired: t.audio_frames_paired.load(Relaxed),
             }
         });
         let receivers = receiver_stats(live);

@@ -220,6 +220,8 @@ pub struct RoomTiming {
     pub audio_quiet_skipped: std::sync::atomic::AtomicU64,
     /// Tier frames held back for a receiver's full send queue (each second).
     pub video_frames_held: std::sync::atomic::AtomicU64,
+    /// Packets of two shared-mix frames made (each second).
+    pub audio_frames_paired: std::sync::atomic::AtomicU64,
 }
 
 /// Handle to a room's media thread. Dropping it stops the thread.
@@ -571,6 +573,9 @@ impl RoomTask {
                 .audio_quiet_skipped
                 .store(s.audio_quiet_skipped, Relaxed);
             timing.video_frames_held.store(s.video_frames_held, Relaxed);
+            timing
+                .audio_frames_paired
+                .store(s.audio_frames_paired, Relaxed);
         }
         timing.work_us.fetch_add(us, Relaxed);
         timing.max_us.fetch_max(us, Relaxed);
@@ -766,16 +771,19 @@ fn deliver(
     let mut lagging_sinks = Vec::new();
     let mut lagging_receivers = Vec::new();
     let mut bytes_out = 0u64;
-    for (key, pkt) in out.audio {
+    // A shared mix frame held back to be paired is stamped at its own tick, and goes first.
+    let late = out
+        .audio_late
+        .into_iter()
+        .map(|(k, p)| (k, p, now_ms.saturating_sub(mixer::TICK_MS)));
+    let current = out.audio.into_iter().map(|(k, p)| (k, p, now_ms));
+    for (key, pkt, pts_ms) in late.chain(current) {
         if let Some(s) = sinks.get(&key) {
-            let p = SinkPacket::Audio {
-                pts_ms: now_ms,
-                data: pkt,
-            };
+            let p = SinkPacket::Audio { pts_ms, data: pkt };
             feed_sink(key, s, p, &mut dead_sinks, &mut lagging_sinks);
         } else if let Some(r) = receivers.get_mut(&key) {
             bytes_out += pkt.len() as u64;
-            r.send_audio(pkt, now_ms);
+            r.send_audio(pkt, pts_ms);
         }
     }
     // Each tier's frame is packetized once for all its receivers.

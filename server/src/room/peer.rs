@@ -963,7 +963,14 @@ async fn send_output(
                     Some((pt, Arc::<[u8]>::from(red)))
                 });
                 let extra = red.as_ref().map_or(0, |(_, r)| r.len() - data.len()) as f64;
-                let extra_bps = extra * 8.0 * 1000.0 / AUDIO_FRAME.as_millis() as f64;
+                // Per packet's time: 20 ms, 40 ms when a large room pairs frames (its gap
+                // from the last one; the first and those after a DTX gap count as 20 ms).
+                let packet_ms = if (1..=60).contains(&back) {
+                    back
+                } else {
+                    AUDIO_FRAME.as_millis() as u64
+                };
+                let extra_bps = extra * 8.0 * 1000.0 / packet_ms as f64;
                 redundancy_bps += (extra_bps - redundancy_bps) * 0.05;
                 link.audio_redundancy_bps
                     .store(redundancy_bps as u64, Relaxed);
