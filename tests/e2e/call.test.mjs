@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, makeMedia, launchParticipant, waitForMedia, receiveStats, toneLevels, samplePixels, watchFrames,
-  audioReceived,
+  audioReceived, joinRoom,
 } from './harness.mjs';
 import { gridCentres } from './layout.mjs';
 
@@ -27,15 +27,7 @@ function close(a, b, tol = 70) {
 
 before(async () => {
   server = await startServer();
-  const r = await server.api('POST', '/rooms', { name: 'e2e', layout: 'grid' });
-  assert.equal(r.status, 201, JSON.stringify(r.body));
-  // Join one after the other so that the composite's tile order is the join order.
-  for (const p of PEOPLE) {
-    const part = await launchParticipant(server, 'e2e', p.name, makeMedia(p.name, p.color, p.freq));
-    await part.page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout: 20000 });
-    joined.push({ ...p, ...part });
-  }
-  for (const p of joined) await waitForMedia(p.page);
+  await joinRoom(server, 'e2e', PEOPLE, (p) => makeMedia(p.name, p.color, p.freq), joined);
 });
 
 after(async () => {

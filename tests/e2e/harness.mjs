@@ -138,6 +138,20 @@ export async function launchParticipant(server, room, name, media) {
   return { browser, page, errors, name };
 }
 
+/** Creates a grid `room` and joins `people` one after the other (the composite's tile order is
+ * the join order), each with `media(p)`, into `joined` (so that the caller can close them whatever
+ * happens); resolves once every page plays media. */
+export async function joinRoom(server, room, people, media, joined) {
+  const r = await server.api('POST', '/rooms', { name: room, layout: 'grid' });
+  if (r.status !== 201) throw new Error(`room ${room}: ${r.status} ${JSON.stringify(r.body)}`);
+  for (const p of people) {
+    const part = await launchParticipant(server, room, p.name, media(p));
+    joined.push({ ...p, ...part });
+    await part.page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout: 20000 });
+  }
+  for (const p of joined) await waitForMedia(p.page);
+}
+
 /** In the page: starts recording composite frame times and the first-frame latency. */
 export async function watchFrames(page) {
   await page.evaluate(() => {

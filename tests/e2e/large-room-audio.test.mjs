@@ -4,7 +4,7 @@
 // concealment, and a listener who starts talking moves to its own 20 ms mix without a gap.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, makeMedia, launchParticipant, waitForMedia, toneLevels, audioReceived } from './harness.mjs';
+import { startServer, makeMedia, joinRoom, toneLevels, audioReceived } from './harness.mjs';
 
 const RED = { name: 'red', color: 'red', freq: 400 };
 const GREEN = { name: 'green', color: 'lime', freq: 700 };
@@ -15,14 +15,7 @@ const joined = [];
 
 before(async () => {
   server = await startServer({ MCU_AUDIO_PAIR_FROM: '1' });
-  const r = await server.api('POST', '/rooms', { name: 'big', layout: 'grid' });
-  assert.equal(r.status, 201, JSON.stringify(r.body));
-  for (const p of [RED, GREEN, SILENT]) {
-    const part = await launchParticipant(server, 'big', p.name, makeMedia(p.name, p.color, p.freq));
-    await part.page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout: 20000 });
-    joined.push({ ...p, ...part });
-  }
-  for (const p of joined) await waitForMedia(p.page);
+  await joinRoom(server, 'big', [RED, GREEN, SILENT], (p) => makeMedia(p.name, p.color, p.freq), joined);
 });
 
 after(async () => {

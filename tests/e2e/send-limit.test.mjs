@@ -4,7 +4,7 @@
 // for video at once and appears in the composite.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchParticipant, waitForMedia, samplePixels } from './harness.mjs';
+import { startServer, samplePixels, joinRoom } from './harness.mjs';
 import { makeCameraMedia } from './weaklink.mjs';
 import { gridCentres } from './layout.mjs';
 
@@ -61,14 +61,7 @@ before(async () => {
   // Tiers that all encode the full 640x360 canvas: the box is the grid cell whatever tier the
   // receivers are on.
   server = await startServer({ MCU_MAX_TILES: '2', MCU_VIDEO_TIERS: '250,400,800' });
-  const r = await server.api('POST', '/rooms', { name: 'limits', layout: 'grid' });
-  assert.equal(r.status, 201, JSON.stringify(r.body));
-  for (const p of PEOPLE) {
-    const part = await launchParticipant(server, 'limits', p.name, makeCameraMedia(p.name, p.color, 0));
-    await part.page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout: 20000 });
-    joined.push({ ...p, ...part });
-  }
-  for (const p of joined) await waitForMedia(p.page);
+  await joinRoom(server, 'limits', PEOPLE, (p) => makeCameraMedia(p.name, p.color, 0), joined);
 });
 
 after(async () => {
