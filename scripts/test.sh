@@ -30,6 +30,8 @@ for tool in turnserver turnutils_uclient ffmpeg ffprobe janus chromium; do
 done
 
 export CARGO_TERM_COLOR=never
+# A fresh clone builds once: incremental compilation would only write state nobody reads.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 cargo build --workspace --all-targets
 # Deployment files: docker-compose.yml (docker-compose 1.29 `config -q`), its environment against
 # the server's validation, the Dockerfile's runtime libraries against the binary.
