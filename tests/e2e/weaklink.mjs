@@ -51,6 +51,12 @@ export async function launch(wrapperPath, origin, media) {
   const browser = await chromium.launch({ executablePath: wrapperPath, headless: true, args });
   const page = await browser.newPage();
   const events = [];
+  // What went wrong in the page, for the error a failed wait reports.
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.problems = problems;
   page.on('websocket', (ws) => ws.on('framereceived', (f) => {
     try {
       const m = JSON.parse(f.payload);
@@ -142,6 +148,15 @@ export function summary(a, b) {
 
 export async function waitConnected(page, timeout = 30000) {
   try {
+    // The client starts once its modules have loaded. A CI run once saw a page whose script
+    // never started (no window.mcu after 30 s, on a loaded machine): that is the page load,
+    // not the call, so it is said and the page loaded once more.
+    const started = await page.waitForFunction(() => window.mcu !== undefined, null, { timeout: 10000 })
+      .then(() => true, () => false);
+    if (!started) {
+      console.error(`the page's script did not start within 10 s (${JSON.stringify(page.problems ?? [])}); loading it again`);
+      await page.reload();
+    }
     await page.waitForFunction(() => window.mcu?.pc?.connectionState === 'connected', null, { timeout });
   } catch (e) {
     // Say what the client went through (signaling, ICE, peer states), not only that it timed out.
@@ -151,6 +166,7 @@ export async function waitConnected(page, timeout = 30000) {
       ice: window.mcu?.pc?.iceConnectionState,
       events: (window.mcu?.events ?? []).slice(-30),
     })).catch((err) => String(err));
+    if (typeof seen === 'object') seen.page_problems = (page.problems ?? []).slice(-10);
     throw new Error(`not connected within ${timeout} ms: ${JSON.stringify(seen)}`, { cause: e });
   }
 }
