@@ -687,18 +687,6 @@ async fn send_video(
 }
 
 /// Amplitude of `freq` in a 20 ms frame (Goertzel), in sample units.
-fn tone_amplitude(pcm: &[i16], freq: f64) -> f64 {
-    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 48_000.0).cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for &x in pcm {
-        let s0 = x as f64 + k * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / pcm.len() as f64
-}
-
 async fn receive(
     track: Arc<dyn TrackRemote>,
     rx: Arc<Mutex<Rx>>,
@@ -766,7 +754,7 @@ async fn receive(
                     if *id == spec.id {
                         continue;
                     }
-                    let a = tone_amplitude(frame, *freq as f64);
+                    let a = mixer::tone_amplitude(frame, *freq as f64);
                     if !hearing[i] && a > 2000.0 {
                         hearing[i] = true;
                         let start = shared

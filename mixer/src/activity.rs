@@ -35,6 +35,21 @@ pub fn level_dbov(pcm: &[i16]) -> f32 {
     power_to_dbov(frame_power(pcm))
 }
 
+/// Amplitude (in samples) of the `freq` Hz component of 48 kHz `pcm` (Goertzel): about `a` for
+/// a sine of amplitude `a` spanning `pcm`, near 0 for other tones. Tests and the synthetic
+/// participant tell who is heard with it.
+pub fn tone_amplitude(pcm: &[i16], freq: f64) -> f64 {
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * freq / f64::from(crate::SAMPLE_RATE)).cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in pcm {
+        let s0 = f64::from(v) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / pcm.len().max(1) as f64
+}
+
 /// Mean square of a frame, normalised so that a full-scale square wave is 1.
 fn frame_power(pcm: &[i16]) -> f32 {
     if pcm.is_empty() {

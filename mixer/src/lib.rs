@@ -38,7 +38,7 @@ pub mod tier;
 pub mod vp8_decoder;
 pub mod vpx;
 
-pub use activity::{SpeakerDetector, VoiceActivity, level_dbov};
+pub use activity::{SpeakerDetector, VoiceActivity, level_dbov, tone_amplitude};
 pub use compositor::{Compositor, PLACEHOLDER_BG, PLACEHOLDER_FG, Tile, TileContent};
 pub use config::{Layout, MediaConfig};
 pub use error::MixerError;

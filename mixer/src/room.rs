@@ -1972,7 +1972,7 @@ mod tests {
                     .filter(|p| (from..to).contains(&p.0))
                     .flat_map(|p| p.2.iter().copied())
                     .collect();
-                goertzel(&pcm, freq)
+                crate::tone_amplitude(&pcm, freq)
             };
             assert!(heard(600, 1100, 400.0) > 2000.0, "key {k} hears key 0");
             if k > 1 {
@@ -2004,17 +2004,6 @@ mod tests {
         }
         let pairs = room.stats().audio_frames_paired;
         assert!((50..=80).contains(&pairs), "{pairs} pairs made");
-    }
-
-    fn goertzel(pcm: &[i16], freq: f64) -> f64 {
-        let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 48_000.0).cos();
-        let (mut s1, mut s2) = (0.0, 0.0);
-        for &x in pcm {
-            let s0 = f64::from(x) + k * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        2.0 * (s1 * s1 + s2 * s2 - k * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
     }
 
     #[test]

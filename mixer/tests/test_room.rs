@@ -214,7 +214,7 @@ impl TestRoom {
     fn tone_amplitude(&self, key: ParticipantKey, freq: f32, window: usize) -> f64 {
         let pcm = &self.received[&key].pcm;
         assert!(pcm.len() >= window, "only {} samples", pcm.len());
-        goertzel_amplitude(&pcm[pcm.len() - window..], freq)
+        mixer::tone_amplitude(&pcm[pcm.len() - window..], f64::from(freq))
     }
 
     /// Current tile rectangles, keyed by participant.
@@ -317,27 +317,13 @@ impl TestRoom {
     }
 }
 
-fn goertzel_amplitude(x: &[i16], freq: f32) -> f64 {
-    let n = x.len() as f64;
-    let w = 2.0 * std::f64::consts::PI * f64::from(freq) / 48_000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &v in x {
-        let s0 = f64::from(v) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / n
-}
-
 #[test]
 fn goertzel_measures_amplitude() {
     let x: Vec<i16> = (0..24_000)
         .map(|i| (1000.0 * (2.0 * std::f64::consts::PI * 500.0 * i as f64 / 48_000.0).sin()) as i16)
         .collect();
-    assert!((goertzel_amplitude(&x, 500.0) - 1000.0).abs() < 5.0);
-    assert!(goertzel_amplitude(&x, 700.0) < 5.0);
+    assert!((mixer::tone_amplitude(&x, 500.0) - 1000.0).abs() < 5.0);
+    assert!(mixer::tone_amplitude(&x, 700.0) < 5.0);
 }
 
 #[test]
