@@ -686,7 +686,6 @@ async fn send_video(
     }
 }
 
-/// Amplitude of `freq` in a 20 ms frame (Goertzel), in sample units.
 async fn receive(
     track: Arc<dyn TrackRemote>,
     rx: Arc<Mutex<Rx>>,

@@ -95,9 +95,10 @@ pub struct TickOutput {
     pub time_ms: u64,
     /// Whether this tick composed and encoded video.
     pub video_tick: bool,
-    /// One 20 ms Opus packet (48 kHz, mono: TOC stereo bit 0) for every
-    /// participant, in join order. Receivers that contributed nothing share
-    /// one `Arc` of the full mix.
+    /// This tick's 20 ms Opus packet (48 kHz, mono: TOC stereo bit 0) for each participant,
+    /// in join order. Receivers that contributed nothing share one `Arc` of the full mix. A
+    /// receiver gets none in a DTX gap, or while the shared frame is held to be paired (it
+    /// then comes in the next tick's `audio_late`).
     pub audio: Vec<(ParticipantKey, Arc<[u8]>)>,
     /// Packets of the previous tick's time, to be sent before `audio`: in a large room
     /// ([`MediaConfig::pair_audio_from`]) the shared mix's frame held back one tick, paired with
